@@ -1,0 +1,18 @@
+"""ssamba: self-supervised audio representation learning with bidirectional Mamba (and SSAST)."""
+
+from ssamba.audio import fbank, load_audio
+from ssamba.checkpoints import load_model
+from ssamba.models import AudioModel, ModelConfig, create_model, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AudioModel",
+    "ModelConfig",
+    "__version__",
+    "create_model",
+    "fbank",
+    "list_models",
+    "load_audio",
+    "load_model",
+]

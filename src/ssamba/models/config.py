@@ -1,0 +1,117 @@
+"""Model dimensions as dataclasses, and the registry of named presets (``create_model``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+SIZES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}  # embed_dim, SSAST heads
+PATCH = 16  # patch side in bins/frames; fixed by the released checkpoints
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to build a model; saved as ``config.json`` next to the weights."""
+
+    arch: str = "ssamba"  # "ssamba" (bidirectional Mamba) or "ssast" (ViT baseline)
+    embed_dim: int = 192
+    depth: int = 24  # SSAMBA: number of Mamba layers (used in pairs); SSAST: transformer blocks
+    num_heads: int = 3  # SSAST only
+    d_state: int = 16  # SSAMBA only, as are the next three
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int | None = None  # None: ceil(embed_dim / 16)
+    num_mel_bins: int = 128
+    input_tdim: int = 1024  # frames the positional embedding is laid out for
+    fstride: int = 16
+    tstride: int = 16
+    num_classes: int = 0  # 0: no classification head; forward() returns the pooled embedding
+    pool: str = "mean"  # fine-tuning head input: "mean" of patch tokens or "cls" token(s)
+    pretrain_heads: bool = True  # mask_embed + cpredlayer + gpredlayer
+    pretrain_fdim: int = 128  # the pretraining input size (the official p_input_fdim/tdim)
+    pretrain_tdim: int = 1024
+    # Ablations reported in the paper; the defaults are the released models' settings.
+    bidirectional: bool = True
+    norm: str = "layernorm"  # or "rmsnorm"
+    residual_in_fp32: bool = False
+    drop_path: float = 0.1
+    attention: str = "sdpa"  # SSAST: "sdpa" or "explicit" (the reference's N x N matrix)
+
+    def __post_init__(self):
+        if self.arch not in ("ssamba", "ssast"):
+            raise ValueError(f"arch must be 'ssamba' or 'ssast', got {self.arch!r}")
+        if self.pool not in ("mean", "cls"):
+            raise ValueError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
+        if self.norm not in ("layernorm", "rmsnorm"):
+            raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
+        if self.attention not in ("sdpa", "explicit"):
+            raise ValueError(f"attention must be 'sdpa' or 'explicit', got {self.attention!r}")
+        if self.arch == "ssamba" and self.bidirectional and self.depth % 2:
+            raise ValueError(
+                f"a bidirectional SSAMBA uses layers in pairs: depth {self.depth} is odd"
+            )
+        if self.input_tdim < PATCH or self.num_mel_bins < PATCH:
+            raise ValueError(
+                f"input must be at least {PATCH}x{PATCH}: got {self.input_tdim} frames"
+            )
+        if self.dt_rank is None:
+            self.dt_rank = -(-self.embed_dim // 16)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(frequency, time) patch grid of an input of ``input_tdim`` frames."""
+        return patch_grid(self.num_mel_bins, self.input_tdim, self.fstride, self.tstride)
+
+    @property
+    def num_class_tokens(self) -> int:
+        return 1 if self.arch == "ssamba" else 2
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config fields: {', '.join(unknown)}")
+        return cls(**data)
+
+
+def patch_grid(fdim: int, tdim: int, fstride: int, tstride: int) -> tuple[int, int]:
+    return (fdim - PATCH) // fstride + 1, (tdim - PATCH) // tstride + 1
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    config: dict = field(default_factory=dict)
+
+
+def _presets() -> dict[str, Preset]:
+    presets = {}
+    for size, (dim, heads) in SIZES.items():
+        presets[f"ssamba_{size}"] = Preset(
+            f"SSAMBA {size}: 24 bidirectional Mamba layers, width {dim}",
+            dict(arch="ssamba", embed_dim=dim, depth=24),
+        )
+        presets[f"ssast_{size}"] = Preset(
+            f"SSAST {size}: 12-block ViT, width {dim}, {heads} heads (the baseline)",
+            dict(arch="ssast", embed_dim=dim, depth=12, num_heads=heads, drop_path=0.0),
+        )
+    return presets
+
+
+PRESETS = _presets()
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`."""
+    return sorted(PRESETS, key=lambda n: (n.split("_")[0], list(SIZES).index(n.split("_")[1])))
+
+
+def preset_config(name: str, **overrides) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    return ModelConfig(**{**PRESETS[name].config, **overrides})

@@ -1,0 +1,134 @@
+"""Spectrogram patches: the patch embedding, positional-embedding resizing and patch masking.
+
+Token order is frequency-band major: token = f * t_dim + t (the order the official models use).
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ssamba.models.config import PATCH
+
+
+class PatchEmbed(nn.Module):
+    """16x16 patches of the (B, 1, freq, time) spectrogram image -> (B, f_dim * t_dim, E)."""
+
+    def __init__(self, embed_dim: int, fstride: int, tstride: int):
+        super().__init__()
+        self.proj = nn.Conv2d(1, embed_dim, kernel_size=PATCH, stride=(fstride, tstride))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.proj(image).flatten(2).transpose(1, 2)
+
+
+def fbank_to_image(fbank: torch.Tensor) -> torch.Tensor:
+    """(B, T, mel) -> (B, 1, mel, T): frequency is the image height, time its width."""
+    if fbank.dim() != 3:
+        raise ValueError(
+            f"expected a (batch, frames, mel_bins) fbank, got shape {tuple(fbank.shape)}"
+        )
+    return fbank.transpose(1, 2).unsqueeze(1)
+
+
+def patchify(fbank: torch.Tensor, fstride: int = PATCH, tstride: int = PATCH) -> torch.Tensor:
+    """Raw patches as regression targets, (B, N, 256); inner index 16 * freq_off + time_off."""
+    image = fbank_to_image(fbank)
+    return F.unfold(image, kernel_size=PATCH, stride=(fstride, tstride)).transpose(1, 2)
+
+
+def resize_pos_embed(
+    pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]
+) -> torch.Tensor:
+    """Adapt a (1, fo*to, E) patch positional embedding to a new (f, t) grid (SPEC §2).
+
+    Per axis, time first: centre-crop when the new grid is smaller, bilinear interpolation
+    (align_corners=False) otherwise, exactly as the official fine-tuning constructor does.
+    """
+    (fo, to), (fn, tn) = old_grid, new_grid
+    if (fo, to) == (fn, tn):
+        return pos
+    dim = pos.shape[-1]
+    if pos.shape[1] != fo * to:
+        raise ValueError(
+            f"positional embedding has {pos.shape[1]} patches, grid {old_grid} needs {fo * to}"
+        )
+    x = pos.reshape(1, fo, to, dim).permute(0, 3, 1, 2)
+    if tn < to:
+        start = to // 2 - tn // 2
+        x = x[:, :, :, start : start + tn]
+    else:
+        x = F.interpolate(x, size=(fo, tn), mode="bilinear", align_corners=False)
+    if fn < fo:
+        start = fo // 2 - fn // 2
+        x = x[:, :, start : start + fn, :]
+    else:
+        x = F.interpolate(x, size=(fn, tn), mode="bilinear", align_corners=False)
+    return x.permute(0, 2, 3, 1).reshape(1, fn * tn, dim)
+
+
+def check_mask_size(num_patches: int, mask_patch: int) -> None:
+    # Patch 0 is never masked and the reference loop needs more than M distinct ids: M <= N - 2.
+    if not 1 <= mask_patch <= num_patches - 2:
+        raise ValueError(
+            f"cannot mask {mask_patch} of {num_patches} patches: at most {num_patches - 2} "
+            "(patch 0 is never masked); use shorter masks or longer inputs"
+        )
+
+
+def cluster_mask(num_patches: int, t_dim: int, mask_patch: int, rng: random.Random) -> list[int]:
+    """SSAST's cluster masking for one clip: c x c blocks (c in 3..5) until > M ids; M smallest."""
+    check_mask_size(num_patches, mask_patch)
+    side = rng.randrange(3) + 3
+    chosen: set[int] = set()
+    while len(chosen) <= mask_patch:
+        start = rng.randrange(num_patches)
+        for i in range(side):
+            for j in range(side):
+                cand = start + t_dim * i + j
+                if 0 < cand < num_patches:
+                    chosen.add(cand)
+    return sorted(chosen)[:mask_patch]
+
+
+def random_mask(num_patches: int, mask_patch: int, rng: random.Random) -> list[int]:
+    """Uniformly random patches (never patch 0, for parity with cluster masking), sorted."""
+    check_mask_size(num_patches, mask_patch)
+    return sorted(rng.sample(range(1, num_patches), mask_patch))
+
+
+def frame_mask(f_dim: int, t_dim: int, mask_patch: int, rng: random.Random) -> list[int]:
+    """Mask whole time frames (every frequency patch of a time step) until M patches are masked."""
+    num_patches = f_dim * t_dim
+    check_mask_size(num_patches, mask_patch)
+    ids: list[int] = []
+    for t in rng.sample(range(t_dim), t_dim):
+        ids.extend(f * t_dim + t for f in range(f_dim) if f * t_dim + t > 0)
+        if len(ids) >= mask_patch:
+            break
+    return sorted(ids[:mask_patch])
+
+
+def draw_mask_index(
+    batch: int,
+    grid: tuple[int, int],
+    mask_patch: int,
+    mode: str = "cluster",
+    rng: random.Random | None = None,
+) -> torch.Tensor:
+    """(B, M) long mask indices, one row per clip, drawn from ``rng`` (a seeded random.Random)."""
+    rng = rng or random.Random()
+    f_dim, t_dim = grid
+    n = f_dim * t_dim
+    if mode == "cluster":
+        rows = [cluster_mask(n, t_dim, mask_patch, rng) for _ in range(batch)]
+    elif mode == "random":
+        rows = [random_mask(n, mask_patch, rng) for _ in range(batch)]
+    elif mode == "frame":
+        rows = [frame_mask(f_dim, t_dim, mask_patch, rng) for _ in range(batch)]
+    else:
+        raise ValueError(f"mask mode must be 'cluster', 'random' or 'frame', got {mode!r}")
+    return torch.tensor(rows, dtype=torch.long)

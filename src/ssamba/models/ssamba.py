@@ -1,0 +1,76 @@
+"""The SSAMBA encoder: Vision Mamba layers used in forward/flipped pairs, then norm_f twice."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ssamba.models.config import ModelConfig
+from ssamba.models.layers import DropPath, make_norm
+from ssamba.models.mamba import BiMambaMixer, MambaBlock, init_mamba_branch
+
+
+class MambaEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.bidirectional = cfg.bidirectional
+        # Vim's schedule: layer 0 gets no drop path, layer i gets rate * (i - 1) / (depth - 1).
+        rates = [0.0] + torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
+        self.layers = nn.ModuleList(
+            MambaBlock(
+                cfg.embed_dim,
+                BiMambaMixer(
+                    cfg.embed_dim,
+                    d_state=cfg.d_state,
+                    d_conv=cfg.d_conv,
+                    expand=cfg.expand,
+                    dt_rank=cfg.dt_rank,
+                    bidirectional=cfg.bidirectional,
+                ),
+                norm=cfg.norm,
+                drop_path=rates[i],
+                fp32=cfg.residual_in_fp32,
+            )
+            for i in range(cfg.depth)
+        )
+        self.drop_path = DropPath(cfg.drop_path)
+        self.norm_f = make_norm(cfg.norm, cfg.embed_dim, eps=1e-5)
+        self.reset_parameters(cfg.depth)
+
+    def reset_parameters(self, depth: int) -> None:
+        for layer in self.layers:
+            mixer = layer.mixer
+            nn.init.kaiming_uniform_(mixer.in_proj.weight, a=math.sqrt(5))
+            for branch in (mixer.forward_branch, mixer.backward_branch):
+                if branch is not None:
+                    init_mamba_branch(branch)
+            # mamba_ssm's prenorm-residual rescaling: out_proj / sqrt(n_layer).
+            nn.init.kaiming_uniform_(mixer.out_proj.weight, a=math.sqrt(5))
+            with torch.no_grad():
+                mixer.out_proj.weight /= math.sqrt(depth)
+
+    def forward(self, tokens: torch.Tensor, return_layers: bool = False):
+        """tokens (B, L, E) -> normalised (B, L, E) [, per-pair (or per-layer) streams]."""
+        hidden, residual = tokens, None
+        streams = []
+        if self.bidirectional:
+            for k in range(len(self.layers) // 2):
+                h_f, r_f = self.layers[2 * k](hidden, residual)
+                h_b, r_b = self.layers[2 * k + 1](
+                    hidden.flip(1), None if residual is None else residual.flip(1)
+                )
+                hidden, residual = h_f + h_b.flip(1), r_f + r_b.flip(1)
+                if return_layers:
+                    streams.append(residual + hidden)
+        else:
+            for layer in self.layers:
+                hidden, residual = layer(hidden, residual)
+                if return_layers:
+                    streams.append(residual + hidden)
+        residual = residual + self.drop_path(hidden)
+        out = self.norm_f(residual.to(self.norm_f.weight.dtype))
+        # The official AMBAModel applies norm_f a second time; the trained weights expect it.
+        out = self.norm_f(out)
+        return (out, streams) if return_layers else out

@@ -243,9 +243,8 @@ def _atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def preprocessor_config(config: ModelConfig, normalize=None) -> dict:
+def preprocessor_config(config: ModelConfig) -> dict:
     """Front-end settings with the field names of transformers' AST feature extractor."""
-    mean, std = normalize if normalize is not None else (-4.2677393, 4.5689974)
     return {
         "feature_extractor_type": "ASTFeatureExtractor",
         "feature_size": 1,
@@ -254,13 +253,13 @@ def preprocessor_config(config: ModelConfig, normalize=None) -> dict:
         "sampling_rate": 16000,
         "padding_value": 0.0,
         "do_normalize": True,
-        "mean": mean,
-        "std": std,
+        "mean": config.norm_mean,
+        "std": config.norm_std,
         "return_attention_mask": False,
     }
 
 
-def save_pretrained(model: AudioModel, folder: str | Path, normalize=None) -> Path:
+def save_pretrained(model: AudioModel, folder: str | Path) -> Path:
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -269,7 +268,7 @@ def save_pretrained(model: AudioModel, folder: str | Path, normalize=None) -> Pa
     _atomic_write(
         folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"})
     )
-    pre = json.dumps(preprocessor_config(model.config, normalize), indent=2)
+    pre = json.dumps(preprocessor_config(model.config), indent=2)
     _atomic_write(folder / PREPROCESSOR_FILE, lambda tmp: Path(tmp).write_text(pre))
     cfg = model.config.to_json()
     _atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(cfg))

@@ -186,10 +186,39 @@ def run_check_data(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------
 # The parser and main
 
+
 #: Sub-command registrars, in the order ``ssamba --help`` lists them.
+def add_pretrain_parser(subparsers) -> None:
+    from ssamba.pretrain import add_pretrain_parser as add
+
+    add(subparsers)
+
+
+def add_finetune_parser(subparsers) -> None:
+    from ssamba.finetune import add_finetune_parser as add
+
+    add(subparsers)
+
+
+def add_evaluate_parser(subparsers) -> None:
+    from ssamba.evaluation import add_evaluate_parser as add
+
+    add(subparsers)
+
+
+def add_prepare_parser(subparsers) -> None:
+    from ssamba.recipes import add_prepare_parser as add
+
+    add(subparsers)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_stats_parser,
     add_check_data_parser,
+    add_prepare_parser,
+    add_pretrain_parser,
+    add_finetune_parser,
+    add_evaluate_parser,
 ]
 
 
@@ -213,6 +242,10 @@ def _input_errors() -> tuple[type[BaseException], ...]:
         errors.append(mods["ssamba.data"].ManifestError)
     if "ssamba.audio" in mods:
         errors.append(mods["ssamba.audio"].AudioError)
+    if "ssamba.checkpoints" in mods:
+        errors.append(mods["ssamba.checkpoints"].CheckpointError)
+    if "ssamba.training" in mods:
+        errors.append(mods["ssamba.training"].TrainingError)
     return tuple(errors)
 
 

@@ -29,6 +29,9 @@ class ModelConfig:
     num_classes: int = 0  # 0: no classification head; forward() returns the pooled embedding
     pool: str = "mean"  # fine-tuning head input: "mean" of patch tokens or "cls" token(s)
     pretrain_heads: bool = True  # mask_embed + cpredlayer + gpredlayer
+    # Front-end normalisation the weights expect, (fbank - mean) / (2 * std); AudioSet by default.
+    norm_mean: float = -4.2677393
+    norm_std: float = 4.5689974
     pretrain_fdim: int = 128  # the pretraining input size (the official p_input_fdim/tdim)
     pretrain_tdim: int = 1024
     # Ablations reported in the paper; the defaults are the released models' settings.

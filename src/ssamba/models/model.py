@@ -166,6 +166,12 @@ class AudioModel(nn.Module):
             return info_nce(targets, self.cpredlayer(at_mask))
         return masked_mse(self.gpredlayer(at_mask), targets)
 
+    def embed(self, audio, sample_rate: int | None = None, **options):
+        """Clip and frame embeddings of waveforms or audio files: see :func:`ssamba.embed.embed`."""
+        from ssamba.embed import embed
+
+        return embed(self, audio, sample_rate=sample_rate, **options)
+
     # ----------------------------------------------------------------- persistence
     def save_pretrained(self, folder: str | Path) -> Path:
         from ssamba.checkpoints import save_pretrained

@@ -1,0 +1,199 @@
+"""Fine-tuning recipes for the downstream tasks, and ``ssamba prepare`` (dataset -> manifests).
+
+One JSON file per task in this folder (``list_recipes()``)::
+
+    {"name", "description", "num_classes", "multilabel", "prepare": <dataset layout id>,
+     "splits": {...} or "folds": K, "protocol": "<how to report>",
+     "finetune": {<FINETUNE_FIELDS>}, "expected": {"ssamba_tiny": number or null, ...,
+     "metric", "unit", "source"}, "notes": [...]}
+
+``finetune`` holds exactly :data:`FINETUNE_FIELDS` (the fine-tuning command reads them);
+``expected`` numbers are the published ones where known, ``null`` means unknown (the ``source``
+says which paper/table, or why unknown). ``ssamba prepare TASK SOURCE_DIR --out DIR`` turns the
+dataset as its authors distribute it (extracted) into manifests: see :mod:`ssamba.recipes.prepare`.
+
+This module imports nothing heavy (the CLI lists the tasks at start-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RECIPE_DIR = Path(__file__).resolve().parent
+
+#: The ``finetune`` keys of every recipe, with their types.
+FINETUNE_FIELDS: dict[str, tuple[type, ...]] = {
+    "target_length": (int,),
+    "normalize": (str, type(None)),
+    "fstride": (int,),
+    "tstride": (int,),
+    "batch_size": (int,),
+    "lr": (float,),
+    "epochs": (int,),
+    "freqm": (int,),
+    "timem": (int,),
+    "mixup": (float, int),
+    "noise": (bool,),
+    "loss": (str,),
+    "metric": (str,),
+    "head_lr_mult": (float, int),
+    "lr_decay": (float, int),
+    "lr_decay_start": (int,),
+    "warmup_steps": (int,),
+    "pool": (str,),
+    "balanced": (bool,),
+    "weight_decay": (float,),
+}
+_CHOICES = {
+    "normalize": ("audioset", "esc50", "speechcommands", None),
+    "loss": ("ce", "bce"),
+    "metric": ("acc", "map"),
+    "pool": ("mean", "cls"),
+}
+_ALIASES = {
+    "esc": "esc50",
+    "esc_50": "esc50",
+    "audioset": "audioset20k",
+    "as20k": "audioset20k",
+    "audioset_20k": "audioset20k",
+    "speechcommands": "speechcommands_v2",
+    "speech_commands": "speechcommands_v2",
+    "speech_commands_v2": "speechcommands_v2",
+    "speech_commands_v1": "speechcommands_v1",
+    "sc2": "speechcommands_v2",
+    "sc1": "speechcommands_v1",
+    "ks2": "speechcommands_v2",
+    "voxceleb": "voxceleb1",
+    "sid": "voxceleb1",
+    "er": "iemocap",
+    "urbansound": "urbansound8k",
+    "urban8k": "urbansound8k",
+    "us8k": "urbansound8k",
+}
+
+
+class RecipeError(ValueError):
+    """An unknown task name or a malformed recipe file."""
+
+
+def list_recipes() -> list[str]:
+    """The task names, sorted (one per JSON file in this folder)."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.json"))
+
+
+def recipe_name(name: str) -> str:
+    """The canonical task name for ``name`` (case, ``-`` vs ``_`` and a few aliases accepted)."""
+    key = str(name).strip().lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
+    if key not in list_recipes():
+        raise RecipeError(f"unknown task {name!r}; available: {', '.join(list_recipes())}")
+    return key
+
+
+def load_recipe(name: str) -> dict:
+    """The recipe of a task as a dict (a fresh copy: safe to modify); see the module docstring."""
+    key = recipe_name(name)
+    path = RECIPE_DIR / f"{key}.json"
+    try:
+        recipe = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise RecipeError(f"{path}: unreadable recipe ({e})") from None
+    validate_recipe(recipe, str(path))
+    return recipe
+
+
+def validate_recipe(recipe: dict, where: str = "recipe") -> None:
+    """Raise :class:`RecipeError` unless ``recipe`` has the required keys and exactly the
+    :data:`FINETUNE_FIELDS`, with the right types and allowed values."""
+    for key in ("name", "description", "num_classes", "prepare", "finetune", "expected"):
+        if key not in recipe:
+            raise RecipeError(f"{where}: missing key {key!r}")
+    ft = recipe["finetune"]
+    missing = sorted(set(FINETUNE_FIELDS) - set(ft))
+    extra = sorted(set(ft) - set(FINETUNE_FIELDS))
+    if missing or extra:
+        raise RecipeError(f"{where}: finetune fields missing {missing}, unexpected {extra}")
+    for key, types in FINETUNE_FIELDS.items():
+        value = ft[key]
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok:
+            raise RecipeError(f"{where}: finetune.{key} = {value!r} has the wrong type")
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise RecipeError(f"{where}: finetune.{key} = {value!r}; allowed: {_CHOICES[key]}")
+    if ft["metric"] == "map" and not recipe.get("multilabel", False):
+        raise RecipeError(f"{where}: metric 'map' is meant for multi-label tasks")
+    if "source" not in recipe["expected"]:
+        raise RecipeError(f"{where}: expected.source is missing")
+
+
+# --------------------------------------------------------------------------------------------------
+# ssamba prepare
+
+
+def add_prepare_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prepare",
+        help="turn a downloaded dataset (official layout) into manifests for a recipe",
+        description=(
+            "Read a dataset in the layout its authors distribute (extracted; nothing is "
+            "downloaded) and write manifests: one CSV (path,label) per split or fold, all.csv "
+            "with a split column, class_labels_indices.csv, and prepare.json with the counts. "
+            "Tasks: " + ", ".join(list_recipes()) + "."
+        ),
+    )
+    p.add_argument("task", help="task name: " + ", ".join(list_recipes()))
+    p.add_argument("source", metavar="SOURCE_DIR", help="the extracted dataset folder")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--format",
+        choices=("csv", "json", "both"),
+        default="csv",
+        help="CSV manifests (default), SSAST JSON manifests, or both",
+    )
+    p.add_argument(
+        "--relative",
+        action="store_true",
+        help="write audio paths relative to the output folder (default: absolute)",
+    )
+    p.add_argument(
+        "--rate-sample",
+        type=int,
+        default=200,
+        metavar="N",
+        help="read the header of N files (spread over the set) to report native sample rates; "
+        "0: skip (default 200)",
+    )
+    p.set_defaults(func=run_prepare)
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from ssamba.cli import CommandError
+    from ssamba.recipes.prepare import PrepareError, prepare
+
+    try:
+        result = prepare(
+            args.task,
+            args.source,
+            args.out,
+            format=args.format,
+            relative=args.relative,
+            rate_sample=args.rate_sample,
+        )
+    except (PrepareError, RecipeError) as e:
+        raise CommandError(str(e)) from None
+    print(result.summary())
+    return 0
+
+
+__all__ = [
+    "FINETUNE_FIELDS",
+    "RecipeError",
+    "add_prepare_parser",
+    "list_recipes",
+    "load_recipe",
+    "recipe_name",
+    "run_prepare",
+    "validate_recipe",
+]

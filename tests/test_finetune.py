@@ -1,0 +1,126 @@
+"""Fine-tuning: learning on synthesised labelled audio, recipes, schedules, label handling."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import ssamba
+from ssamba.cli import build_parser
+from ssamba.finetune import FinetuneConfig, FinetuneTask, config_from_args, finetune
+from ssamba.training import LRSchedule
+
+FREQS = {"low": 300.0, "mid": 900.0, "high": 2700.0}
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory):
+    """Three tone classes with jittered pitch and noise: train/valid/test CSV manifests."""
+    root = tmp_path_factory.mktemp("tones")
+    rng = np.random.default_rng(0)
+    t = np.arange(16000) / 16000
+    rows = {"train": [], "valid": [], "test": []}
+    for label, freq in FREQS.items():
+        for i in range(14):
+            split = "train" if i < 8 else ("valid" if i < 11 else "test")
+            f = freq * rng.uniform(0.9, 1.1)
+            x = 0.3 * np.sin(2 * np.pi * f * t) + 0.05 * rng.standard_normal(t.size)
+            sf.write(root / f"{label}_{i}.wav", x.astype(np.float32), 16000)
+            rows[split].append(f"{label}_{i}.wav,{label}")
+    for split, lines in rows.items():
+        (root / f"{split}.csv").write_text("path,label\n" + "\n".join(lines) + "\n")
+    return root
+
+
+def cfg(root, out, **kw):
+    base = dict(
+        out=str(out),
+        train=str(root / "train.csv"),
+        valid=str(root / "valid.csv"),
+        test=str(root / "test.csv"),
+        target_length=96,
+        batch_size=6,
+        lr=1e-3,
+        epochs=5,
+        progress=False,
+        model_overrides={"depth": 2},
+    )
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+@pytest.mark.parametrize("preset", ["ssamba_tiny", "ssast_tiny"])
+def test_finetuning_learns_far_above_chance(tones, tmp_path, preset):
+    summary = finetune(cfg(tones, tmp_path / "run", model=preset, freqm=8, timem=8))
+    assert summary["test"]["acc"] >= 2 / 3  # twice chance (1/3) after 40 small steps
+    best = tmp_path / "run" / "best"
+    assert json.loads((best / "classes.json").read_text()) == ["high", "low", "mid"]
+    model = ssamba.load_model(best)
+    assert model.config.num_classes == 3 and model.config.pretrain_heads is False
+
+
+def test_multilabel_bce_reports_map(tones, tmp_path):
+    lines = ["path,label"]
+    for line in (tones / "train.csv").read_text().splitlines()[1:]:
+        path, label = line.split(",")
+        lines.append(f'{path},"{label};{"tonal"}"')
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    for split in ("valid", "test"):
+        text = (tones / f"{split}.csv").read_text()
+        rows = [f'{r.split(",")[0]},"{r.split(",")[1]};tonal"' for r in text.splitlines()[1:]]
+        (tmp_path / f"{split}.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    for wav in tones.glob("*.wav"):  # audio paths are relative to the manifest folder
+        (tmp_path / wav.name).symlink_to(wav)
+    summary = finetune(cfg(tmp_path, tmp_path / "run", loss="bce", metric="map", epochs=3))
+    assert 0 <= summary["test"]["map"] <= 1 and summary["best_metric"] is not None
+    with pytest.raises(ValueError, match="multi-label: use --loss bce"):
+        finetune(cfg(tmp_path, tmp_path / "run2", epochs=1))
+
+
+def test_unknown_test_label_is_an_error(tones, tmp_path):
+    (tmp_path / "test.csv").write_text(f"path,label\n{tones / 'low_0.wav'},whistle\n")
+    config = cfg(tones, tmp_path / "run", epochs=1, test=str(tmp_path / "test.csv"))
+    with pytest.raises(ValueError, match="whistle"):
+        finetune(config)
+
+
+def test_recipe_then_explicit_options():
+    parser = build_parser()
+    args = parser.parse_args(
+        ["finetune", "--recipe", "esc50", "--train", "t.csv", "--out", "o", "--lr", "0.5"]
+    )
+    config = config_from_args(args)
+    assert (config.target_length, config.freqm, config.timem, config.noise) == (512, 24, 96, True)
+    assert config.lr == 0.5 and config.batch_size == 48 and config.weight_decay == 5e-7
+    assert config.init is None and config.normalize == "esc50"
+    plain = config_from_args(parser.parse_args(["finetune", "--train", "t", "--out", "o"]))
+    assert (plain.lr, plain.weight_decay, plain.fstride, plain.epochs) == (1e-4, 5e-7, 10, 1)
+
+
+def test_step_decay_and_head_learning_rate():
+    schedule = LRSchedule(warmup_steps=0, mode="step_decay", factor=0.5, decay_start=2)
+    scales = []
+    for epoch in range(4):
+        scales.append(schedule.lr_factor(0))
+        schedule.end_epoch(epoch)
+    assert scales == [
+        1.0,
+        1.0,
+        0.5,
+        0.25,
+    ]  # decays after epochs 2, 3, ... (1-based), as MultiStepLR
+    warm = LRSchedule(warmup_steps=4)
+    assert [warm.lr_factor(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    model = ssamba.create_model("ssamba_tiny", depth=2, input_tdim=64, num_classes=3)
+    task = FinetuneTask(FinetuneConfig(out="x", lr=1e-4, head_lr_mult=3.0), model, ["a", "b", "c"])
+    body, head = task.param_groups()
+    assert head["lr"] == pytest.approx(3e-4) and body["lr"] == 1e-4
+    assert sum(p.numel() for p in head["params"]) == 192 * 2 + 192 * 3 + 3
+
+
+def test_plateau_halving():
+    schedule = LRSchedule(mode="plateau", factor=0.5, patience=2)
+    for metric in (0.1, 0.2, 0.2, 0.15, 0.3, 0.1, 0.1):
+        schedule.observe(metric)
+    assert schedule.scale == 0.25

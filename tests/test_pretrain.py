@@ -1,0 +1,198 @@
+"""Pretraining: the objective, learning, exact resume, torchrun/DDP parity, failure handling."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import ssamba
+from ssamba.cli import main
+from ssamba.pretrain import MaskedPatchObjective, PretrainConfig, clip_masks, pretrain
+from ssamba.training import TrainingError, read_metrics
+
+GOLDEN = Path(__file__).parent / "data" / "golden" / "official_ssamba_tiny_depth4"
+
+
+def chirps(folder: Path, n: int, seed: int) -> Path:
+    """Short noisy chirps: structured enough for masked patch prediction to be learnable."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(0.9 * 16000)) / 16000
+    for i in range(n):
+        f = rng.uniform(200, 3000)
+        x = 0.3 * np.sin(2 * np.pi * f * t * (1 + 0.3 * t)) + 0.02 * rng.standard_normal(t.size)
+        sf.write(folder / f"{i:03d}.wav", x.astype(np.float32), 16000)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain_audio")
+    return chirps(root / "train", 32, 0), chirps(root / "valid", 8, 1)
+
+
+def config(out, train, valid=None, **kw):
+    base = dict(
+        out=str(out),
+        model="ssamba_tiny",
+        train=str(train),
+        valid=None if valid is None else str(valid),
+        target_length=64,
+        batch_size=8,
+        warmup_steps=2,
+        lr=1e-3,
+        progress=False,
+        log_every=1,
+        model_overrides={"depth": 2},
+    )
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+def train_losses(out):
+    return {
+        r["step"]: r["loss"]
+        for r in read_metrics(Path(out) / "metrics.jsonl")
+        if r["kind"] == "train"
+    }
+
+
+def test_joint_loss_is_nce_plus_ten_mse():
+    torch.manual_seed(0)
+    model = ssamba.create_model("ssamba_tiny", depth=2, input_tdim=64).eval()
+    fbank = torch.randn(2, 64, 128)
+    masks = clip_masks([0, 1], (8, 4), 10, "cluster", "k")
+    mask_g = clip_masks([0, 1], (8, 4), 10, "cluster", "g")
+    loss, parts = MaskedPatchObjective(model, "joint", 10.0)(fbank, masks, mask_g)
+    acc, nce = model.forward_pretrain(fbank, "mpc", mask_index=masks)
+    mse = model.forward_pretrain(fbank, "mpg", mask_index=mask_g)
+    assert loss.item() == pytest.approx((nce + 10 * mse).item(), rel=1e-6)
+    assert parts["acc"].item() == acc.item()
+    # masks depend on the clip identity only, never on its position in a batch
+    assert torch.equal(clip_masks([1], (8, 4), 10, "cluster", "k")[0], masks[1])
+
+
+def test_masked_patch_accuracy_rises_well_above_chance(audio, tmp_path):
+    train, valid = audio
+    summary = pretrain(config(tmp_path / "run", train, valid, max_steps=30, eval_every=10))
+    chance = 1 / 25  # 25 of the 32 patches of a 64-frame clip are masked
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    train_acc = np.mean([r["acc"] for r in records if r["kind"] == "train"][-5:])
+    valid_acc = [r["acc"] for r in records if r["kind"] == "valid"]
+    assert train_acc > 5 * chance, train_acc
+    assert max(valid_acc) > 2.5 * chance, valid_acc  # held-out clips, fixed masks
+    assert summary["steps"] == 30 and summary["best_metric"] == max(valid_acc)
+    for name in ("final", "best"):
+        assert ssamba.load_model(tmp_path / "run" / name).config.depth == 2
+
+
+def test_resume_after_kill_equals_uninterrupted_run(audio, tmp_path):
+    train, _ = audio
+    steps = dict(max_steps=8, save_every=3)
+    pretrain(config(tmp_path / "full", train, **steps))
+    expected = train_losses(tmp_path / "full")
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "ssamba.cli", "pretrain", "--model", "ssamba_tiny", "--depth", "2"]
+    cmd += ["--train", str(train), "--out", str(out), "--target-length", "64", "--batch-size", "8"]
+    cmd += ["--warmup-steps", "2", "--lr", "1e-3", "--no-progress", "--log-every", "1"]
+    cmd += ["--max-steps", "8", "--save-every", "3"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step_00000003").exists() and proc.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # killed at an arbitrary moment after the first checkpoint
+    proc.wait()
+    assert main(cmd[3:] + ["--resume"]) == 0
+    resumed = train_losses(out)
+    assert sorted(resumed) == list(range(1, 9))
+    for step in range(1, 9):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(audio, tmp_path, monkeypatch):
+    train, _ = audio
+    forward = MaskedPatchObjective.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args):
+        calls["n"] += 1
+        loss, parts = forward(self, *args)
+        if calls["n"] == 4:
+            loss = loss * float("nan")
+            parts["loss"] = loss.detach()
+        return loss, parts
+
+    monkeypatch.setattr(MaskedPatchObjective, "forward", poisoned)
+    with pytest.raises(TrainingError, match="NaN/inf at step 3.*step_00000002"):
+        pretrain(config(tmp_path / "run", train, max_steps=6, save_every=2))
+    latest = (tmp_path / "run" / "latest").read_text().strip()
+    assert latest.endswith("step_00000002")
+    ssamba.load_model(tmp_path / "run" / latest)  # intact
+
+
+def test_output_folder_is_not_overwritten(audio, tmp_path, capsys):
+    train, _ = audio
+    args = ["pretrain", "--depth", "2", "--train", str(train), "--out", str(tmp_path / "r")]
+    args += ["--target-length", "64", "--batch-size", "8", "--max-steps", "1", "--no-progress"]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(args + ["--resume", "--lr", "5e-4"]) == 2
+    assert "lr: 0.0001 -> 0.0005" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_continue_pretraining_from_an_official_checkpoint(audio, tmp_path):
+    train, _ = audio
+    cfg = config(tmp_path / "run", train, model=str(GOLDEN / "pretrain_state_dict.pt"))
+    cfg.model_overrides = {}
+    cfg.max_steps = 2
+    pretrain(cfg)
+    model = ssamba.load_model(tmp_path / "run" / "final")
+    assert (model.config.depth, model.config.input_tdim, model.grid) == (4, 64, (8, 4))
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+    reason="no torchrun",
+)
+def test_torchrun_two_processes_match_a_single_process(audio, tmp_path):
+    train, _ = audio
+    common = ["pretrain", "--depth", "2", "--drop-path", "0", "--train", str(train)]
+    common += ["--target-length", "64", "--batch-size", "8", "--max-steps", "4", "--lr", "1e-3"]
+    common += ["--warmup-steps", "2", "--no-progress", "--log-every", "1"]
+    assert main(common + ["--out", str(tmp_path / "single")]) == 0
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "ssamba.cli"]
+        + common
+        + ["--out", str(tmp_path / "ddp")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    single, ddp = train_losses(tmp_path / "single"), train_losses(tmp_path / "ddp")
+    assert sorted(ddp) == [1, 2, 3, 4]
+    for step in single:
+        assert ddp[step] == pytest.approx(single[step], rel=1e-4), step
+    # Weights: gradients agree to float rounding (summation order differs), but Adam normalises
+    # each element, so near-zero gradients may move by up to lr per step either way.
+    a = ssamba.load_model(tmp_path / "single" / "final").state_dict()
+    b = ssamba.load_model(tmp_path / "ddp" / "final").state_dict()
+    diffs = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    assert diffs.max() <= 2 * 1e-3 * 4 and diffs.median() < 1e-6
+    assert json.loads((tmp_path / "ddp" / "run.json").read_text())["world_size"] == 2

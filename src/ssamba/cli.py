@@ -200,6 +200,36 @@ def add_finetune_parser(subparsers) -> None:
     add(subparsers)
 
 
+def add_plot_parser(subparsers) -> None:
+    from ssamba.plots import add_plot_parser as add
+
+    add(subparsers)
+
+
+def add_average_parser(subparsers) -> None:
+    from ssamba.averaging import add_average_parser as add
+
+    add(subparsers)
+
+
+def add_probe_parser(subparsers) -> None:
+    from ssamba.probe import add_probe_parser as add
+
+    add(subparsers)
+
+
+def add_embed_parser(subparsers) -> None:
+    from ssamba.embed import add_embed_parser as add
+
+    add(subparsers)
+
+
+def add_convert_parser(subparsers) -> None:
+    from ssamba.convert import add_convert_parser as add
+
+    add(subparsers)
+
+
 def add_evaluate_parser(subparsers) -> None:
     from ssamba.evaluation import add_evaluate_parser as add
 
@@ -218,7 +248,12 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_prepare_parser,
     add_pretrain_parser,
     add_finetune_parser,
+    add_probe_parser,
     add_evaluate_parser,
+    add_embed_parser,
+    add_convert_parser,
+    add_average_parser,
+    add_plot_parser,
 ]
 
 

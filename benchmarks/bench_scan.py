@@ -1,0 +1,122 @@
+"""Time the selective scan: PyTorch reference vs the fused numba CPU backend.
+
+    python benchmarks/bench_scan.py            # batch 4, d_inner 384, d_state 16, L 512 and 2048
+
+Prints a Markdown table: milliseconds per call, G state-updates/s (batch * D * L * N / time), the
+speed-up over the reference, and 2-thread scaling; plus two machine limits measured in the same
+run (torch.exp in cache on one thread, a streaming copy). Variants run interleaved, best of
+``--repeats``, because this shared VM's clock drifts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from ssamba.ops.scan import selective_scan_ref
+from ssamba.ops.scan_cpu import selective_scan_cpu
+
+
+def make_inputs(batch, length, chans, n_state, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(batch, length, chans, generator=g)
+    delta = torch.randn(batch, length, chans, generator=g) * 0.5 - 1.0
+    A = -torch.exp(torch.randn(chans, n_state, generator=g) * 0.5)
+    B = torch.randn(batch, length, n_state, generator=g)
+    C = torch.randn(batch, length, n_state, generator=g)
+    D = torch.randn(chans, generator=g)
+    z = torch.randn(batch, length, chans, generator=g)
+    bias = torch.randn(chans, generator=g) * 0.3
+    return [u, delta, A, B, C, D, z, bias]
+
+
+def best_time(fn, repeats):
+    fn()  # warm-up (and numba compile / cache load on the first call)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def forward(scan, args):
+    def run():
+        with torch.no_grad():
+            scan(*args)
+
+    return run
+
+
+def forward_backward(scan, args):
+    leaves = [a.clone().requires_grad_() for a in args]
+
+    def run():
+        for p in leaves:
+            p.grad = None
+        scan(*leaves).sum().backward()
+
+    return run
+
+
+def machine_limits(repeats):
+    """torch.exp in L1/L2 on one thread, and a streaming copy (elements/s, fp32)."""
+    torch.set_num_threads(1)
+    small = torch.randn(1 << 14)
+    out = torch.empty_like(small)
+    t = best_time(lambda: [torch.exp(small, out=out) for _ in range(100)], repeats)
+    exp_rate = 100 * small.numel() / t
+    big = torch.randn(1 << 25)  # 128 MiB: far beyond the caches
+    dst = torch.empty_like(big)
+    t = best_time(lambda: dst.copy_(big), repeats)
+    return exp_rate, big.numel() / t
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--d-inner", type=int, default=384)
+    p.add_argument("--d-state", type=int, default=16)
+    p.add_argument("--lengths", type=int, nargs="+", default=[512, 2048])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--ref-max-length", type=int, default=512,
+                   help="time the (slow) reference only up to this length")  # fmt: skip
+    p.add_argument("--ref-repeats", type=int, default=1)
+    a = p.parse_args()
+
+    rows = []
+    for length in a.lengths:
+        args = make_inputs(a.batch, length, a.d_inner, a.d_state)
+        updates = a.batch * a.d_inner * length * a.d_state
+        for mode, make in (("fwd", forward), ("fwd+bwd", forward_backward)):
+            times = {}
+            for th in a.threads:
+                torch.set_num_threads(th)
+                times[("cpu", th)] = best_time(make(selective_scan_cpu, args), a.repeats)
+                if length <= a.ref_max_length:
+                    times[("reference", th)] = best_time(
+                        make(selective_scan_ref, args), a.ref_repeats
+                    )
+            for (backend, th), t in times.items():
+                ref = times.get(("reference", th))
+                one = times.get((backend, 1))
+                rows.append((length, mode, backend, th, t * 1e3, updates / t / 1e9,
+                             f"{ref / t:.0f}x" if ref and backend == "cpu" else "",
+                             f"{one / t:.2f}x" if one and th != 1 else ""))  # fmt: skip
+
+    exp_rate, copy_rate = machine_limits(a.repeats)
+    print(f"batch {a.batch}, d_inner {a.d_inner}, d_state {a.d_state}, fp32; "
+          f"best of {a.repeats} (reference: {a.ref_repeats})\n")  # fmt: skip
+    print("| L | pass | backend | threads | ms | G updates/s | vs reference | vs 1 thread |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.1f} | {r[5]:.3f} | {r[6]} | {r[7]} |")
+    print(f"\nMachine limits (1 thread): torch.exp in cache {exp_rate / 1e9:.2f} G/s; "
+          f"streaming copy {copy_rate / 1e9:.2f} G fp32 elements/s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

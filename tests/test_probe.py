@@ -1,0 +1,155 @@
+"""ssamba.probe: linear probing of frozen clip embeddings, its cache and the ``probe`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import ssamba
+import ssamba.probe as probe_mod
+from conftest import TONE_CLASSES, make_wav
+from ssamba.cli import CommandError
+from ssamba.probe import (
+    add_probe_parser,
+    fit_linear,
+    linear_probe,
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return ssamba.create_model("ssamba_tiny", depth=2, input_tdim=64).eval()
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory):
+    """Folder-per-class splits of 0.4 s tones: train 8 per class, valid and test 3 per class."""
+    root = tmp_path_factory.mktemp("tones")
+    counts = {"train": 8, "valid": 3, "test": 3}
+    for s, (split, n) in enumerate(counts.items()):
+        for name, freq in TONE_CLASSES.items():
+            for k in range(n):
+                detune = 1 + 0.03 * ((k * 7 + s * 3) % 5 - 2)  # a few percent around the tone
+                make_wav(
+                    root / split / name / f"{k}.wav",
+                    0.4,
+                    freq * detune,
+                    amplitude=0.2 + 0.05 * (k % 4),
+                    noise=0.02,
+                    seed=100 * s + k,
+                )
+    return root
+
+
+def test_linear_probe_separates_tones(model, tones, tmp_path):
+    results = linear_probe(
+        model,
+        tones / "train",
+        tones / "valid",
+        tones / "test",
+        cache_dir=tmp_path / "cache",
+        l2_grid=(1e-3, 1e-1),
+    )
+    assert results["task"] == "multiclass" and results["metric"] == "accuracy"
+    assert results["classes"] == sorted(TONE_CLASSES)
+    assert results["train"]["files"] == 24 and results["test"]["files"] == 9
+    assert results["valid"]["accuracy"] >= 0.8  # chance is 1/3
+    assert results["test"]["accuracy"] >= 0.8
+    assert results["l2"] in (1e-3, 1e-1) and len(results["l2_grid"]) == 2
+    assert results["embedding"]["dim"] == 192
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 42
+    json.dumps(results)  # JSON-ready
+
+
+def run_cli(*argv) -> int:
+    parser = argparse.ArgumentParser(prog="ssamba")
+    add_probe_parser(parser.add_subparsers())
+    args = parser.parse_args(["probe", *map(str, argv)])
+    return args.func(args)
+
+
+def test_cli_writes_results_and_reuses_cache(model, tones, tmp_path, monkeypatch, capsys):
+    ckpt = model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "probe"
+    argv = ["-c", ckpt, "--train", tones / "train", "--valid", tones / "valid", "--out", out]
+    argv += ["--l2", "0.01", "--no-progress"]
+    assert run_cli(*argv) == 0
+    results = json.loads((out / "probe_results.json").read_text())
+    assert results["valid"]["accuracy"] >= 0.8 and "test" not in results
+    assert "valid accuracy" in capsys.readouterr().out
+    assert len(list((out / "cache").glob("*.npz"))) == 33
+
+    def fail(*args, **kwargs):
+        raise AssertionError("embed() called although everything is cached")
+
+    monkeypatch.setattr(probe_mod, "embed", fail)
+    assert run_cli(*argv) == 0
+    again = json.loads((out / "probe_results.json").read_text())
+    assert again["valid"] == results["valid"]
+    # other layers are other cache entries
+    with pytest.raises(AssertionError, match="cached"):
+        run_cli(*argv, "--layers", "0", "-1")
+
+
+def test_bad_files(model, tones, tmp_path, write_corrupt):
+    train = tmp_path / "train"
+    for name in TONE_CLASSES:
+        for k in range(2):
+            make_wav(train / name / f"{k}.wav", 0.3, TONE_CLASSES[name] * (1 + 0.02 * k))
+    write_corrupt(train / "low" / "broken.wav")
+    with pytest.raises(ssamba.audio.AudioError, match="broken.wav"):
+        linear_probe(model, train, tones / "valid", l2_grid=(0.01,))
+    results = linear_probe(model, train, tones / "valid", l2_grid=(0.01,), on_bad_file="skip")
+    assert results["train"]["files"] == 6
+    assert list(results["train"]["bad_files"]) == [str(train / "low" / "broken.wav")]
+    ckpt = model.save_pretrained(tmp_path / "model")
+    with pytest.raises(CommandError, match=r"broken\.wav.*--on-bad-file skip"):
+        run_cli("-c", ckpt, "--train", train, "--valid", tones / "valid", "--out", tmp_path / "o")
+
+
+def test_multilabel(model, tmp_path):
+    """Clips holding one or two of three tones, labelled with all they hold: sigmoid + mAP."""
+    rng = np.random.default_rng(0)
+    names = list(TONE_CLASSES)
+    rows = {"train": [], "valid": []}
+    combos = [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2)]
+    for split, reps in (("train", 2), ("valid", 1)):
+        for r in range(reps):
+            for c, combo in enumerate(combos):
+                t = np.arange(int(0.4 * 16000)) / 16000
+                wave = sum(np.sin(2 * np.pi * TONE_CLASSES[names[i]] * t) for i in combo) * 0.2
+                wave = wave + 0.01 * rng.standard_normal(len(t))
+                path = tmp_path / split / f"{r}_{c}.wav"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                import soundfile as sf
+
+                sf.write(str(path), wave.astype(np.float32), 16000)
+                label = ";".join(names[i] for i in combo)
+                rows[split].append(f'{path.name},"{label}"')
+    for split, lines in rows.items():
+        (tmp_path / split / "list.csv").write_text("path,labels\n" + "\n".join(lines) + "\n")
+    results = linear_probe(
+        model, tmp_path / "train" / "list.csv", tmp_path / "valid" / "list.csv", l2_grid=(1e-2,)
+    )
+    assert results["task"] == "multilabel" and results["metric"] == "mAP"
+    assert "accuracy" not in results["valid"]
+    assert results["valid"]["mAP"] > 0.7  # chance: about 0.5 (each tone is in half the clips)
+
+
+def test_fit_linear_is_deterministic_and_regularised():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((40, 5))
+    y = np.eye(2)[(x[:, 0] > 0).astype(int)]
+    w1, b1 = fit_linear(x, y, False, 1e-3)
+    w2, b2 = fit_linear(x, y, False, 1e-3)
+    assert torch.equal(w1, w2) and torch.equal(b1, b2)
+    w_strong, _ = fit_linear(x, y, False, 10.0)
+    assert w_strong.norm() < w1.norm()
+    # the informative feature dominates
+    assert (w1[0, 1] - w1[0, 0]).abs() > (w1[1:, 1] - w1[1:, 0]).abs().max()

@@ -1,0 +1,200 @@
+"""The selective scan: the reference against a naive loop, the numba CPU backend against the
+reference (values and every gradient), gradcheck in float64, and the backend dispatcher."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ssamba.ops import scan as scan_mod
+from ssamba.ops.scan import selective_scan, selective_scan_ref
+
+scan_cpu = pytest.importorskip("ssamba.ops.scan_cpu")
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def make_inputs(batch, length, chans, n_state, dtype=torch.float32, seed=0, with_d=True,
+                with_z=True, with_bias=True, softplus=True):  # fmt: skip
+    """Realistic magnitudes: A negative (as -exp(A_log)), delta around softplus's knee (or,
+    without the softplus, already positive, as a time step must be)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype)
+
+    u = randn(batch, length, chans)
+    delta = randn(batch, length, chans) * 0.5 - 1.0
+    if not softplus:
+        delta = torch.nn.functional.softplus(delta) + 0.5  # + bias (|bias| ~ 0.3) stays > 0
+    A = -torch.exp(randn(chans, n_state) * 0.5)
+    B = randn(batch, length, n_state)
+    C = randn(batch, length, n_state)
+    D = randn(chans) if with_d else None
+    z = randn(batch, length, chans) if with_z else None
+    bias = randn(chans) * 0.3 if with_bias else None
+    return [u, delta, A, B, C, D, z, bias]
+
+
+def naive_scan(u, delta, A, B, C, D, z, bias, softplus):
+    """Triple loop straight from the equations (float64, tiny sizes only)."""
+    nb, length, chans = u.shape
+    n_state = A.shape[1]
+    y = torch.zeros(nb, length, chans, dtype=torch.float64)
+    for b in range(nb):
+        for d in range(chans):
+            s = [0.0] * n_state
+            for t in range(length):
+                x = float(delta[b, t, d]) + (float(bias[d]) if bias is not None else 0.0)
+                dt = (x if x > 20 else math.log1p(math.exp(x))) if softplus else x
+                acc = 0.0
+                for n in range(n_state):
+                    decay = math.exp(dt * float(A[d, n]))
+                    s[n] = decay * s[n] + dt * float(B[b, t, n]) * float(u[b, t, d])
+                    acc += float(C[b, t, n]) * s[n]
+                if D is not None:
+                    acc += float(D[d]) * float(u[b, t, d])
+                if z is not None:
+                    zv = float(z[b, t, d])
+                    acc *= zv / (1.0 + math.exp(-zv))
+                y[b, t, d] = acc
+    return y
+
+
+@pytest.mark.parametrize("softplus", [True, False])
+@pytest.mark.parametrize("optional", [True, False])
+def test_reference_matches_naive_loop(softplus, optional):
+    args = make_inputs(2, 5, 3, 4, torch.float64, seed=1, with_d=optional, with_z=optional,
+                       with_bias=optional, softplus=softplus)  # fmt: skip
+    got = selective_scan_ref(*args, delta_softplus=softplus)
+    want = naive_scan(*args, softplus)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def _rel_err(got, want):
+    return ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+
+CASES = [
+    # (length, chans, with_d, with_z, with_bias, softplus)
+    (1, 16, True, True, True, True),
+    (7, 40, False, False, False, True),
+    (129, 40, True, True, True, False),
+    (129, 16, True, False, True, True),
+    (64, 384, False, True, False, False),
+]
+
+
+@pytest.mark.parametrize(("length", "chans", "with_d", "with_z", "with_bias", "softplus"), CASES)
+def test_cpu_matches_reference_fp32(length, chans, with_d, with_z, with_bias, softplus):
+    """float32 kernel vs the float64 reference: outputs and all eight gradients to ~1e-5."""
+    args = make_inputs(2, length, chans, 16, seed=length + chans, with_d=with_d, with_z=with_z,
+                       with_bias=with_bias, softplus=softplus)  # fmt: skip
+    leaves = [a.clone().requires_grad_() if a is not None else None for a in args]
+    ref_leaves = [a.double().requires_grad_() if a is not None else None for a in args]
+    y = scan_cpu.selective_scan_cpu(*leaves, delta_softplus=softplus)
+    y_ref = selective_scan_ref(*ref_leaves, delta_softplus=softplus)
+    assert y.dtype == torch.float32 and y.shape == args[0].shape
+    assert _rel_err(y, y_ref) < 1e-5
+    grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(7))
+    y.backward(grad)
+    y_ref.backward(grad.double())
+    for name, got, want in zip(NAMES, leaves, ref_leaves, strict=True):
+        if got is None:
+            continue
+        assert got.grad is not None and got.grad.dtype == torch.float32, name
+        assert _rel_err(got.grad, want.grad) < 2e-5, name
+
+
+@pytest.mark.parametrize("softplus", [True, False])
+def test_cpu_values_long_wide_fp32(softplus):
+    """Realistic size (the autograd reference is too slow here for gradients)."""
+    args = make_inputs(2, 1000, 384, 16, seed=11, softplus=softplus)
+    with torch.no_grad():
+        got = scan_cpu.selective_scan_cpu(*args, delta_softplus=softplus)
+        want = selective_scan_ref(*[a.double() for a in args], delta_softplus=softplus)
+    assert _rel_err(got, want) < 1e-5
+
+
+def test_cpu_no_grad_matches_and_noncontiguous():
+    args = make_inputs(3, 70, 24, 8, seed=3)
+    # non-contiguous views of the same values
+    u_t = args[0].transpose(1, 2).contiguous().transpose(1, 2)
+    assert not u_t.is_contiguous()
+    with torch.no_grad():
+        got = scan_cpu.selective_scan_cpu(u_t, *args[1:])
+    want = selective_scan_ref(*[a.double() if a is not None else None for a in args])
+    assert _rel_err(got, want) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("batch", "length", "chans", "n_state", "softplus", "optional"),
+    [
+        (1, 1, 3, 2, True, True),
+        (2, 5, 17, 3, True, True),
+        (1, 9, 5, 4, False, True),
+        (2, 4, 16, 2, True, False),
+    ],
+)
+def test_cpu_gradcheck_fp64(batch, length, chans, n_state, softplus, optional):
+    args = make_inputs(batch, length, chans, n_state, torch.float64, seed=chans, with_d=optional,
+                       with_z=optional, with_bias=optional, softplus=softplus)  # fmt: skip
+    leaves = tuple(a.requires_grad_() if a is not None else None for a in args)
+
+    def fn(*xs):
+        return scan_cpu.selective_scan_cpu(*xs, delta_softplus=softplus)
+
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_cpu_long_sequence_crosses_many_chunks():
+    """L spanning many checkpoint chunks with a ragged last one; only u requires grad."""
+    args = make_inputs(1, 1100, 20, 16, seed=5)
+    u = args[0].clone().requires_grad_()
+    y = scan_cpu.selective_scan_cpu(u, *args[1:])
+    y.sum().backward()
+    u_ref = args[0].double().requires_grad_()
+    y_ref = selective_scan_ref(u_ref, *[a.double() if a is not None else None for a in args[1:]])
+    y_ref.sum().backward()
+    assert _rel_err(y, y_ref) < 1e-5
+    assert _rel_err(u.grad, u_ref.grad) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_dispatcher_backend_argument(backend):
+    args = make_inputs(1, 9, 8, 4, seed=2)
+    got = selective_scan(*args, backend=backend)
+    torch.testing.assert_close(got, selective_scan_ref(*args), rtol=1e-5, atol=1e-5)
+
+
+def test_dispatcher_env_var(monkeypatch):
+    calls = []
+
+    def fake_cpu(*args):
+        calls.append("cpu")
+        return selective_scan_ref(*args)
+
+    monkeypatch.setattr(scan_cpu, "selective_scan_cpu", fake_cpu)
+    args = make_inputs(1, 4, 8, 4, seed=4)
+    monkeypatch.setenv("SSAMBA_SCAN", "reference")
+    selective_scan(*args)
+    assert calls == []
+    monkeypatch.setenv("SSAMBA_SCAN", "cpu")
+    selective_scan(*args)
+    assert calls == ["cpu"]
+    monkeypatch.delenv("SSAMBA_SCAN")
+    assert scan_mod.resolve_backend(torch.device("cpu")) == "cpu"
+
+
+def test_dispatcher_unknown_backend(monkeypatch):
+    args = make_inputs(1, 4, 8, 4)
+    with pytest.raises(ValueError, match="unknown scan backend"):
+        selective_scan(*args, backend="fortran")
+    monkeypatch.setenv("SSAMBA_SCAN", "nope")
+    with pytest.raises(ValueError, match="unknown scan backend"):
+        selective_scan(*args)
+
+
+def test_available_backends_lists_cpu():
+    assert {"reference", "cpu"} <= set(scan_mod.available_backends())

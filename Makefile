@@ -4,22 +4,34 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-# Debian packages the tests use (ffmpeg: decoding formats libsndfile lacks).
-APT_PACKAGES := ffmpeg
+# Debian packages the tests and the demo use: ffmpeg decodes what libsndfile cannot; the rest are
+# the demo's real audio (TTS voices, sampled GM soundfonts, recorded voice packs); see
+# ssamba/demo/sources.py. The optional ones only add variety to the demo's pretraining mix.
+APT_PACKAGES := ffmpeg espeak-ng flite fluid-soundfont-gm timgm6mb-soundfont hedgewars-data
+APT_OPTIONAL := festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
+	sound-theme-freedesktop alsa-utils frozen-bubble-data lincity-ng-data
 
-.PHONY: venv dev system-deps test lint format demo clean
+.PHONY: venv system-deps demo-deps apt-install test lint format demo clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
 	$(PIP) install -q -e ".[dev,plot]"
+	# tinysoundfont renders the demo's instrument notes; --no-deps: its optional pyaudio does not build
+	$(PIP) install -q --no-deps tinysoundfont
 	touch $@
 
 venv: $(VENV)/.installed
 
 system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do \
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(APT_PACKAGES)"
+
+demo-deps:
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(APT_PACKAGES) $(APT_OPTIONAL)"
+
+apt-install:
+	@missing=""; for p in $(PACKAGES); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -39,9 +51,8 @@ format: venv
 test: venv system-deps lint
 	$(PY) -m pytest -q
 
-demo: venv
-	@echo "The end-to-end demo is not built yet (see README: what exists today)."
-	$(VENV)/bin/ssamba --help
+demo: venv demo-deps
+	$(VENV)/bin/ssamba demo --out demo_out
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

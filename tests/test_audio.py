@@ -456,3 +456,10 @@ def test_spec_augment_deterministic_and_disabled():
     assert torch.equal(spec_augment(fb, 0, 0), fb)
     with pytest.raises(ValueError):
         spec_augment(fb, -1, 0)
+
+
+def test_normalize_stats_from_a_command_line_string():
+    assert audio.normalize_stats("-4.5,4.25") == (-4.5, 4.25)
+    assert audio.normalize_stats("none") is None
+    with pytest.raises(ValueError, match="MEAN,STD"):
+        audio.normalize_stats("a,b")

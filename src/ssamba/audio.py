@@ -383,14 +383,23 @@ def pad_or_cut(fb: torch.Tensor, target_length: int) -> torch.Tensor:
 def normalize_stats(normalize: Any) -> tuple[float, float] | None:
     """Resolve a normalisation setting to ``(mean, std)``, or None for no normalisation.
 
-    Accepts None, a preset name (``"audioset"``, ``"esc50"``, ``"speechcommands"``), a
-    ``(mean, std)`` pair, a mapping with ``"mean"`` and ``"std"``, or the path of a JSON file
-    holding such a mapping (as written by ``ssamba stats``).
+    Accepts None (or ``"none"``), a preset name (``"audioset"``, ``"esc50"``,
+    ``"speechcommands"``), a ``(mean, std)`` pair or a ``"MEAN,STD"`` string, a mapping with
+    ``"mean"`` and ``"std"``, or the path of a JSON file holding such a mapping (as written by
+    ``ssamba stats``).
     """
     if normalize is None:
         return None
     if isinstance(normalize, str) and normalize.strip().lower() in NORM_STATS:
         return NORM_STATS[normalize.strip().lower()]
+    if isinstance(normalize, str) and normalize.lower() == "none":
+        return None
+    if isinstance(normalize, str) and normalize.count(",") == 1 and not Path(normalize).exists():
+        mean, std = normalize.split(",")  # "MEAN,STD" as given on a command line
+        try:
+            return _check_stats(float(mean), float(std), f"normalisation {normalize!r}")
+        except ValueError:
+            raise ValueError(f"normalisation {normalize!r}: expected MEAN,STD numbers") from None
     if isinstance(normalize, (str, os.PathLike)):
         path = Path(normalize)
         if path.suffix.lower() == ".json" or path.is_file():

@@ -230,6 +230,18 @@ def add_convert_parser(subparsers) -> None:
     add(subparsers)
 
 
+def add_data_parser(subparsers) -> None:
+    from ssamba.demo.cli import add_data_parser as add
+
+    add(subparsers)
+
+
+def add_demo_parser(subparsers) -> None:
+    from ssamba.demo.pipeline import add_demo_parser as add
+
+    add(subparsers)
+
+
 def add_evaluate_parser(subparsers) -> None:
     from ssamba.evaluation import add_evaluate_parser as add
 
@@ -243,6 +255,8 @@ def add_prepare_parser(subparsers) -> None:
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_demo_parser,
+    add_data_parser,
     add_stats_parser,
     add_check_data_parser,
     add_prepare_parser,

@@ -279,15 +279,35 @@ def linear_probe(
         x, kept, bad = embed_manifest(model, manifest, **opts)
         data[name] = (x, _targets(manifest, kept), bad)
 
+    results = fit_probe(
+        {name: (x, y) for name, (x, y, _) in data.items()},
+        multilabel,
+        train.classes,
+        l2_grid,
+        max_iter,
+    )
+    results["embedding"] = {
+        "dim": int(data["train"][0].shape[1]),
+        "layers": [int(i) for i in np.atleast_1d(-1 if layers is None else layers)],
+        "window_seconds": window_seconds,
+        "hop_seconds": hop_seconds,
+        "model_sha256": fingerprint,
+    }
+    for name in data:
+        results[name]["bad_files"] = data[name][2]
+    return results
+
+
+def fit_probe(data: dict, multilabel: bool, classes, l2_grid=DEFAULT_L2, max_iter: int = 200):
+    """Standardise features with the train statistics, fit a linear classifier per L2 weight,
+    keep the best on "valid" and score every split. ``data``: name -> (features (N, D), targets).
+    """
     x_train = data["train"][0].astype(np.float64)
     mean = x_train.mean(axis=0)
     std = x_train.std(axis=0)
     std[std < 1e-6 * max(float(std.max()), 1e-12)] = 1.0  # constant features stay 0
 
-    def standard(name):
-        return (data[name][0].astype(np.float64) - mean) / std
-
-    xs = {name: standard(name) for name in data}
+    xs = {name: (x.astype(np.float64) - mean) / std for name, (x, _) in data.items()}
     metric = "mAP" if multilabel else "accuracy"
     grid = []
     best = None
@@ -305,23 +325,15 @@ def linear_probe(
     results: dict[str, Any] = {
         "task": "multilabel" if multilabel else "multiclass",
         "metric": metric,
-        "classes": list(train.classes),
+        "classes": list(classes),
         "l2": l2,
         "l2_grid": grid,
-        "embedding": {
-            "dim": int(x_train.shape[1]),
-            "layers": [int(i) for i in np.atleast_1d(-1 if layers is None else layers)],
-            "window_seconds": window_seconds,
-            "hop_seconds": hop_seconds,
-            "model_sha256": fingerprint,
-        },
     }
     for name in data:
         _, probs = _scores(xs[name], w, b, multilabel)
         results[name] = {
             "files": int(len(xs[name])),
-            "bad_files": data[name][2],
-            **_metrics(probs, data[name][1], multilabel, train.classes),
+            **_metrics(probs, data[name][1], multilabel, classes),
         }
     return results
 

@@ -35,6 +35,7 @@ TRAINER_STATE = "trainer_state.pt"
 RESUMABLE_CHANGES = {
     "resume",
     "max_steps",
+    "max_minutes",
     "epochs",
     "eval_every",
     "save_every",
@@ -62,6 +63,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.95, 0.999)
     warmup_steps: int = 1000
     max_steps: int | None = None  # None: run ``epochs`` epochs
+    max_minutes: float | None = None  # also stop (and save) once this much time has passed
     epochs: int = 1
     grad_clip: float | None = None
     precision: str = "fp32"  # or "bf16" (autocast)
@@ -475,6 +477,10 @@ def fit(task, cfg: TrainConfig, dist: Distributed, train_set, valid_set=None) ->
             progress.step += 1
             progress.batch_in_epoch += 1
             metrics = dist.mean(sums)
+            if cfg.max_minutes is not None and dist.all_true(
+                time.time() - started >= 60 * cfg.max_minutes
+            ):
+                max_steps = progress.step  # the time budget is spent: finish this step cleanly
 
             now = time.time()
             if dist.is_main and (progress.step % cfg.log_every == 0 or progress.step == max_steps):
@@ -608,6 +614,7 @@ def add_train_arguments(p, **defaults) -> None:
     g.add_argument("--warmup-steps", type=int, default=d["warmup_steps"])
     g.add_argument("--epochs", type=int, default=d["epochs"])
     g.add_argument("--max-steps", type=int, help="stop after this many steps (overrides --epochs)")
+    g.add_argument("--max-minutes", type=float, help="stop after this much training time")
     g.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
     g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     g = p.add_argument_group("run")

@@ -242,6 +242,19 @@ def add_demo_parser(subparsers) -> None:
     add(subparsers)
 
 
+def add_crossval_parser(subparsers) -> None:
+    from ssamba.crossval import add_crossval_parser as add
+
+    add(subparsers)
+
+
+def add_dasl_parser(subparsers) -> None:
+    from ssamba.dasl import add_dasl_build_parser, add_dasl_parser
+
+    add_dasl_parser(subparsers)
+    add_dasl_build_parser(subparsers)
+
+
 def add_evaluate_parser(subparsers) -> None:
     from ssamba.evaluation import add_evaluate_parser as add
 
@@ -262,6 +275,8 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_prepare_parser,
     add_pretrain_parser,
     add_finetune_parser,
+    add_crossval_parser,
+    add_dasl_parser,
     add_probe_parser,
     add_evaluate_parser,
     add_embed_parser,

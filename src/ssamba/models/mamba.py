@@ -15,17 +15,37 @@ import torch.nn.functional as F
 
 from ssamba.models.layers import DropPath, make_norm
 from ssamba.ops import selective_scan
+from ssamba.ops.scan import resolve_backend
 
 
-def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
-    """Causal depthwise conv along time in (B, L, D) layout; weight (D, 1, K), left pad K-1."""
+def causal_depthwise_conv1d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, reverse: bool = False
+):
+    """Causal depthwise conv along time in (B, L, D) layout; weight (D, 1, K), left pad K-1.
+
+    ``reverse``: the anti-causal conv (right pad), i.e. the causal conv of ``x.flip(1)``, flipped
+    back."""
     k = weight.shape[-1]
     length = x.shape[1]
+    if reverse:
+        padded = F.pad(x, (0, 0, 0, k - 1))
+        out = bias + padded[:, k - 1 : k - 1 + length] * weight[:, 0, 0]
+        for i in range(1, k):
+            out = out + padded[:, k - 1 - i : k - 1 - i + length] * weight[:, 0, i]
+        return out
     padded = F.pad(x, (0, 0, k - 1, 0))
     out = bias + padded[:, 0:length] * weight[:, 0, 0]
     for i in range(1, k):
         out = out + padded[:, i : i + length] * weight[:, 0, i]
     return out
+
+
+def _fast_path(t: torch.Tensor) -> bool:
+    """Use the fused CPU kernels (conv + silu, reverse scans) for ``t``? Only where the scan
+    dispatcher would pick the numba backend; ``SSAMBA_SCAN=reference`` gives the plain path."""
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64):
+        return False
+    return resolve_backend(t.device) == "cpu"
 
 
 class SSMBranch(nn.Module):
@@ -40,14 +60,28 @@ class SSMBranch(nn.Module):
         self.A_log = nn.Parameter(torch.empty(d_inner, d_state))
         self.D = nn.Parameter(torch.empty(d_inner))
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        u = F.silu(causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias))
+    def forward(self, x: torch.Tensor, z: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+        """The branch on (x, z); ``reverse``: on the time-reversed sequence, output reversed back
+        (anti-causal conv and a scan from the end: no flipped copies)."""
+        if _fast_path(x):
+            from ssamba.ops.conv_cpu import conv1d_silu_cpu
+
+            u = conv1d_silu_cpu(x, self.conv1d.weight, self.conv1d.bias, reverse)
+        else:
+            conv = causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias, reverse)
+            u = F.silu(conv)
+        return self._ssm(u, z, reverse)
+
+    def _ssm(self, u: torch.Tensor, z: torch.Tensor, reverse: bool) -> torch.Tensor:
+        args = self._scan_args(u, z)
+        return selective_scan(*args[:8], reverse=reverse)
+
+    def _scan_args(self, u: torch.Tensor, z: torch.Tensor):
+        """selective_scan's (u, delta, A, B, C, D, z, delta_bias, delta_softplus) for ``u``."""
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight)  # the bias is added inside the scan
         A = -torch.exp(self.A_log.float())
-        return selective_scan(
-            u, delta, A, B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float()
-        )
+        return u, delta, A, B, C, self.D.float(), z, self.dt_proj.bias.float(), True
 
 
 class BiMambaMixer(nn.Module):
@@ -77,11 +111,60 @@ class BiMambaMixer(nn.Module):
         )
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, mirrored: bool = False) -> torch.Tensor:
+        """The mixer on ``hidden`` (B, L, E).
+
+        ``mirrored=True`` returns ``forward(hidden.flip(1)).flip(1)`` (what the second layer of
+        each SSAMBA pair needs) without flipping anything: the forward branch then runs
+        anti-causally from the end and the backward branch causally from the start.
+        On CPU tensors with the numba scan backend this uses fused kernels (conv + silu, reverse
+        scans, both directions in one dispatch at inference); otherwise, or with
+        ``SSAMBA_SCAN=reference``, the plain path (:meth:`reference_forward`)."""
+        if not _fast_path(hidden):
+            if mirrored:
+                return self.reference_forward(hidden.flip(1)).flip(1)
+            return self.reference_forward(hidden)
+        xz = self.in_proj(hidden)
+        x, z = xz.chunk(2, dim=-1)
+        if self.backward_branch is None:
+            return self.out_proj(self.forward_branch(x, z, mirrored).to(hidden.dtype))
+        branches = (self.forward_branch, self.backward_branch)
+        reverse = (mirrored, not mirrored)
+        if torch.is_grad_enabled() and (
+            hidden.requires_grad or any(p.requires_grad for p in self.parameters())
+        ):
+            y_f = self.forward_branch(x, z, reverse[0])
+            y_b = self.backward_branch(x, z, reverse[1])
+        else:
+            y_f, y_b = self._inference_branches(x, z, branches, reverse)
+        y = (y_f + y_b) / 2
+        return self.out_proj(y.to(hidden.dtype))
+
+    @staticmethod
+    def _inference_branches(x, z, branches, reverse):
+        """No autograd: both convs in one kernel dispatch, both scans in another."""
+        from ssamba.ops.conv_cpu import conv1d_silu_pair_cpu
+        from ssamba.ops.scan_cpu import selective_scan_cpu_many
+
+        pairs = list(zip(branches, reverse, strict=True))
+        convs = [(br.conv1d.weight, br.conv1d.bias, rev) for br, rev in pairs]
+        us = conv1d_silu_pair_cpu(x, convs)
+        z = z.contiguous()  # shared by both scans: one copy instead of one per scan
+        scans = [(*br._scan_args(u, z), rev) for (br, rev), u in zip(pairs, us, strict=True)]
+        return selective_scan_cpu_many(scans)
+
+    def reference_forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The plain formulation of the official code (flipped copies for the backward branch,
+        causal torch conv); the fast path is tested against it."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
-        y = self.forward_branch(x, z)
+        fb = self.forward_branch
+        y = fb._ssm(F.silu(causal_depthwise_conv1d(x, fb.conv1d.weight, fb.conv1d.bias)), z,
+                    False)  # fmt: skip
         if self.backward_branch is not None:
-            y_back = self.backward_branch(x.flip(1), z.flip(1)).flip(1)
+            bb = self.backward_branch
+            xb, zb = x.flip(1), z.flip(1)
+            ub = F.silu(causal_depthwise_conv1d(xb, bb.conv1d.weight, bb.conv1d.bias))
+            y_back = bb._ssm(ub, zb, False).flip(1)
             y = (y + y_back) / 2
         return self.out_proj(y.to(hidden.dtype))
 
@@ -96,11 +179,15 @@ class MambaBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.residual_in_fp32 = fp32
 
-    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None):
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, mirrored: bool = False):
+        """``mirrored=True``: the block on the time-reversed streams, outputs reversed back (norm,
+        residual and drop path act per token, so only the mixer needs to know)."""
         residual = hidden if residual is None else residual + self.drop_path(hidden)
         hidden = self.norm(residual.to(self.norm.weight.dtype))
         if self.residual_in_fp32:
             residual = residual.float()
+        if mirrored:
+            return self.mixer(hidden, mirrored=True), residual
         return self.mixer(hidden), residual
 
 

@@ -57,11 +57,11 @@ class MambaEncoder(nn.Module):
         streams = []
         if self.bidirectional:
             for k in range(len(self.layers) // 2):
+                # layer 2k+1 runs on the time-reversed streams and its outputs are reversed back;
+                # ``mirrored`` does exactly that without copies (tests/test_mamba_fast.py).
                 h_f, r_f = self.layers[2 * k](hidden, residual)
-                h_b, r_b = self.layers[2 * k + 1](
-                    hidden.flip(1), None if residual is None else residual.flip(1)
-                )
-                hidden, residual = h_f + h_b.flip(1), r_f + r_b.flip(1)
+                h_b, r_b = self.layers[2 * k + 1](hidden, residual, mirrored=True)
+                hidden, residual = h_f + h_b, r_f + r_b
                 if return_layers:
                     streams.append(residual + hidden)
         else:

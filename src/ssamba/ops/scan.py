@@ -25,8 +25,17 @@ import torch.nn.functional as F
 BACKENDS = ("reference", "cpu", "cuda")
 
 
-def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True):
-    """Slow, obviously correct scan in PyTorch (materialises (batch, length, channels, state))."""
+def selective_scan_ref(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, reverse=False
+):
+    """Slow, obviously correct scan in PyTorch (materialises (batch, length, channels, state)).
+
+    ``reverse``: scan from the last step to the first (the time-flipped scan, flipped back)."""
+    if reverse:
+        flip = [None if t is None else t.flip(1) for t in (u, delta, B, C, z)]
+        u_r, delta_r, B_r, C_r, z_r = flip
+        y = selective_scan_ref(u_r, delta_r, A, B_r, C_r, D, z_r, delta_bias, delta_softplus)
+        return y.flip(1)
     dtype_out = u.dtype
     work = torch.promote_types(u.dtype, torch.float32)
     u, delta, A, B, C = (t.to(work) for t in (u, delta, A, B, C))
@@ -98,16 +107,34 @@ def resolve_backend(device: torch.device, backend: str | None = None) -> str:
 
 
 def selective_scan(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, backend=None
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=True,
+    backend=None,
+    reverse=False,
 ):
-    """Run the selective scan (see the module docstring for shapes) on the chosen backend."""
+    """Run the selective scan (see the module docstring for shapes) on the chosen backend.
+
+    ``reverse=True`` runs the recurrence from the last time step to the first (what a scan of
+    the time-flipped inputs gives, flipped back), without flipped copies on the CPU backend."""
     name = resolve_backend(u.device, backend)
     if name == "cpu":
         from ssamba.ops.scan_cpu import selective_scan_cpu
 
-        return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
     if name == "cuda":
         from ssamba.ops.scan_cuda import selective_scan_cuda
 
+        if reverse:
+            flip = [None if t is None else t.flip(1) for t in (u, delta, B, C, z)]
+            u, delta, B, C, z = flip
+            y = selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+            return y.flip(1)
         return selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)

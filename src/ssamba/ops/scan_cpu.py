@@ -6,7 +6,7 @@ Layout and semantics are those of :mod:`ssamba.ops.scan` (u, delta, z: (batch, L
 
 * Work item = (batch row, block of ``LANES`` channels). The ``(N, LANES)`` state tile lives in L1
   and the innermost loop runs over the channels of the block, so LLVM vectorises it and ``y``
-  needs no horizontal sum. Work items are spread over threads with ``prange``.
+  needs no horizontal sum. Work items are spread over threads by :func:`run_parallel`.
 * ``exp`` in float32 is a branch-free polynomial (``_exp32``) that LLVM can vectorise; the scalar
   libm call numba emits for ``math.exp`` is 3-5x slower. float64 keeps the exact ``math.exp`` (the
   polynomial is not accurate enough for gradcheck); the same kernel source serves both dtypes
@@ -22,12 +22,12 @@ Layout and semantics are those of :mod:`ssamba.ops.scan` (u, delta, z: (batch, L
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
-import numba
 import numpy as np
 import torch
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic, overload
 
 LANES = 16  # channels per work item: one (N x 16) fp32 tile = 1 KiB for N = 16
@@ -173,6 +173,12 @@ def _block(job, nblk, n_chan, lanes):
 
 
 @njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True)
+def _tm(t, length, rev):
+    """Memory time index of scan step ``t``: t, or L - 1 - t for a reverse scan."""
+    return length - 1 - t if rev else t
+
+
+@njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True)
 def _row(b, t, length, n_chan, d0):
     """Flat offset of x[b, t, d0] in a (batch, L, D) array, unsigned: numba then skips the
     negative-index fix-up that otherwise turns contiguous loads into gathers."""
@@ -180,13 +186,14 @@ def _row(b, t, length, n_chan, d0):
 
 
 @njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True)
-def _stage_chunk(uf, df, bm, cm, bias, softplus, b, t0, steps, n_chan, d0, w,
+def _stage_chunk(uf, df, bm, cm, bias, softplus, rev, b, t0, steps, n_chan, d0, w,
                  ub, dtb, dub, bt, ct):  # fmt: skip
     """Copy one chunk of one channel block into local buffers: u, dt = softplus(delta + bias),
-    dt * u as (steps, w) and B, C transposed to (N, steps) (the tile loops run n-outer)."""
+    dt * u as (steps, w) and B, C transposed to (N, steps) (the tile loops run n-outer).
+    ``t0`` and ``i`` count scan steps; with ``rev`` step t reads time L - 1 - t."""
     length = bm.shape[1]
     for i in range(steps):
-        off = _row(b, t0 + i, length, n_chan, d0)
+        off = _row(b, _tm(t0 + i, length, rev), length, n_chan, d0)
         for c in range(w):
             j = off + np.uint64(c)
             x = df[j] + bias[c]
@@ -195,10 +202,11 @@ def _stage_chunk(uf, df, bm, cm, bias, softplus, b, t0, steps, n_chan, d0, w,
             ub[i, c] = uv
             dtb[i, c] = v
             dub[i, c] = v * uv
-    for n in range(bm.shape[2]):
-        for i in range(steps):
-            bt[n, i] = bm[b, t0 + i, n]
-            ct[n, i] = cm[b, t0 + i, n]
+    for i in range(steps):
+        tm = _tm(t0 + i, length, rev)
+        for n in range(bm.shape[2]):
+            bt[n, i] = bm[b, tm, n]
+            ct[n, i] = cm[b, tm, n]
 
 
 @njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True)
@@ -218,9 +226,9 @@ def _forward_tile(s, a, dtb, dub, bt, ct, yb, steps, w):
                 yb[i, c] += cn * sv
 
 
-@njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True)
-def _forward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z,
-                    outf, ypref, save_ypre, ckpt, save_ckpt, lanes):  # fmt: skip
+@njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True, nogil=True)
+def _forward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, rev,
+                    outf, ypref, save_ypre, ckpt, save_ckpt, lanes, j0, j1):  # fmt: skip
     """out = scan(...) (* silu(z)); optionally ypre (before the gate) and the chunk states.
 
     (batch, L, D) arrays come flattened (suffix f)."""
@@ -228,7 +236,7 @@ def _forward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z,
     n_chan = a_t.shape[1]
     nblk = (n_chan + lanes - 1) // lanes
     n_chunks = (length + CHUNK - 1) // CHUNK
-    for job in prange(nb * nblk):
+    for job in range(j0, j1):
         b, d0, w = _block(job, nblk, n_chan, lanes)
         a = a_t[:, d0 : d0 + w].copy()  # (N, w)
         dv = dvec[d0 : d0 + w]
@@ -245,7 +253,7 @@ def _forward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z,
             steps = min(CHUNK, length - t0)
             if save_ckpt:
                 ckpt[b, k, :, d0 : d0 + w] = s  # state before step t0
-            _stage_chunk(uf, df, bm, cm, bs, softplus, b, t0, steps, n_chan, d0, w,
+            _stage_chunk(uf, df, bm, cm, bs, softplus, rev, b, t0, steps, n_chan, d0, w,
                          ub, dtb, dub, bt, ct)  # fmt: skip
             for i in range(steps):
                 for c in range(w):
@@ -255,7 +263,7 @@ def _forward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z,
             else:
                 _forward_tile(s, a, dtb, dub, bt, ct, yb, steps, w)
             for i in range(steps):
-                off = _row(b, t0 + i, length, n_chan, d0)
+                off = _row(b, _tm(t0 + i, length, rev), length, n_chan, d0)
                 for c in range(w):
                     j = off + np.uint64(c)
                     yv = yb[i, c]
@@ -326,16 +334,16 @@ def _adjoint_tile(h, states, decays, a, dyb, dtb, dub, bt, ct, d_a, ddt, hb, hbu
             dbb[n, i] = acc_b
 
 
-@njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True)
-def _backward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, ypref, ckpt, doutf,
-                     duf, ddeltaf, dzf, da_part, db_part, dc_part, dd_part, dbias_part,
-                     lanes):  # fmt: skip
+@njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True, nogil=True)
+def _backward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, rev, ypref, ckpt,
+                     doutf, duf, ddeltaf, dzf, da_part, db_part, dc_part, dd_part, dbias_part,
+                     lanes, j0, j1):  # fmt: skip
     """Gradients of the scan. Per-item partial sums: da/dd/dbias per batch row, db/dc per block."""
     nb, length, n_state = bm.shape
     n_chan = a_t.shape[1]
     nblk = (n_chan + lanes - 1) // lanes
     n_chunks = (length + CHUNK - 1) // CHUNK
-    for job in prange(nb * nblk):
+    for job in range(j0, j1):
         b, d0, w = _block(job, nblk, n_chan, lanes)
         blk = job % nblk
         wd = a_t.dtype
@@ -364,12 +372,12 @@ def _backward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, ypref
         for k in range(n_chunks - 1, -1, -1):
             t0 = k * CHUNK
             steps = min(CHUNK, length - t0)
-            _stage_chunk(uf, df, bm, cm, bs, softplus, b, t0, steps, n_chan, d0, w,
+            _stage_chunk(uf, df, bm, cm, bs, softplus, rev, b, t0, steps, n_chan, d0, w,
                          ub, dtb, dub, bt, ct)  # fmt: skip
             s0[:] = ckpt[b, k, :, d0 : d0 + w]
             # dy = dL/dy through the gate out = y * silu(z); dz on the way
             for i in range(steps):
-                off = _row(b, t0 + i, length, n_chan, d0)
+                off = _row(b, _tm(t0 + i, length, rev), length, n_chan, d0)
                 for c in range(w):
                     j = off + np.uint64(c)
                     g = doutf[j]
@@ -389,13 +397,14 @@ def _backward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, ypref
                 _recompute_tile(s0, a, dtb, dub, bt, states, decays, steps, w)
                 _adjoint_tile(h, states, decays, a, dyb, dtb, dub, bt, ct, d_a, ddt, hb, hbuf,
                               dcb, dbb, zero, steps, w)  # fmt: skip
-            for n in range(n_state):
-                for i in range(steps):
-                    dc_part[blk, b, t0 + i, n] = dcb[n, i]
-                    db_part[blk, b, t0 + i, n] = dbb[n, i]
+            for i in range(steps):
+                tm = _tm(t0 + i, length, rev)
+                for n in range(n_state):
+                    dc_part[blk, b, tm, n] = dcb[n, i]
+                    db_part[blk, b, tm, n] = dbb[n, i]
             # du and d(delta) from the direct term D u, the drive dt u B and the decay
             for i in range(steps):
-                off = _row(b, t0 + i, length, n_chan, d0)
+                off = _row(b, _tm(t0 + i, length, rev), length, n_chan, d0)
                 for c in range(w):
                     j = off + np.uint64(c)
                     dtv = dtb[i, c]
@@ -415,12 +424,52 @@ def _backward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, ypref
 # ---------------------------------------------------------------------------------------------
 # torch side
 
+_POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
 
-def _set_threads() -> None:
-    """Use as many numba threads as torch does (never more than numba started with)."""
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != n:
-        numba.set_num_threads(n)
+
+def num_threads() -> int:
+    """Threads the kernels use: torch's intra-op count (the kernels never run alongside torch)."""
+    return max(1, torch.get_num_threads())
+
+
+def run_parallel(calls) -> None:
+    """Run numba kernels ``fn(*args, j0, j1)`` over their job ranges on ``num_threads()`` threads.
+
+    ``calls`` is a list of ``(fn, args, n_jobs)``. Each range is cut into one piece per thread and
+    thread k runs piece k of every call. The kernels release the GIL (``nogil``); the helper
+    threads are plain Python threads that sleep on a lock between calls. numba's own ``prange``
+    threading layer is not used: it brings a second OpenMP runtime (the system libgomp, while
+    torch ships its own) whose workers spin after every parallel region and, on a 2-vCPU machine,
+    steal the cores from torch's next operation (and torch's from numba's).
+    """
+    global _POOL, _POOL_SIZE
+    n = num_threads()
+    pieces = [[] for _ in range(n)]
+    for fn, args, n_jobs in calls:
+        parts = min(n, max(1, n_jobs))
+        for k in range(parts):
+            j0, j1 = n_jobs * k // parts, n_jobs * (k + 1) // parts
+            if j1 > j0:
+                pieces[k].append((fn, args, j0, j1))
+
+    def work(items):
+        for fn, args, j0, j1 in items:
+            fn(*args, j0, j1)
+
+    helpers = [p for p in pieces[1:] if p]
+    if not helpers:
+        work(pieces[0])
+        return
+    if _POOL is None or _POOL_SIZE < len(helpers):
+        if _POOL is not None:
+            _POOL.shutdown(wait=False)
+        _POOL = ThreadPoolExecutor(max_workers=len(helpers), thread_name_prefix="ssamba-scan")
+        _POOL_SIZE = len(helpers)
+    futures = [_POOL.submit(work, p) for p in helpers]
+    work(pieces[0])
+    for f in futures:
+        f.result()
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -435,7 +484,7 @@ def _flat(t: torch.Tensor) -> np.ndarray:
 class _Inputs:
     """Inputs cast to the working dtype, made contiguous, optional ones replaced by dummies."""
 
-    def __init__(self, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    def __init__(self, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse=False):
         self.dtype = torch.promote_types(u.dtype, torch.float32)
         wd = self.dtype
 
@@ -450,10 +499,17 @@ class _Inputs:
         self.has_z = z is not None
         self.z = prep(z) if z is not None else torch.zeros(1, 1, 1, dtype=wd)
         self.softplus = bool(delta_softplus)
+        self.reverse = bool(reverse)
+
+    @property
+    def n_jobs(self) -> int:
+        nb, _, n_chan = self.u.shape
+        return nb * ((n_chan + LANES - 1) // LANES)
 
     def args(self):
         return (_flat(self.u), _flat(self.delta), _np(self.a_t), _np(self.B), _np(self.C),
-                _np(self.D), _flat(self.z), _np(self.bias), self.softplus, self.has_z)  # fmt: skip
+                _np(self.D), _flat(self.z), _np(self.bias), self.softplus, self.has_z,
+                self.reverse)  # fmt: skip
 
 
 def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
@@ -470,26 +526,32 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
             raise ValueError(f"{name} must be (channels,)")
 
 
-def _forward(inp: _Inputs, save: bool):
-    """Run the forward kernel; with ``save`` also return the chunk states and ypre."""
+def _forward_call(inp: _Inputs, save: bool, out: torch.Tensor | None = None):
+    """(kernel call, out, ypre, ckpt) of the forward; with ``save`` the chunk states and ypre."""
     nb, length, n_chan = inp.u.shape
     n_state = inp.a_t.shape[0]
     wd = inp.dtype
-    out = torch.empty(nb, length, n_chan, dtype=wd)
+    if out is None:
+        out = torch.empty(nb, length, n_chan, dtype=wd)
     save_ypre = save and inp.has_z
     ypre = torch.empty_like(out) if save_ypre else torch.zeros(1, 1, 1, dtype=wd)
     n_chunks = (length + CHUNK - 1) // CHUNK
     shape = (nb, n_chunks, n_state, n_chan) if save else (1, 1, 1, 1)
     ckpt = torch.empty(shape, dtype=wd)
-    _set_threads()
-    _forward_kernel(*inp.args(), _flat(out), _flat(ypre), save_ypre, _np(ckpt), save, LANES)
+    args = (*inp.args(), _flat(out), _flat(ypre), save_ypre, _np(ckpt), save, LANES)
+    return (_forward_kernel, args, inp.n_jobs), out, ypre, ckpt
+
+
+def _forward(inp: _Inputs, save: bool):
+    call, out, ypre, ckpt = _forward_call(inp, save)
+    run_parallel([call])
     return out, ypre, ckpt
 
 
 class _SelectiveScanCPU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        inp = _Inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+        inp = _Inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
         out, ypre, ckpt = _forward(inp, save=True)
         ctx.inp = inp
         ctx.save_for_backward(ypre, ckpt)
@@ -514,24 +576,44 @@ class _SelectiveScanCPU(torch.autograd.Function):
         dc = torch.empty_like(db)
         dd = torch.empty(nb, n_chan, dtype=wd)
         dbias = torch.empty_like(dd)
-        _set_threads()
-        _backward_kernel(*inp.args(), _flat(ypre), _np(ckpt), _flat(dout), _flat(du),
-                         _flat(ddelta), _flat(dz), _np(da), _np(db), _np(dc), _np(dd), _np(dbias),
-                         LANES)  # fmt: skip
+        args = (*inp.args(), _flat(ypre), _np(ckpt), _flat(dout), _flat(du), _flat(ddelta),
+                _flat(dz), _np(da), _np(db), _np(dc), _np(dd), _np(dbias), LANES)  # fmt: skip
+        run_parallel([(_backward_kernel, args, inp.n_jobs)])
         grads = [du, ddelta, da.sum(0).t(), db.sum(0), dc.sum(0), dd.sum(0),
                  dz if inp.has_z else None, dbias.sum(0)]  # fmt: skip
         out = []
         for g, dtype, need in zip(grads, ctx.dtypes, ctx.needs_input_grad[:8], strict=True):
             out.append(g.to(dtype) if (need and g is not None and dtype is not None) else None)
-        return (*out, None)
+        return (*out, None, None)
 
 
-def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True):
-    """Fused CPU selective scan (same contract as :func:`ssamba.ops.scan.selective_scan_ref`)."""
+def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
+                       reverse=False):  # fmt: skip
+    """Fused CPU selective scan (same contract as :func:`ssamba.ops.scan.selective_scan_ref`).
+
+    ``reverse=True`` scans from the last step to the first, i.e. it equals
+    ``selective_scan_cpu(*(x.flip(1) for x in time-indexed inputs)).flip(1)`` without the copies.
+    """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     tensors = (u, delta, A, B, C, D, z, delta_bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _SelectiveScanCPU.apply(*tensors, delta_softplus)
+        return _SelectiveScanCPU.apply(*tensors, delta_softplus, reverse)
     # inference: no autograd graph, no chunk states, no ypre
-    out, _, _ = _forward(_Inputs(*tensors, delta_softplus), save=False)
+    out, _, _ = _forward(_Inputs(*tensors, delta_softplus, reverse), save=False)
     return out.to(u.dtype)
+
+
+def selective_scan_cpu_many(scans):
+    """Inference only: several scans in one parallel dispatch (e.g. both directions of a mixer).
+
+    ``scans``: tuples ``(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)``; returns
+    the outputs in order. Nothing may require grad."""
+    calls, outs = [], []
+    for u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse in scans:
+        _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+        inp = _Inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+        call, out, _, _ = _forward_call(inp, save=False)
+        calls.append(call)
+        outs.append(out.to(u.dtype))
+    run_parallel(calls)
+    return outs

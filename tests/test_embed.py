@@ -284,3 +284,21 @@ def test_cli_errors(checkpoint, tmp_path):
         run_cli(tmp_path / "x.wav", "-c", tmp_path / "no_model", "-o", tmp_path / "x")
     with pytest.raises(CommandError, match="--hop needs --window"):
         run_cli(tmp_path / "x.wav", "-c", checkpoint, "-o", tmp_path / "x", "--hop", "1")
+
+
+def test_band_pooling_keeps_frequency_rows_and_std_appends():
+    model = ssamba.create_model("ssamba_tiny", depth=2, input_tdim=128).eval()
+    wave = torch.randn(16000) * 0.1
+    mean = ssamba.embed(model, wave, sample_rate=16000)
+    bands = ssamba.embed(model, wave, sample_rate=16000, pooling="bands")
+    both = ssamba.embed(model, wave, sample_rate=16000, pooling="bands+std")
+    dim = model.config.embed_dim
+    assert mean.clip.shape == (1, dim) and bands.clip.shape == (1, 8 * dim)
+    assert both.clip.shape == (1, 16 * dim)
+    # the mean over the 8 bands of the band-kept vector is the plain mean pooling
+    torch.testing.assert_close(
+        bands.clip.reshape(8, dim).mean(0), mean.clip[0], rtol=1e-5, atol=1e-6
+    )
+    torch.testing.assert_close(both.clip[:, : 8 * dim], bands.clip)
+    with pytest.raises(ValueError, match="pooling"):
+        ssamba.embed(model, wave, sample_rate=16000, pooling="max")

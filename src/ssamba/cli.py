@@ -255,6 +255,12 @@ def add_dasl_parser(subparsers) -> None:
     add_dasl_build_parser(subparsers)
 
 
+def add_bench_parser(subparsers) -> None:
+    from ssamba.bench import add_bench_parser as add
+
+    add(subparsers)
+
+
 def add_evaluate_parser(subparsers) -> None:
     from ssamba.evaluation import add_evaluate_parser as add
 
@@ -281,6 +287,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_evaluate_parser,
     add_embed_parser,
     add_convert_parser,
+    add_bench_parser,
     add_average_parser,
     add_plot_parser,
 ]

@@ -251,8 +251,16 @@ def _padded_length(n_frames: int, input_tdim: int, tstride: int) -> int:
     return max(input_tdim, cover)
 
 
+POOLINGS = ("mean", "mean+std", "bands", "bands+std")
+
+
 def _run_segments(
-    model, segments: list[_Segment], layers: tuple[int, ...], batch_size: int, device
+    model,
+    segments: list[_Segment],
+    layers: tuple[int, ...],
+    batch_size: int,
+    device,
+    bands: bool = False,
 ) -> None:
     cfg = model.config
     n_streams = num_layers(model)
@@ -281,7 +289,11 @@ def _run_segments(
                     tokens = enc.patch_tokens
                 else:
                     tokens = enc.layers[idx][:, n_cls:]
-                parts.append(tokens.reshape(len(chunk), f_dim, t_dim, -1).float().mean(dim=1))
+                grid = tokens.reshape(len(chunk), f_dim, t_dim, -1).float()
+                if bands:  # keep the frequency rows apart: (B, t, f * E)
+                    parts.append(grid.permute(0, 2, 1, 3).reshape(len(chunk), t_dim, -1))
+                else:
+                    parts.append(grid.mean(dim=1))
             cols = torch.cat(parts, dim=-1)  # (B, t_dim, D)
             for b, seg in enumerate(chunk):
                 k = _columns(seg.raw.shape[0], seg.n_samples, cfg)
@@ -305,6 +317,7 @@ def embed(
     hop_seconds: float | None = None,
     batch_size: int = 8,
     device: str | torch.device | None = None,
+    pooling: str = "mean",
 ) -> Embeddings:
     """Clip and frame embeddings of ``audio`` (see the module docstring for the details).
 
@@ -317,6 +330,10 @@ def embed(
         window_seconds, hop_seconds: process long audio in windows (default: whole).
         batch_size: clips (or windows) of equal padded length run together, up to this many.
         device: where to compute (default: the model's device); the model is moved there.
+        pooling: ``"mean"`` (default): frame = mean over the frequency rows of a patch column,
+            clip = mean of the frames. ``"bands"``: the frequency rows are kept apart (frames and
+            clip have ``f_dim`` times the width), which keeps the spectral layout that a global
+            mean loses. ``"+std"`` appends the standard deviation over time to the clip vector.
     Returns:
         :class:`Embeddings` with CPU tensors.
 
@@ -325,6 +342,8 @@ def embed(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     layers_n = resolve_layers(model, layers)
     cfg = model.config
     if device is None:
@@ -382,7 +401,9 @@ def embed(
         was_training = model.training
         model.eval()
         try:
-            _run_segments(model, segments, layers_n, batch_size, device)
+            _run_segments(
+                model, segments, layers_n, batch_size, device, pooling.startswith("bands")
+            )
         finally:
             model.train(was_training)
 
@@ -394,6 +415,8 @@ def embed(
         else:
             cols = _stitch(segs, total_cols[i])
             clip = torch.stack([s.columns.mean(dim=0) for s in segs]).mean(dim=0)
+        if pooling.endswith("+std"):
+            clip = torch.cat([clip, cols.std(dim=0, unbiased=False)])
         clips.append(clip)
         frames.append(cols.clone())  # a normal tensor (not an inference-mode one)
         stamps.append(column_times(cols.shape[0], cfg.tstride))

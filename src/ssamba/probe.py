@@ -94,6 +94,7 @@ def embed_manifest(
     on_bad_file: str = "error",
     progress: bool = False,
     fingerprint: str | None = None,
+    pooling: str = "mean",
 ) -> tuple[np.ndarray, list[int], dict[str, str]]:
     """Clip embeddings ``(n, D)`` float32 of a manifest's files, the indices of the examples they
     belong to (bad files skipped under ``on_bad_file="skip"``), and ``{path: problem}``."""
@@ -108,6 +109,8 @@ def embed_manifest(
         "window_seconds": window_seconds,
         "hop_seconds": hop_seconds,
     }
+    if pooling != "mean":  # (so caches written before this option stay valid)
+        settings["pooling"] = pooling
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
@@ -150,6 +153,7 @@ def embed_manifest(
                     hop_seconds=hop_seconds,
                     batch_size=batch_size,
                     device=device,
+                    pooling=pooling,
                 )
                 for j, i in enumerate(ok):
                     vectors[i] = emb.clip[j].numpy()
@@ -245,6 +249,7 @@ def linear_probe(
     max_iter: int = 200,
     on_bad_file: str = "error",
     progress: bool = False,
+    pooling: str = "mean",
 ) -> dict[str, Any]:
     """Linear probe of ``model``'s clip embeddings (see the module docstring).
 
@@ -272,6 +277,7 @@ def linear_probe(
         on_bad_file=on_bad_file,
         progress=progress,
         fingerprint=fingerprint,
+        pooling=pooling,
     )
     splits = {"train": train, "valid": valid} | ({"test": test} if test is not None else {})
     data = {}
@@ -291,6 +297,7 @@ def linear_probe(
         "layers": [int(i) for i in np.atleast_1d(-1 if layers is None else layers)],
         "window_seconds": window_seconds,
         "hop_seconds": hop_seconds,
+        "pooling": pooling,
         "model_sha256": fingerprint,
     }
     for name in data:
@@ -370,6 +377,12 @@ def add_probe_parser(subparsers) -> None:
     )
     p.add_argument("--max-iter", type=int, default=200, metavar="N", help="L-BFGS iterations")
     p.add_argument(
+        "--pooling",
+        choices=("mean", "mean+std", "bands", "bands+std"),
+        default="mean",
+        help="clip vector: mean of patch tokens (default) or kept per frequency band, +std",
+    )
+    p.add_argument(
         "--on-bad-file",
         choices=("error", "skip"),
         default="error",
@@ -407,6 +420,7 @@ def run_probe(args: argparse.Namespace) -> int:
             max_iter=args.max_iter,
             on_bad_file=args.on_bad_file,
             progress=not args.no_progress,
+            pooling=args.pooling,
         )
     except AudioError as err:
         raise _command_error(

@@ -274,3 +274,27 @@ def test_cli_missing_source_is_a_command_error(monkeypatch, tmp_path):
     args = _parser().parse_args(["data", "instruments", "--out", str(tmp_path)])
     with pytest.raises(CommandError, match="timgm6mb-soundfont"):
         args.func(args)
+
+
+def test_demo_pipeline_end_to_end_at_a_tiny_budget(tmp_path):
+    """The whole `ssamba demo` (data, pretraining, probes, fine-tuning, report) at ~2% budget."""
+    from ssamba.demo.pipeline import TASKS, run_demo
+
+    need_tts()
+    need_soundfonts()
+    report = run_demo(tmp_path / "demo", budget=0.02, progress=False)
+    labels = {
+        "log-mel + logistic regression",
+        "SSAMBA pretrained",
+        "SSAMBA random",
+        "SSAST pretrained",
+        "SSAST random",
+    }
+    for task in TASKS:
+        assert set(report["results"][task]) == labels
+        for label, row in report["results"][task].items():
+            assert 0.0 <= row["probe"] <= 1.0
+            if label != "log-mel + logistic regression":
+                assert 0.0 <= row["finetune"] <= 1.0
+    for name in ("results.md", "results.json", "README.md", "accuracy.png"):
+        assert (tmp_path / "demo" / name).is_file()

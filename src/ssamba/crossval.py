@@ -276,7 +276,7 @@ def format_table(summary: dict) -> str:
 
 # ---------------------------------------------------------------------------- command line
 def add_crossval_parser(subparsers) -> None:
-    from ssamba.training import add_train_arguments
+    from ssamba.finetune import add_finetune_options
 
     p = subparsers.add_parser(
         "crossval",
@@ -291,28 +291,7 @@ def add_crossval_parser(subparsers) -> None:
     p.add_argument("--prepared", required=True, help="folder written by `ssamba prepare`")
     p.add_argument("--folds", help="subset of folds, e.g. 1,2 or 1-3 (default: all)")
     p.add_argument("--recipe", help="task recipe (default: the task in PREPARED/prepare.json)")
-    p.add_argument("--init", help="checkpoint: official .pth or a model folder; 'none': random")
-    p.add_argument("--model", default="ssamba_tiny", help="preset for --init none")
-    p.add_argument("--target-length", type=int)
-    p.add_argument("--normalize", help="preset, 'mean,std' or stats JSON")
-    p.add_argument("--fstride", type=int)
-    p.add_argument("--tstride", type=int)
-    p.add_argument("--freqm", type=int)
-    p.add_argument("--timem", type=int)
-    p.add_argument("--mixup", type=float)
-    p.add_argument("--noise", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--loss", choices=("ce", "bce"))
-    p.add_argument("--metric", choices=("acc", "map"))
-    p.add_argument("--head-lr-mult", type=float)
-    p.add_argument("--lr-decay", type=float)
-    p.add_argument("--lr-decay-start", type=int)
-    p.add_argument("--pool", choices=("mean", "cls"))
-    p.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--on-bad-file", choices=("error", "skip"), default="error")
-    p.add_argument("--depth", type=int, help="override the preset's depth (random init only)")
-    add_train_arguments(
-        p, batch_size=None, lr=None, weight_decay=None, warmup_steps=None, epochs=None
-    )
+    add_finetune_options(p)
     p.set_defaults(func=run_crossval)
 
 

@@ -227,8 +227,6 @@ def finetune(cfg: FinetuneConfig, device: str | None = None) -> dict:
 
 # ---------------------------------------------------------------------------- command line
 def add_finetune_parser(subparsers) -> None:
-    from ssamba.training import add_train_arguments
-
     p = subparsers.add_parser(
         "finetune",
         help="fine-tune a (pretrained or random) model on a labelled task",
@@ -237,12 +235,20 @@ def add_finetune_parser(subparsers) -> None:
             "settings (see `ssamba prepare`); options given explicitly override it."
         ),
     )
-    p.add_argument("--init", help="checkpoint: official .pth or a model folder; 'none': random")
-    p.add_argument("--model", default="ssamba_tiny", help="preset for --init none")
     p.add_argument("--recipe", help="task recipe name (esc50, speechcommands_v2, ...)")
     p.add_argument("--train", required=True)
     p.add_argument("--valid")
     p.add_argument("--test")
+    add_finetune_options(p)
+    p.set_defaults(func=run_finetune)
+
+
+def add_finetune_options(p) -> None:
+    """The model, augmentation and optimisation options (shared with ``ssamba crossval``)."""
+    from ssamba.training import add_train_arguments
+
+    p.add_argument("--init", help="checkpoint: official .pth or a model folder; 'none': random")
+    p.add_argument("--model", default="ssamba_tiny", help="preset for --init none")
     p.add_argument("--target-length", type=int)
     p.add_argument("--normalize", help="preset, 'mean,std' or stats JSON")
     p.add_argument("--fstride", type=int)
@@ -263,7 +269,6 @@ def add_finetune_parser(subparsers) -> None:
     add_train_arguments(
         p, batch_size=None, lr=None, weight_decay=None, warmup_steps=None, epochs=None
     )
-    p.set_defaults(func=run_finetune)
 
 
 RECIPE_FIELDS = (

@@ -33,19 +33,7 @@ def frames_for(tokens: int) -> int:
 
 def plain_encoder(enc, tokens):
     """SSAMBA's encoder loop with flipped copies and the plain mixer (the pre-fast-path code)."""
-    hidden, residual = tokens, None
-    for k in range(len(enc.layers) // 2):
-        la, lb = enc.layers[2 * k], enc.layers[2 * k + 1]
-
-        def run(layer, h, r):
-            r = h if r is None else r + layer.drop_path(h)
-            return layer.mixer.reference_forward(layer.norm(r)), r
-
-        h_f, r_f = run(la, hidden, residual)
-        h_b, r_b = run(lb, hidden.flip(1), None if residual is None else residual.flip(1))
-        hidden, residual = h_f + h_b.flip(1), r_f + r_b.flip(1)
-    out = enc.norm_f(residual + enc.drop_path(hidden))
-    return enc.norm_f(out)
+    return enc.reference_forward(tokens)
 
 
 def make_variants(depth_pair: bool, plain: bool):

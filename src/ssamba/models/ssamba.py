@@ -74,3 +74,22 @@ class MambaEncoder(nn.Module):
         # The official AMBAModel applies norm_f a second time; the trained weights expect it.
         out = self.norm_f(out)
         return (out, streams) if return_layers else out
+
+    def reference_forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The official loop, kept as the reference the fast path is tested against: flipped
+        copies for the second layer of each pair and the plain mixer (``reference_forward``)."""
+        if not self.bidirectional:
+            raise ValueError("reference_forward covers the bidirectional (paired) encoder")
+
+        def run(layer, h, r):
+            r = h if r is None else r + layer.drop_path(h)
+            return layer.mixer.reference_forward(layer.norm(r)), r
+
+        hidden, residual = tokens, None
+        for k in range(len(self.layers) // 2):
+            h_f, r_f = run(self.layers[2 * k], hidden, residual)
+            flipped = None if residual is None else residual.flip(1)
+            h_b, r_b = run(self.layers[2 * k + 1], hidden.flip(1), flipped)
+            hidden, residual = h_f + h_b.flip(1), r_f + r_b.flip(1)
+        out = self.norm_f(residual + self.drop_path(hidden))
+        return self.norm_f(out)

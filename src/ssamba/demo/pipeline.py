@@ -77,6 +77,7 @@ def build_data(out: Path, plan: DemoPlan, progress: bool) -> dict:
             data / "pretrain",
             minutes=plan.pretrain_minutes_audio,
             seed=plan.seed,
+            seconds=plan.clip_frames / 100,
             progress=progress,
         ),
         "keywords": builders.build_keywords(

@@ -220,8 +220,13 @@ class RunFolder:
     """The output folder: run.json, metrics.jsonl, checkpoints/step_N, latest, best/, final/."""
 
     def __init__(self, out: str | Path, settings: dict, resume: bool, overwrite: bool, main: bool):
+        """Check the folder against the request; changes nothing (see :meth:`start`).
+
+        Every rank checks before rank 0 writes (a barrier between them), so all ranks see the
+        same folder and agree on the verdict."""
         self.path = Path(out)
         self.main = main
+        self.settings, self.replace = settings, False
         run_file = self.path / RUN_FILE
         if run_file.exists() and not resume:
             if not overwrite:
@@ -229,10 +234,7 @@ class RunFolder:
                     f"{self.path} already holds a run: pass --resume to continue it or "
                     "--overwrite to replace it"
                 )
-            if main:
-                for name in (CHECKPOINTS, "best", "final", "tb", METRICS, LATEST, RUN_FILE):
-                    target = self.path / name
-                    shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+            self.replace = True
         if resume and run_file.exists():
             saved = json.loads(run_file.read_text())
             changed = sorted(
@@ -245,11 +247,17 @@ class RunFolder:
                     f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed
                 )
                 raise TrainingError(f"{self.path}: --resume with different settings ({details})")
-        if main:
-            (self.path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-            atomic_write_text(run_file, json.dumps(settings, indent=2, default=str))
         self.tb = None
         self.extra_files: dict[str, str] = {}  # written into every saved model folder
+
+    def start(self) -> None:
+        """(Main rank) clear a replaced run, create the folder and write run.json."""
+        if self.replace:
+            for name in (CHECKPOINTS, "best", "final", "tb", METRICS, LATEST, RUN_FILE):
+                target = self.path / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        (self.path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path / RUN_FILE, json.dumps(self.settings, indent=2, default=str))
 
     def _write_extra(self, folder: Path) -> None:
         for name, text in self.extra_files.items():
@@ -381,6 +389,9 @@ def fit(task, cfg: TrainConfig, dist: Distributed, train_set, valid_set=None) ->
     settings = {**cfg.to_dict(), **task.settings(), "world_size": dist.world_size}
     run = RunFolder(cfg.out, settings, cfg.resume, cfg.overwrite, dist.is_main)
     run.extra_files = getattr(task, "extra_files", {})
+    dist.barrier()  # every rank has checked the folder before rank 0 changes it
+    if dist.is_main:
+        run.start()
     dist.barrier()
     seed_everything(cfg.seed + dist.rank)
     model = task.model.to(dist.device)

@@ -276,9 +276,46 @@ def test_cli_missing_source_is_a_command_error(monkeypatch, tmp_path):
         args.func(args)
 
 
+def test_demo_margins_and_verdicts():
+    from ssamba.demo.pipeline import margins, margins_text
+
+    def row(probe):
+        return {"probe": probe, "finetune": 0.1}
+
+    report = {
+        "results": {
+            "keywords": {
+                "log-mel + logistic regression": {"probe": 0.40},
+                "SSAMBA pretrained": row(0.50),
+                "SSAMBA random": row(0.45),
+                "SSAST pretrained": row(0.55),
+            },
+            "instruments": {
+                "log-mel + logistic regression": {"probe": 0.30},
+                "SSAMBA pretrained": row(0.35),
+                "SSAMBA random": row(0.35),
+                "SSAST pretrained": row(0.20),
+            },
+        },
+        "test_clips": {"keywords": 240, "instruments": 160},
+    }
+    report["margins"] = margins(report)
+    assert report["margins"]["keywords"] == {
+        "log-mel + logistic regression": 10.0,
+        "SSAMBA random": 5.0,
+        "SSAST pretrained": -5.0,
+    }
+    assert report["margins"]["instruments"]["SSAST pretrained"] == 15.0
+    text = margins_text(report)
+    assert "beats log-mel + logistic regression on every held-out test set" in text
+    assert "does NOT beat SSAMBA random on: instruments" in text  # a tie is not a win
+    assert "does NOT beat SSAST pretrained on: keywords" in text
+    assert "keywords (240 test clips, one accuracy's standard error ~3.2)" in text
+
+
 def test_demo_pipeline_end_to_end_at_a_tiny_budget(tmp_path):
     """The whole `ssamba demo` (data, pretraining, probes, fine-tuning, report) at ~2% budget."""
-    from ssamba.demo.pipeline import TASKS, run_demo
+    from ssamba.demo.pipeline import TASKS, DemoPlan, build_data, pretrain_model, run_demo
 
     need_tts()
     need_soundfonts()
@@ -298,3 +335,16 @@ def test_demo_pipeline_end_to_end_at_a_tiny_budget(tmp_path):
                 assert 0.0 <= row["finetune"] <= 1.0
     for name in ("results.md", "results.json", "README.md", "accuracy.png"):
         assert (tmp_path / "demo" / name).is_file()
+    assert set(report["margins"]) == set(TASKS)
+    # a re-run reuses a pretrained model only when its settings and data are unchanged
+    plan = DemoPlan().scaled(0.02)
+    data = build_data(tmp_path / "demo", plan, progress=False)
+    stats = (report["normalization"]["mean"], report["normalization"]["std"])
+    weights = tmp_path / "demo" / "runs" / "pretrain_ssamba" / "final" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    pretrain_model("ssamba", data, stats, tmp_path / "demo", plan, progress=False)
+    assert weights.stat().st_mtime_ns == before
+    plan.lr *= 2
+    pretrain_model("ssamba", data, stats, tmp_path / "demo", plan, progress=False)
+    assert weights.stat().st_mtime_ns != before
+    assert "linear probe, test accuracy margin" in (tmp_path / "demo" / "README.md").read_text()

@@ -65,6 +65,23 @@ def test_no_head_returns_pooled_embedding():
         torch.testing.assert_close(model(x), model.forward_features(x).mean(1))
 
 
+@pytest.mark.parametrize("name", ["ssamba_tiny", "ssast_tiny"])
+def test_bands_head_pools_each_frequency_row(name, tmp_path):
+    model = ssamba.create_model(name, depth=2, num_classes=5, pool="bands", input_tdim=64).eval()
+    x = torch.randn(2, 48, 128)  # another length than input_tdim: 8 x 3 patches
+    with torch.no_grad():
+        tokens = model.forward_features(x)  # (2, 8 * 3, E), token = f * t_dim + t
+        rows = torch.stack([tokens[:, f * 3 : (f + 1) * 3].mean(1) for f in range(8)], 1)
+        torch.testing.assert_close(model(x), model.mlp_head(rows.flatten(1)))
+    assert model.mlp_head[1].in_features == 8 * model.config.embed_dim
+    again = ssamba.AudioModel.from_pretrained(model.save_pretrained(tmp_path / "m"))
+    assert again.config.pool == "bands"
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(x), model(x))
+    with pytest.raises(ValueError, match="pool must be one of"):
+        ssamba.create_model(name, pool="max")
+
+
 def test_any_input_length_resizes_positional_embedding():
     model = small(input_tdim=64).eval()
     with torch.no_grad():

@@ -1,7 +1,9 @@
 """Fine-tuning on a labelled task (SPEC §6) and ``ssamba finetune``.
 
-The head is LayerNorm -> Linear on the mean of the patch tokens (or the class token(s)); the
-whole encoder is trained with Adam, the head at ``head_lr_mult`` times the learning rate, the
+The head is LayerNorm -> Linear on the mean of the patch tokens (``pool="mean"``, the official
+heads' input), the class token(s) (``"cls"``) or the time-mean of each frequency row of patches,
+concatenated (``"bands"``: keeps the spectral layout a global mean throws away); the whole
+encoder is trained with Adam, the head at ``head_lr_mult`` times the learning rate, the
 learning rate multiplied by ``lr_decay`` every epoch from ``lr_decay_start`` on. Single-label
 tasks use cross-entropy (soft targets when mixup is on), multi-label tasks binary cross-entropy.
 The model with the best validation metric is kept in ``best/`` and evaluated on ``--test``.
@@ -21,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ssamba.models.config import POOLS
 from ssamba.training import Distributed, LRSchedule, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -262,7 +265,11 @@ def add_finetune_options(p) -> None:
     p.add_argument("--head-lr-mult", type=float)
     p.add_argument("--lr-decay", type=float)
     p.add_argument("--lr-decay-start", type=int)
-    p.add_argument("--pool", choices=("mean", "cls"))
+    p.add_argument(
+        "--pool",
+        choices=POOLS,
+        help="head input: mean patch token (default), class token(s), or per-band means",
+    )
     p.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--on-bad-file", choices=("error", "skip"), default="error")
     p.add_argument("--depth", type=int, help="override the preset's depth (random init only)")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 SIZES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}  # embed_dim, SSAST heads
 PATCH = 16  # patch side in bins/frames; fixed by the released checkpoints
+POOLS = ("mean", "cls", "bands")  # fine-tuning head inputs (ModelConfig.pool)
 
 
 @dataclass
@@ -27,7 +28,10 @@ class ModelConfig:
     fstride: int = 16
     tstride: int = 16
     num_classes: int = 0  # 0: no classification head; forward() returns the pooled embedding
-    pool: str = "mean"  # fine-tuning head input: "mean" of patch tokens or "cls" token(s)
+    # Fine-tuning head input: "mean" of the patch tokens or the "cls" token(s) (the official
+    # heads), or "bands": the time-mean of each frequency row of patches, concatenated
+    # (f_dim * embed_dim features: keeps the spectral layout a global mean throws away).
+    pool: str = "mean"
     pretrain_heads: bool = True  # mask_embed + cpredlayer + gpredlayer
     # Front-end normalisation the weights expect, (fbank - mean) / (2 * std); AudioSet by default.
     norm_mean: float = -4.2677393
@@ -44,8 +48,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.arch not in ("ssamba", "ssast"):
             raise ValueError(f"arch must be 'ssamba' or 'ssast', got {self.arch!r}")
-        if self.pool not in ("mean", "cls"):
-            raise ValueError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         if self.norm not in ("layernorm", "rmsnorm"):
             raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
         if self.attention not in ("sdpa", "explicit"):
@@ -65,6 +69,11 @@ class ModelConfig:
     def grid(self) -> tuple[int, int]:
         """(frequency, time) patch grid of an input of ``input_tdim`` frames."""
         return patch_grid(self.num_mel_bins, self.input_tdim, self.fstride, self.tstride)
+
+    @property
+    def head_dim(self) -> int:
+        """Width of the fine-tuning head's input (see ``pool``)."""
+        return self.embed_dim * (self.grid[0] if self.pool == "bands" else 1)
 
     @property
     def num_class_tokens(self) -> int:

@@ -59,7 +59,7 @@ class AudioModel(nn.Module):
             self.cpredlayer = prediction_head(dim)
             self.gpredlayer = prediction_head(dim)
         self.mlp_head = (
-            nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, cfg.num_classes))
+            nn.Sequential(nn.LayerNorm(cfg.head_dim), nn.Linear(cfg.head_dim, cfg.num_classes))
             if cfg.num_classes
             else None
         )
@@ -121,6 +121,9 @@ class AudioModel(nn.Module):
     def pool(self, enc: EncoderOutput) -> torch.Tensor:
         if self.config.pool == "cls":
             return enc.class_tokens.mean(dim=1)  # SSAST averages its cls and dist tokens
+        if self.config.pool == "bands":  # token = f * t_dim + t: rows are frequency bands
+            rows = enc.patch_tokens.unflatten(1, enc.grid).mean(dim=2)  # (B, f_dim, E)
+            return rows.flatten(1)
         return enc.patch_tokens.mean(dim=1)
 
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:

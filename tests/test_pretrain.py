@@ -196,3 +196,19 @@ def test_torchrun_two_processes_match_a_single_process(audio, tmp_path):
     diffs = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
     assert diffs.max() <= 2 * 1e-3 * 4 and diffs.median() < 1e-6
     assert json.loads((tmp_path / "ddp" / "run.json").read_text())["world_size"] == 2
+
+
+def test_progress_bar_under_a_time_budget_names_it_instead_of_a_step_total():
+    from ssamba.training import _progress_bar
+
+    assert _progress_bar(100, 0, enabled=False) is None
+    bar = _progress_bar(220_000, 3, enabled=True, minutes=3.0)
+    try:
+        assert bar.total is None and bar.n == 3 and "3 min budget" in bar.desc
+    finally:
+        bar.close()
+    bar = _progress_bar(50, 0, enabled=True)
+    try:
+        assert bar.total == 50
+    finally:
+        bar.close()

@@ -445,7 +445,7 @@ def fit(task, cfg: TrainConfig, dist: Distributed, train_set, valid_set=None) ->
         dist.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"
     )
 
-    bar = _progress_bar(max_steps, progress.step, cfg.progress and dist.is_main)
+    bar = _progress_bar(max_steps, progress.step, cfg.progress and dist.is_main, cfg.max_minutes)
     clips_per_step = cfg.batch_size * cfg.accum_steps
     started, last_time, last_step = time.time(), time.time(), progress.step
     skipped_files = 0
@@ -596,11 +596,16 @@ class _maybe_no_sync:
         return self.ctx.__exit__(*exc) if self.ctx else False
 
 
-def _progress_bar(total: int, initial: int, enabled: bool):
+def _progress_bar(total: int, initial: int, enabled: bool, minutes: float | None = None):
+    """A step bar; under a time budget the step total is only an upper bound (often a huge one,
+    with an ETA of hours), so the bar counts steps and names the budget instead."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
+    if minutes is not None:
+        desc = f"{minutes:g} min budget"
+        return tqdm(initial=initial, unit="step", desc=desc, dynamic_ncols=True)
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
 

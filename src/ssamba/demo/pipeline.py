@@ -295,7 +295,6 @@ def run_demo(out: str | Path = "demo_out", budget: float = 1.0, progress: bool =
         "minutes": {k: round(v / 60, 2) for k, v in timings.items()},
         "pretraining": {arch: _pretrain_summary(pretrained[arch]) for arch in plan.models},
     }
-    (out / "results.json").write_text(json.dumps(report, indent=2, default=str))
     report["margins"] = margins(report)
     (out / "results.json").write_text(json.dumps(report, indent=2, default=str))
     table = results_table(report) + "\n\n" + margins_text(report)
@@ -430,7 +429,7 @@ What ran (budget {report["budget"]}, {report["minutes"]["total"]} minutes in all
 - evaluation: linear probe on frozen clip embeddings ({plan["pooling"]} pooling of the patch
   tokens of {layers}), and fine-tuning ({plan["finetune_pool"]} head) for
   {plan["finetune_minutes"]:.1f} minutes, of each pretrained model and of the same architecture from
-random initialisation; a log-mel + logistic regression baseline. Test accuracy:
+  random initialisation; a log-mel + logistic regression baseline. Test accuracy:
 
 {table}
 

@@ -313,6 +313,13 @@ def test_demo_margins_and_verdicts():
     assert "keywords (240 test clips, one accuracy's standard error ~3.2)" in text
 
 
+def test_demo_probe_layers_must_be_all_or_last(tmp_path):
+    from ssamba.demo.pipeline import DemoPlan, probe
+
+    with pytest.raises(ValueError, match="probe_layers must be 'all' or 'last'"):
+        probe(None, {}, tmp_path, DemoPlan(probe_layers="first"), progress=False)
+
+
 def test_demo_pipeline_end_to_end_at_a_tiny_budget(tmp_path):
     """The whole `ssamba demo` (data, pretraining, probes, fine-tuning, report) at ~2% budget."""
     from ssamba.demo.pipeline import TASKS, DemoPlan, build_data, pretrain_model, run_demo

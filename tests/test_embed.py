@@ -11,7 +11,7 @@ import torch
 
 import ssamba
 from ssamba.cli import CommandError
-from ssamba.embed import add_embed_parser, column_times, embed, num_layers
+from ssamba.embeddings import add_embed_parser, column_times, embed, num_layers
 
 SR = 16000
 

@@ -1,4 +1,4 @@
-"""Our models loaded with official weights reproduce the official code's numbers (SPEC §3-§5)."""
+"""Our models loaded with official weights reproduce the official code's numbers (docs/model.md)."""
 
 from pathlib import Path
 

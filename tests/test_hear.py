@@ -31,7 +31,7 @@ import torch
 
 import ssamba
 from ssamba import hear
-from ssamba.embed import embed
+from ssamba.embeddings import embed
 
 ACCEPTABLE_SAMPLE_RATE = [16000, 22050, 44100, 48000]
 

@@ -9,10 +9,10 @@ import torch
 
 import ssamba
 from ssamba.checkpoints import CheckpointError
+from ssamba.models.objectives import info_nce, masked_mse
 from ssamba.models.patches import cluster_mask, draw_mask_index, frame_mask, resize_pos_embed
-from ssamba.objectives import info_nce, masked_mse
 
-# SPEC §3: parameter counts of the official pretraining models. Those also hold Vision Mamba's
+# docs/model.md: parameter counts of the official pretraining models. Those also hold Vision Mamba's
 # unused 1000-class head (E*1000 + 1000) and the two p_input_* scalars, which we do not keep.
 GOLDEN = Path(__file__).parent / "data" / "golden" / "official_ssamba_tiny_depth4"
 OFFICIAL_COUNTS = {"tiny": 7_288_298, "small": 26_224_106, "base": 99_042_794}

@@ -102,7 +102,7 @@ def test_resume_after_kill_equals_uninterrupted_run(audio, tmp_path):
     expected = train_losses(tmp_path / "full")
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "ssamba.cli", "pretrain", "--model", "ssamba_tiny", "--depth", "2"]
+    cmd = [sys.executable, "-m", "ssamba", "pretrain", "--model", "ssamba_tiny", "--depth", "2"]
     cmd += ["--train", str(train), "--out", str(out), "--target-length", "64", "--batch-size", "8"]
     cmd += ["--warmup-steps", "2", "--lr", "1e-3", "--no-progress", "--log-every", "1"]
     cmd += ["--max-steps", "8", "--save-every", "3"]
@@ -176,7 +176,7 @@ def test_torchrun_two_processes_match_a_single_process(audio, tmp_path):
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
-        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "ssamba.cli"]
+        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "ssamba"]
         + common
         + ["--out", str(tmp_path / "ddp")],
         env=env,

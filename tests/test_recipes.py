@@ -52,7 +52,7 @@ def test_recipes_load_and_validate():
 
 
 def test_recipe_values_follow_spec_table():
-    """SPEC §6: frames, batch, lr, epochs, freqm/timem, mixup, loss, metric."""
+    """docs/finetuning.md: frames, batch, lr, epochs, freqm/timem, mixup, loss, metric."""
     expected = {
         "audioset20k": (527, 1024, 24, 1e-4, 50, 48, 192, 0.5, "bce", "map", 3.0),
         "esc50": (50, 512, 48, 1e-4, 50, 24, 96, 0.0, "ce", "acc", 1.0),

@@ -1,6 +1,6 @@
 """Audio front end: decoding, resampling, Kaldi filterbanks, normalisation and SpecAugment.
 
-This is the SSAST/SSAMBA front end (SPEC.md section 1), computed exactly as the reference
+This is the SSAST/SSAMBA front end (docs/frontend.md), computed exactly as the reference
 dataloader does it::
 
     wave = load_audio(path)                     # mono float32 in [-1, 1) at 16 kHz
@@ -40,6 +40,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from ssamba.constants import FRAME_LENGTH_MS, FRAME_SHIFT_MS, NUM_MEL_BINS, SAMPLE_RATE
+from ssamba.errors import AudioError
+
 __all__ = [
     "NORM_STATS",
     "NUM_MEL_BINS",
@@ -55,8 +58,6 @@ __all__ = [
     "spec_augment",
 ]
 
-SAMPLE_RATE = 16000
-NUM_MEL_BINS = 128
 
 # (mean, std) of the raw log-mel filterbank over each data set, as published with SSAST.
 NORM_STATS: dict[str, tuple[float, float]] = {
@@ -66,8 +67,6 @@ NORM_STATS: dict[str, tuple[float, float]] = {
 }
 
 # Kaldi frame and filterbank settings of the reference (kaldi.fbank defaults unless noted).
-FRAME_LENGTH_MS = 25.0
-FRAME_SHIFT_MS = 10.0  # set explicitly by the reference (also the Kaldi default)
 PREEMPHASIS = 0.97
 LOW_FREQ = 20.0  # Hz; the high edge is Nyquist (Kaldi high_freq=0)
 # Kaldi floors the filterbank energies at numeric_limits<float>::epsilon() before the log, in
@@ -81,21 +80,6 @@ RESAMPLE_QUALITY = "HQ"
 
 # Frames per fbank call on the CPU when a batch is given (see fbank()).
 CPU_CHUNK_FRAMES = 1024
-
-
-class AudioError(ValueError):
-    """An audio file could not be turned into samples.
-
-    ``str(err)`` reads ``"<path>: <problem>"``; the parts are in ``err.path`` and ``err.problem``.
-    """
-
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
-
-    def __reduce__(self):  # keep the two-argument constructor picklable (DataLoader workers)
-        return (type(self), (self.path, self.problem))
 
 
 # --------------------------------------------------------------------------------------------

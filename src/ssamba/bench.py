@@ -1,4 +1,6 @@
-"""``ssamba bench``: time and peak memory of SSAMBA vs SSAST as the input gets longer (SPEC §7).
+"""``ssamba bench``: time and peak memory of SSAMBA vs SSAST as the input gets longer.
+
+See docs/performance.md.
 
 The paper's efficiency claim (SSAMBA-tiny ~92.7 % faster and ~95.4 % less memory than SSAST-tiny
 at ~22k tokens) comes from a sweep of input length at a fixed batch size: fine-tuning models

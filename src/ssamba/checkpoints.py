@@ -6,31 +6,38 @@ Key mismatches are never ignored: a readable report lists missing, unexpected an
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
-from ssamba.models.config import PATCH, SIZES, ModelConfig, patch_grid, preset_config
+from ssamba.constants import PATCH
+from ssamba.errors import CheckpointError
+from ssamba.models.config import SIZES, ModelConfig, patch_grid, preset_config
 from ssamba.models.model import AudioModel
-from ssamba.models.patches import resize_pos_embed
+from ssamba.models.saving import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    apply_overrides,
+    load_weights,
+    save_pretrained,
+)
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
+    "CheckpointError",
+    "convert_official",
+    "load_model",
+    "load_official",
+    "load_pretrained",
+    "official_config",
+    "read_official",
+    "save_pretrained",
+]
 
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
-PREPROCESSOR_FILE = "preprocessor_config.json"
 # Official keys that no forward pass uses (timm/Vim classifier heads): dropped on load.
 UNUSED_OFFICIAL = re.compile(r"^v\.head(_dist)?\.")
-HEAD_KEYS = re.compile(r"^(mask_embed|cpredlayer\.|gpredlayer\.)")
-STRUCTURAL = ("arch", "embed_dim", "depth", "num_heads", "d_state", "d_conv", "expand", "dt_rank")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded into the requested model; the message says why."""
 
 
 # ---------------------------------------------------------------------------- official files
@@ -132,7 +139,7 @@ def official_config(
             f"{source}: positional embedding has {n_patches} patches, but the stored input size "
             f"implies a {grid[0]}x{grid[1]} grid"
         )
-    return _apply_overrides(ModelConfig(**fields), overrides, source), grid
+    return apply_overrides(ModelConfig(**fields), overrides, source), grid
 
 
 def _need(state: dict, key: str, source: str) -> torch.Tensor:
@@ -148,17 +155,6 @@ def _infer_stride(n_patches: int, source: str) -> int:
     raise CheckpointError(f"{source}: cannot infer the patch stride; pass fstride=/tstride=")
 
 
-def _apply_overrides(config: ModelConfig, overrides: dict, source: str) -> ModelConfig:
-    for name in STRUCTURAL:
-        if name in overrides and overrides[name] != getattr(config, name):
-            raise CheckpointError(
-                f"{source}: {name}={overrides[name]!r} conflicts with the weights ({name}="
-                f"{getattr(config, name)!r})"
-            )
-    data = {**config.__dict__, **overrides}
-    return ModelConfig.from_dict(data)
-
-
 def convert_official(state: dict) -> dict[str, torch.Tensor]:
     """Rename official keys to ours; drop the unused classifier heads and stored input sizes."""
     out = {}
@@ -169,60 +165,6 @@ def convert_official(state: dict) -> dict[str, torch.Tensor]:
     return out
 
 
-# ---------------------------------------------------------------------------- loading into a model
-def load_weights(model: AudioModel, state: dict, source_grid: tuple, source: str) -> None:
-    """Strictly load ``state`` (our key names) into ``model``, adapting what the config changes.
-
-    Adapted on purpose: the positional embedding to the model's patch grid; a classification head
-    or pretraining heads the model does not have are dropped (with a log line), and a new head
-    the checkpoint lacks stays freshly initialised. Anything else that does not match is an error.
-    """
-    state = dict(state)
-    cfg = model.config
-    n_cls = cfg.num_class_tokens
-    if "pos_embed" in state and source_grid != cfg.grid:
-        pos = state["pos_embed"]
-        state["pos_embed"] = torch.cat(
-            [pos[:, :n_cls], resize_pos_embed(pos[:, n_cls:], source_grid, cfg.grid)], dim=1
-        )
-    expected = model.state_dict()
-    notes = []
-    if not cfg.pretrain_heads and any(HEAD_KEYS.match(k) for k in state):
-        state = {k: v for k, v in state.items() if not HEAD_KEYS.match(k)}
-        notes.append("pretraining heads dropped")
-    ckpt_head = {k: v for k, v in state.items() if k.startswith("mlp_head.")}
-    model_head = {k for k in expected if k.startswith("mlp_head.")}
-    head_mismatch = bool(ckpt_head) and (
-        set(ckpt_head) != model_head
-        or any(v.shape != expected[k].shape for k, v in ckpt_head.items())
-    )
-    if head_mismatch or (ckpt_head and not model_head):
-        state = {k: v for k, v in state.items() if not k.startswith("mlp_head.")}
-        notes.append("classification head dropped (different number of classes)")
-    if model_head and not any(k.startswith("mlp_head.") for k in state):
-        state.update({k: expected[k] for k in model_head})
-        notes.append(f"new {cfg.num_classes}-class head initialised")
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(state) & set(expected)
-        if state[k].shape != expected[k].shape
-    )
-    if missing or unexpected or shapes:
-        lines = [f"{source}: the checkpoint does not match the model"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
-            if items:
-                shown = ", ".join(items[:12]) + (
-                    f", ... ({len(items)} in all)" if len(items) > 12 else ""
-                )
-                lines.append(f"  {title} keys: {shown}")
-        raise CheckpointError("\n".join(lines))
-    model.load_state_dict(state, strict=True)
-    for note in notes:
-        log.info("%s: %s", source, note)
-
-
 def load_official(path: str | Path, **overrides) -> AudioModel:
     state = read_official(path)
     config, grid = official_config(state, str(path), **overrides)
@@ -231,69 +173,9 @@ def load_official(path: str | Path, **overrides) -> AudioModel:
     return model.eval()
 
 
-# ---------------------------------------------------------------------------- our own format
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def preprocessor_config(config: ModelConfig) -> dict:
-    """Front-end settings with the field names of transformers' AST feature extractor."""
-    return {
-        "feature_extractor_type": "ASTFeatureExtractor",
-        "feature_size": 1,
-        "num_mel_bins": config.num_mel_bins,
-        "max_length": config.input_tdim,
-        "sampling_rate": 16000,
-        "padding_value": 0.0,
-        "do_normalize": True,
-        "mean": config.norm_mean,
-        "std": config.norm_std,
-        "return_attention_mask": False,
-    }
-
-
-def save_pretrained(model: AudioModel, folder: str | Path) -> Path:
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(
-        folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"})
-    )
-    pre = json.dumps(preprocessor_config(model.config), indent=2)
-    _atomic_write(folder / PREPROCESSOR_FILE, lambda tmp: Path(tmp).write_text(pre))
-    cfg = model.config.to_json()
-    _atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(cfg))
-    return folder
-
-
 def load_pretrained(folder: str | Path, **overrides) -> AudioModel:
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (folder / name).is_file():
-            raise CheckpointError(f"{folder}: {name} is missing (not a save_pretrained folder)")
-    try:
-        saved = ModelConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(f"{folder / CONFIG_FILE}: invalid model config ({err})") from None
-    try:
-        state = load_file(str(folder / WEIGHTS_FILE))
-    except Exception as err:  # safetensors raises its own error type for corrupt files
-        raise CheckpointError(f"{folder / WEIGHTS_FILE}: unreadable ({err})") from None
-    config = _apply_overrides(saved, overrides, str(folder))
-    model = AudioModel(config)
-    load_weights(model, state, saved.grid, str(folder))
-    return model.eval()
+    """A model from a :func:`save_pretrained` folder (``overrides`` as in :func:`load_model`)."""
+    return AudioModel.from_pretrained(folder, **overrides)
 
 
 def load_model(path_or_name: str | Path, **overrides) -> AudioModel:
@@ -305,7 +187,7 @@ def load_model(path_or_name: str | Path, **overrides) -> AudioModel:
     """
     path = Path(path_or_name)
     if path.is_dir():
-        return load_pretrained(path, **overrides)
+        return AudioModel.from_pretrained(path, **overrides)
     if path.is_file():
         return load_official(path, **overrides)
     name = str(path_or_name)

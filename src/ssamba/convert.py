@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ssamba.embed import _command_error
+from ssamba.embeddings import _command_error
 
 __all__ = ["add_convert_parser", "config_summary", "convert_checkpoint", "run_convert"]
 

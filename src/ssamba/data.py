@@ -39,21 +39,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ssamba.constants import CLASS_LABELS_FILE
+from ssamba.errors import ManifestError
+
 log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = frozenset(
     {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".au"}
     | {".wma", ".webm", ".mka", ".caf", ".w64", ".rf64", ".sph", ".nist"}
 )
-CLASS_LABELS_FILE = "class_labels_indices.csv"
 BAD_FILE_POLICIES = ("error", "skip")
 _PATH_COLUMNS = ("path", "wav", "file", "filename")
 _LABEL_COLUMNS = ("label", "labels")
 _LABEL_SPLIT = re.compile(r"[;,]")
-
-
-class ManifestError(ValueError):
-    """A manifest that cannot be read; the message names the file and the line or entry."""
 
 
 class ManifestWarning(UserWarning):

@@ -36,16 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ssamba.constants import CLASSES_FILE
+from ssamba.errors import EvaluationError
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from ssamba.models.model import AudioModel
-
-CLASSES_FILE = "classes.json"  # written next to config.json by fine-tuning: a list of class names
-
-
-class EvaluationError(ValueError):
-    """Inputs that cannot give a correct metric (the message says why)."""
 
 
 class MetricWarning(UserWarning):

@@ -1,4 +1,4 @@
-"""Fine-tuning on a labelled task (SPEC §6) and ``ssamba finetune``.
+"""Fine-tuning on a labelled task (docs/finetuning.md) and ``ssamba finetune``.
 
 The head is LayerNorm -> Linear on the mean of the patch tokens (``pool="mean"``, the official
 heads' input), the class token(s) (``"cls"``) or the time-mean of each frequency row of patches,

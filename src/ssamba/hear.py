@@ -8,8 +8,9 @@
 ``audio`` is a float tensor ``(n_sounds, n_samples)`` at 16 kHz. The computation runs on the
 model's device; the results are float32 tensors on the device of ``audio``.
 
-Scene embeddings are :func:`ssamba.embed.embed`'s clip embeddings: the mean patch token over the
-real audio (final normalised output by default; ``layers=[...]`` concatenates others).
+Scene embeddings are the clip embeddings of :func:`ssamba.embeddings.embed`: the mean patch
+token over the real audio (final normalised output by default; ``layers=[...]`` concatenates
+others).
 
 Timestamp embeddings, and why they are interpolated: a patch token covers 16 fbank frames and
 neighbouring patch columns are ``tstride`` frames apart, 160 ms for the pretrained models (stride
@@ -22,7 +23,7 @@ neighbouring patch columns are ``tstride`` frames apart, 160 ms for the pretrain
 - interpolating the column embeddings onto a regular grid: free, keeps the model exactly as
   trained, and is what several HEAR 2021 submissions with patch-based encoders did.
 
-We interpolate: the column embeddings (:func:`ssamba.embed.embed` frames, centred at
+We interpolate: the column embeddings (:func:`ssamba.embeddings.embed` frames, centred at
 ``(10 a + 87.5) ms`` for a column starting at fbank frame ``a``) are linearly interpolated onto
 timestamps ``i * hop_ms`` (default 50 ms; ``load_model(..., hop_ms=25)`` for finer), each
 computed from its index (no accumulated rounding), ``i = 0 .. floor(duration / hop)``: the grid
@@ -46,7 +47,7 @@ from fractions import Fraction
 
 import torch
 
-from ssamba.embed import embed, model_device, resolve_layers
+from ssamba.embeddings import embed, model_device, resolve_layers
 
 __all__ = [
     "HearModel",

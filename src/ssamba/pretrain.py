@@ -1,4 +1,6 @@
-"""Self-supervised pretraining: masked spectrogram patch modelling (SPEC §5), ``ssamba pretrain``.
+"""Self-supervised pretraining (masked spectrogram patch modelling, docs/pretraining.md).
+
+``ssamba pretrain``.
 
 Each step runs two passes over the batch with independent cluster masks: a discriminative one
 (InfoNCE over the clip's masked patches, ``cpredlayer``) and a generative one (MSE to the raw

@@ -11,7 +11,7 @@ Command line::
 
 Procedure:
 
-1. Every file is embedded once with :func:`ssamba.embed.embed` (clip embeddings: the mean patch
+1. Every file is embedded once with :func:`ssamba.embeddings.embed` (clip embeddings: the mean patch
    token, ``--layers`` concatenated). Embeddings are cached as ``DIR/cache/<key>.npz``, the key a
    SHA-256 of the model's weights and config, the embedding settings and the file (absolute path,
    size, modification time): a re-run, or a run with another train/valid split of the same files,
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ssamba.embed import _add_embedding_options, _command_error, embed, model_fingerprint
+from ssamba.embeddings import _add_embedding_options, _command_error, embed, model_fingerprint
 
 __all__ = ["add_probe_parser", "embed_manifest", "fit_linear", "linear_probe", "run_probe"]
 
@@ -394,7 +394,7 @@ def add_probe_parser(subparsers) -> None:
 
 def run_probe(args: argparse.Namespace) -> int:
     from ssamba.audio import AudioError
-    from ssamba.embed import load_checkpoint_for_cli, resolve_layers
+    from ssamba.embeddings import load_checkpoint_for_cli, resolve_layers
 
     if args.batch_size < 1:
         raise _command_error(f"--batch-size must be >= 1, got {args.batch_size}")

@@ -27,6 +27,8 @@ import torch
 import torch.distributed as torch_dist
 from torch.utils.data import DataLoader, Sampler
 
+from ssamba.errors import TrainingError
+
 log = logging.getLogger(__name__)
 
 CHECKPOINTS, LATEST, METRICS, RUN_FILE = "checkpoints", "latest", "metrics.jsonl", "run.json"
@@ -44,10 +46,6 @@ RESUMABLE_CHANGES = {
     "progress",
     "log_every",
 }
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on (diverged loss, inconsistent output folder); the message says why."""
 
 
 # ---------------------------------------------------------------------------- configuration

@@ -152,7 +152,7 @@ def random_model(arch: str, stats, plan: DemoPlan):
 
 
 def probe(model, task: dict, out: Path, plan: DemoPlan, progress: bool) -> float:
-    from ssamba.embed import num_layers
+    from ssamba.embeddings import num_layers
     from ssamba.probe import linear_probe
 
     if plan.probe_layers not in ("all", "last"):

@@ -1,6 +1,6 @@
 """Real audio that works offline: TTS voices, sampled GM instruments and Debian sound packages.
 
-Everything here is found on the local machine (see ``/work/shared/DATA.md``):
+Everything here is found on the local machine:
 
 - speech: ``espeak-ng`` (7 English accents x ~100 voice variants), ``flite`` (kal, awb, rms, slt;
   awb/rms/slt are built from real recorded speakers) and, optionally, ``festival`` with the
@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from ssamba.constants import SAMPLE_RATE
+from ssamba.errors import MissingSourceError
 
 #: Debian packages the demo builders need (keywords: espeak-ng, flite; instruments: both
 #: soundfonts; speakers: hedgewars-data, which also provides recordings for the pretraining mix).
@@ -66,23 +67,6 @@ PIP_INSTALL_COMMAND = "pip install --no-deps " + " ".join(REQUIRED_PIP)
 
 def apt_command(*packages: str) -> str:
     return "apt-get install -y " + " ".join(packages)
-
-
-class MissingSourceError(RuntimeError):
-    """A required system package, voice, soundfont or pip package is not installed."""
-
-    def __init__(self, what: str, package: str, pip: bool = False):
-        self.what = what
-        self.package = package
-        how = (
-            f"pip install --no-deps {package}"
-            if pip
-            else f"sudo apt-get update && sudo {apt_command(package)}"
-        )
-        super().__init__(
-            f"{what} not found: install the {'pip' if pip else 'Debian'} package "
-            f"{package!r} ({how})"
-        )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from ssamba.constants import PATCH
+
 SIZES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}  # embed_dim, SSAST heads
-PATCH = 16  # patch side in bins/frames; fixed by the released checkpoints
 POOLS = ("mean", "cls", "bands")  # fine-tuning head inputs (ModelConfig.pool)
 
 

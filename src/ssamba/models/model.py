@@ -1,6 +1,6 @@
 """AudioModel: patches -> encoder (SSAMBA or SSAST) -> pretraining heads or fine-tuning head.
 
-Forward modes (SPEC §8):
+Forward modes (docs/model.md):
     model(fbank)                          logits (B, classes); the pooled embedding if classes == 0
     model.forward_features(fbank)         patch tokens after the final norm(s), (B, N, E)
     model.encode(fbank, return_layers=..) everything: patch and class tokens, grid, layer streams
@@ -17,7 +17,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ssamba.models.config import PATCH, ModelConfig, patch_grid
+from ssamba.constants import PATCH
+from ssamba.models import saving
+from ssamba.models.config import ModelConfig, patch_grid, preset_config
+from ssamba.models.objectives import info_nce, masked_mse
 from ssamba.models.patches import (
     PatchEmbed,
     check_mask_size,
@@ -28,7 +31,6 @@ from ssamba.models.patches import (
 )
 from ssamba.models.ssamba import MambaEncoder
 from ssamba.models.ssast import ViTEncoder
-from ssamba.objectives import info_nce, masked_mse
 
 
 @dataclass
@@ -170,22 +172,26 @@ class AudioModel(nn.Module):
         return masked_mse(self.gpredlayer(at_mask), targets)
 
     def embed(self, audio, sample_rate: int | None = None, **options):
-        """Clip and frame embeddings of waveforms or audio files: see :func:`ssamba.embed.embed`."""
-        from ssamba.embed import embed
+        """Clip and frame embeddings of waveforms or files (:func:`ssamba.embeddings.embed`)."""
+        # The one import from a lower layer to a higher one (docs/architecture.md): a convenience
+        # the public API promises; imported on call, so the model module does not depend on it.
+        from ssamba.embeddings import embed
 
         return embed(self, audio, sample_rate=sample_rate, **options)
 
     # ----------------------------------------------------------------- persistence
     def save_pretrained(self, folder: str | Path) -> Path:
-        from ssamba.checkpoints import save_pretrained
-
-        return save_pretrained(self, folder)
+        """Write ``config.json``, ``model.safetensors`` and the front end's settings to a folder."""
+        return saving.save_pretrained(self, folder)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, **overrides) -> AudioModel:
-        from ssamba.checkpoints import load_pretrained
-
-        return load_pretrained(folder, **overrides)
+        """Load a :meth:`save_pretrained` folder; ``overrides`` change non-structural settings
+        (strides, input length, number of classes: the positional embedding is resized)."""
+        saved, state = saving.read_pretrained(folder)
+        model = cls(saving.apply_overrides(saved, overrides, str(folder)))
+        saving.load_weights(model, state, saved.grid, str(folder))
+        return model.eval()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -196,6 +202,4 @@ class AudioModel(nn.Module):
 
 def create_model(name: str, **overrides) -> AudioModel:
     """A model from a named preset (see ``list_models()``), e.g. ``create_model("ssamba_tiny")``."""
-    from ssamba.models.config import preset_config
-
     return AudioModel(preset_config(name, **overrides))

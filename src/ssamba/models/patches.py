@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ssamba.models.config import PATCH
+from ssamba.constants import FRAME_LENGTH_MS, FRAME_SHIFT_MS, PATCH
 
 
 class PatchEmbed(nn.Module):
@@ -43,7 +43,7 @@ def patchify(fbank: torch.Tensor, fstride: int = PATCH, tstride: int = PATCH) ->
 def resize_pos_embed(
     pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]
 ) -> torch.Tensor:
-    """Adapt a (1, fo*to, E) patch positional embedding to a new (f, t) grid (SPEC §2).
+    """Adapt a (1, fo*to, E) patch positional embedding to a new (f, t) grid (docs/model.md).
 
     Per axis, time first: centre-crop when the new grid is smaller, bilinear interpolation
     (align_corners=False) otherwise, exactly as the official fine-tuning constructor does.
@@ -132,3 +132,17 @@ def draw_mask_index(
     else:
         raise ValueError(f"mask mode must be 'cluster', 'random' or 'frame', got {mode!r}")
     return torch.tensor(rows, dtype=torch.long)
+
+
+# Centre of a patch column's span of fbank frames, in ms: (PATCH - 1) shifts plus one frame, halved.
+PATCH_CENTRE_MS = ((PATCH - 1) * FRAME_SHIFT_MS + FRAME_LENGTH_MS) / 2
+
+
+def column_times(num_columns: int, tstride: int, offset_frames: int = 0) -> torch.Tensor:
+    """Centres (seconds, float64) of patch columns ``0 .. num_columns-1``.
+
+    Each value is computed from its index (no accumulation): ``(10 * a + 87.5) ms`` with
+    ``a = offset_frames + t * tstride`` the column's first fbank frame.
+    """
+    first = offset_frames + torch.arange(num_columns, dtype=torch.float64) * tstride
+    return (first * FRAME_SHIFT_MS + PATCH_CENTRE_MS) / 1000.0

@@ -21,6 +21,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ssamba.errors import RecipeError
+
 RECIPE_DIR = Path(__file__).resolve().parent
 
 #: The ``finetune`` keys of every recipe, with their types.
@@ -72,10 +74,6 @@ _ALIASES = {
     "urban8k": "urbansound8k",
     "us8k": "urbansound8k",
 }
-
-
-class RecipeError(ValueError):
-    """An unknown task name or a malformed recipe file."""
 
 
 def list_recipes() -> list[str]:

@@ -39,6 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ssamba.errors import PrepareError
 from ssamba.recipes import load_recipe, recipe_name
 
 SC_V1_WORDS = (
@@ -51,10 +52,6 @@ IEMOCAP_MAP = {"neu": "neu", "hap": "hap", "exc": "hap", "ang": "ang", "sad": "s
 IEMOCAP_CLASSES = ["neu", "hap", "ang", "sad"]
 _AUDIO_EXT = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aac", ".webm")
 _MAX_LISTED = 10
-
-
-class PrepareError(ValueError):
-    """A dataset folder that does not have the expected layout (the message names the file)."""
 
 
 class PrepareWarning(UserWarning):

@@ -1,4 +1,4 @@
-"""The masked-patch objectives exactly as the reference computes them (SPEC §5)."""
+"""The masked-patch objectives exactly as the reference computes them (docs/pretraining.md)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Python::
 
     model = ssamba.load_model("ssamba_tiny_400.pth")
-    emb = model.embed("speech.flac")                        # or ssamba.embed.embed(model, ...)
+    emb = model.embed("speech.flac")                        # or ssamba.embeddings.embed(model, ...)
     emb.clip                  # (N, E) one vector per clip: the mean of the patch tokens
     emb.frames[0]             # (T, E) one vector per patch column (160 ms apart at stride 16)
     emb.timestamps[0]         # (T,) seconds: the centre of each patch column
@@ -14,7 +14,7 @@ Command line::
 
     ssamba embed data/ more.wav list.csv --checkpoint model/ --out emb/ [--frames] [--format npz]
 
-How audio becomes embeddings (SPEC §1-2):
+How audio becomes embeddings (docs/frontend.md, docs/model.md):
 
 - The waveform (resampled to 16 kHz with soxr when needed) goes through the reference Kaldi
   fbank; every clip gets its own fbank (no padding to a batch length), normalised with the

@@ -1,0 +1,82 @@
+"""Every exception the library raises on purpose, in one place.
+
+Each one means "this input, or this state, cannot go on" and carries a one-line message that names
+the input and the problem. The command line prints ``error: <message>`` and exits 2 for any
+:class:`SsambaError` (and for ``OSError``: a missing or unreadable file); anything else is a bug
+and keeps its traceback. This module imports nothing, so every layer can use it.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class SsambaError(Exception):
+    """Base class: bad input or a state the library cannot go on from; the message says why."""
+
+
+class UsageError(SsambaError, ValueError):
+    """An argument value that cannot work (``batch_size=0``, a window without a hop, ...)."""
+
+
+class AudioError(SsambaError, ValueError):
+    """An audio file could not be turned into samples.
+
+    ``str(err)`` reads ``"<path>: <problem>"``; the parts are in ``err.path`` and ``err.problem``.
+    """
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):  # keep the two-argument constructor picklable (DataLoader workers)
+        return (type(self), (self.path, self.problem))
+
+
+class ManifestError(SsambaError, ValueError):
+    """A manifest that cannot be read; the message names the file and the line or entry."""
+
+
+class CheckpointError(SsambaError, ValueError):
+    """A checkpoint that cannot be loaded into the requested model; the message says why."""
+
+
+class TrainingError(SsambaError, RuntimeError):
+    """A run that cannot go on (diverged loss, inconsistent output folder); the message says why."""
+
+
+class EvaluationError(SsambaError, ValueError):
+    """Inputs that cannot give a correct metric (the message says why)."""
+
+
+class RecipeError(SsambaError, ValueError):
+    """An unknown task name or a malformed recipe file."""
+
+
+class PrepareError(SsambaError, ValueError):
+    """A dataset folder that does not have the expected layout (the message names the file)."""
+
+
+class MissingSourceError(SsambaError, RuntimeError):
+    """A system package, voice, soundfont or pip package the demo data needs is not installed."""
+
+    def __init__(self, what: str, package: str, pip: bool = False):
+        self.what = what
+        self.package = package
+        how = (
+            f"pip install --no-deps {package}"
+            if pip
+            else f"sudo apt-get update && sudo apt-get install -y {package}"
+        )
+        super().__init__(
+            f"{what} not found: install the {'pip' if pip else 'Debian'} package "
+            f"{package!r} ({how})"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.what, self.package, "pip install" in str(self)))
+
+
+class ConfigError(SsambaError, ValueError):
+    """A ``--config`` file that cannot be read, or names a setting the command does not have."""

@@ -171,14 +171,6 @@ class AudioModel(nn.Module):
             return info_nce(targets, self.cpredlayer(at_mask))
         return masked_mse(self.gpredlayer(at_mask), targets)
 
-    def embed(self, audio, sample_rate: int | None = None, **options):
-        """Clip and frame embeddings of waveforms or files (:func:`ssamba.embeddings.embed`)."""
-        # The one import from a lower layer to a higher one (docs/architecture.md): a convenience
-        # the public API promises; imported on call, so the model module does not depend on it.
-        from ssamba.embeddings import embed
-
-        return embed(self, audio, sample_rate=sample_rate, **options)
-
     # ----------------------------------------------------------------- persistence
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write ``config.json``, ``model.safetensors`` and the front end's settings to a folder."""

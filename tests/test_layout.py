@@ -1,0 +1,223 @@
+"""The layout's rules, checked on the source: layered imports without circles, a command line
+that starts without torch, one option convention, and a repository that cites nothing outside it.
+
+docs/architecture.md describes the layers these tests enforce.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+PKG = SRC / "ssamba"
+
+# Layers, lowest first: a module may import its own layer or a lower one (see
+# docs/architecture.md). Keys are module-name prefixes; the longest matching prefix wins.
+LAYERS = {
+    "ssamba.errors": 0,
+    "ssamba.constants": 0,
+    "ssamba.fileio": 0,
+    "ssamba.audio": 1,
+    "ssamba.ops": 1,
+    "ssamba.models": 2,
+    "ssamba.checkpoints": 3,
+    "ssamba.data": 3,
+    "ssamba.training": 4,
+    "ssamba.configs": 4,
+    "ssamba": 5,  # the tasks: pretrain, finetune, probe, dasl, embeddings, hear, bench, ...
+    "ssamba.cli": 6,
+    "ssamba.__main__": 6,
+}
+# Imports from a lower layer to a higher one that are allowed (docs/architecture.md): none.
+ALLOWED_UPWARD: set[tuple[str, str]] = set()
+# Package initialisers that only re-export their own package lazily.
+LAZY_INIT = {"ssamba", "ssamba.models"}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PKG.rglob("*.py")}
+
+
+def _resolve(name: str, modules: dict[str, Path]) -> str | None:
+    """The ssamba module an import of ``name`` loads (a package's name, or a module in it)."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _imports(path: Path, module: str, modules: dict[str, Path]) -> set[str]:
+    """Every ssamba module that ``module`` imports anywhere (top or inside functions), except
+    under ``if TYPE_CHECKING:``."""
+    tree = ast.parse(path.read_text())
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip.update(id(n) for n in ast.walk(node))
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            names = [f"{base}.{a.name}" for a in node.names] + [base]
+        for name in names:
+            if name.startswith("ssamba"):
+                target = _resolve(name, modules)
+                if target and target != module:
+                    found.add(target)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    graph = {m: _imports(p, m, modules) for m, p in modules.items()}
+    for m in LAZY_INIT:  # a lazy __init__ names what it re-exports but imports it on use only
+        graph[m] = {t for t in graph[m] if t == m}
+    # importing a.b.c runs a/__init__ and a/b/__init__ too
+    for m in list(graph):
+        graph[m] = {t for t in graph[m] if not m.startswith(t + ".")}
+    return graph
+
+
+def _layer(module: str) -> int:
+    best = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)
+    return LAYERS[best]
+
+
+def test_import_graph_has_no_circle():
+    graph = _graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(graph.get(m, ())):
+            if state.get(t) == 1:
+                cycle = stack[stack.index(t) :] + [t]
+                pytest.fail("import circle: " + " -> ".join(cycle))
+            if t not in state:
+                visit(t)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_imports_point_down_the_layers():
+    upward = sorted(
+        (m, t) for m, targets in _graph().items() for t in targets if _layer(t) > _layer(m)
+    )
+    assert set(upward) <= ALLOWED_UPWARD, f"imports from a lower layer to a higher one: {upward}"
+
+
+def test_library_never_imports_the_cli():
+    offenders = sorted(
+        m for m, targets in _graph().items() if not m.startswith("ssamba.cli") and any(
+            t.startswith("ssamba.cli") for t in targets)
+    )  # fmt: skip
+    assert offenders == [], offenders
+
+
+def _loads_torch(*args: str) -> tuple[bool, str]:
+    res = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ssamba", *args],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    modules = {line.split("|")[-1].strip() for line in res.stderr.splitlines() if "|" in line}
+    return any(m == "torch" or m.startswith("torch.") for m in modules), res.stdout
+
+
+def _commands() -> list[str]:
+    sys.path.insert(0, str(SRC))
+    from ssamba.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return sorted(sub.choices)
+
+
+def test_help_loads_no_torch():
+    torch_loaded, out = _loads_torch("--help")
+    assert "usage: ssamba" in out
+    assert not torch_loaded, "`python -m ssamba --help` imported torch"
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_command_help_loads_no_torch(command):
+    torch_loaded, out = _loads_torch(command, "--help")
+    assert f"ssamba {command}" in out
+    assert not torch_loaded, f"`ssamba {command} --help` imported torch"
+
+
+def test_every_option_states_its_default_and_every_command_has_a_description():
+    import argparse
+
+    from ssamba.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, p in sub.choices.items():
+        assert p.description, f"`ssamba {name}` has no description"
+        text = p.format_help()
+        for action in p._actions:
+            flag_like = isinstance(
+                action,
+                (argparse._HelpAction, argparse._StoreTrueAction, argparse._StoreFalseAction,
+                 argparse._CountAction, argparse._StoreConstAction, argparse._VersionAction),
+            )  # fmt: skip
+            if flag_like or not action.option_strings or action.help == argparse.SUPPRESS:
+                continue
+            if action.required:
+                continue
+            helped = p._get_formatter()._expand_help(action) if action.help else ""
+            if "default" not in p.formatter_class(name)._get_help_string(action).lower() and (
+                "default" not in helped.lower()
+            ):
+                missing.append(f"{name} {action.option_strings[-1]}")
+        assert "usage:" in text
+    assert missing == [], f"options whose help does not state a default: {missing}"
+
+
+def test_repository_cites_nothing_outside_it():
+    pattern_spec, pattern_path = "SPEC §", "/work/"
+    offenders = []
+    for path in [*ROOT.glob("*.md"), *(ROOT / "docs").rglob("*.md")]:
+        text = path.read_text()
+        if pattern_spec in text or pattern_path in text:
+            offenders.append(str(path.relative_to(ROOT)))
+    for folder in ("src", "tests", "benchmarks"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix in {".py", ".md", ".json", ".sh", ".toml"} and path.is_file():
+                if path.name == "test_layout.py":
+                    continue
+                text = path.read_text(errors="replace")
+                if pattern_spec in text or pattern_path in text or "shared/" in text:
+                    offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == [], offenders

@@ -41,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+_add = tl.standard._sum_combine  # tl.sum's combine; tl.reduce(x, axis, _add) == tl.sum(x, axis)
 CHUNK = 64  # steps between saved states; the backward's scratch holds CHUNK + 1 state tiles
 BLOCK_D = 32  # channels per program (the default; see _block_d)
 CONV_BLOCK_T = 32
@@ -71,6 +72,13 @@ def _scan_fwd(
     bias = tl.zeros((BLOCK_D,), tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    # per-program base pointers: in the loops only ``+ tm * stride`` remains
+    u_p = u_ptr + pid_b * s_ub + offs_d
+    dl_p = dl_ptr + pid_b * s_db + offs_d
+    z_p = z_ptr + pid_b * s_zb + offs_d
+    b_p = b_ptr + pid_b * s_bb + offs_n
+    c_p = c_ptr + pid_b * s_cb + offs_n
+    o_p = out_ptr + pid_b * s_ob + offs_d
     s = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
     ck = ckpt_ptr + pid_b * n_chunks * DCH * N + offs_d[:, None] * N + offs_n[None, :]
     for k in range(0, n_chunks):
@@ -78,9 +86,9 @@ def _scan_fwd(
             tl.store(ck + k * DCH * N, s, mask=mask_dn)
         for t in range(k * CHUNK, tl.minimum(L, k * CHUNK + CHUNK)):
             tm = L - 1 - t if REVERSE else t
-            u = tl.load(u_ptr + pid_b * s_ub + tm * s_ul + offs_d, mask=mask_d, other=0.0)
+            u = tl.load(u_p + tm * s_ul, mask=mask_d, other=0.0)
             u = u.to(tl.float32)
-            x = tl.load(dl_ptr + pid_b * s_db + tm * s_dl + offs_d, mask=mask_d, other=0.0)
+            x = tl.load(dl_p + tm * s_dl, mask=mask_d, other=0.0)
             x = x.to(tl.float32) + bias
             if SOFTPLUS:  # max(x, 0) + log1p(exp(-|x|)), log1p by its series for tiny e
                 e = tl.exp(-tl.abs(x))
@@ -88,17 +96,16 @@ def _scan_fwd(
                 dt = tl.where(x > 20.0, x, tl.maximum(x, 0.0) + lp)
             else:
                 dt = x
-            bt = tl.load(b_ptr + pid_b * s_bb + tm * s_bl + offs_n, mask=mask_n, other=0.0)
-            ct = tl.load(c_ptr + pid_b * s_cb + tm * s_cl + offs_n, mask=mask_n, other=0.0)
+            bt = tl.load(b_p + tm * s_bl, mask=mask_n, other=0.0)
+            ct = tl.load(c_p + tm * s_cl, mask=mask_n, other=0.0)
             decay = tl.exp(dt[:, None] * a)
             s = decay * s + (dt * u)[:, None] * bt.to(tl.float32)[None, :]
-            y = tl.sum(s * ct.to(tl.float32)[None, :], axis=1) + dv * u
+            y = tl.reduce(s * ct.to(tl.float32)[None, :], 1, _add) + dv * u
             if HAS_Z:
-                zv = tl.load(z_ptr + pid_b * s_zb + tm * s_zl + offs_d, mask=mask_d, other=0.0)
+                zv = tl.load(z_p + tm * s_zl, mask=mask_d, other=0.0)
                 zv = zv.to(tl.float32)
-                y = y * zv * tl.sigmoid(zv)
-            optr = out_ptr + pid_b * s_ob + tm * s_ol + offs_d
-            tl.store(optr, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+                y = y * zv / (1.0 + tl.exp(-zv))  # silu (tl.sigmoid: same)
+            tl.store(o_p + tm * s_ol, y.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
 @triton.jit
@@ -131,6 +138,13 @@ def _scan_bwd(
     # this program's scratch: CHUNK + 1 tiles, slot i holds the state before chunk step i
     scr = scr_ptr + (pid_b * n_dblk + pid_d) * (CHUNK + 1) * BLOCK_D * BLOCK_N
     scr_tile = tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + offs_n[None, :]
+    # per-program base pointers: in the loops only ``+ tm * stride`` remains
+    u_p = u_ptr + pid_b * s_ub + offs_d
+    dl_p = dl_ptr + pid_b * s_db + offs_d
+    z_p = z_ptr + pid_b * s_zb + offs_d
+    b_p = b_ptr + pid_b * s_bb + offs_n
+    c_p = c_ptr + pid_b * s_cb + offs_n
+    g_p = dout_ptr + pid_b * s_gb + offs_d
     h = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)  # exp(dt_{t+1} A) * dL/ds_{t+1}
     d_a = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
     d_d = tl.zeros((BLOCK_D,), tl.float32)
@@ -144,8 +158,8 @@ def _scan_bwd(
         for i in range(0, steps):  # recompute the chunk's states
             t = k * CHUNK + i
             tm = L - 1 - t if REVERSE else t
-            u = tl.load(u_ptr + pid_b * s_ub + tm * s_ul + offs_d, mask=mask_d, other=0.0)
-            x = tl.load(dl_ptr + pid_b * s_db + tm * s_dl + offs_d, mask=mask_d, other=0.0)
+            u = tl.load(u_p + tm * s_ul, mask=mask_d, other=0.0)
+            x = tl.load(dl_p + tm * s_dl, mask=mask_d, other=0.0)
             x = x.to(tl.float32) + bias
             if SOFTPLUS:
                 e = tl.exp(-tl.abs(x))
@@ -153,19 +167,20 @@ def _scan_bwd(
                 dt = tl.where(x > 20.0, x, tl.maximum(x, 0.0) + lp)
             else:
                 dt = x
-            bt = tl.load(b_ptr + pid_b * s_bb + tm * s_bl + offs_n, mask=mask_n, other=0.0)
-            s = tl.exp(dt[:, None] * a) * s + (dt * u.to(tl.float32))[:, None] * bt.to(
-                tl.float32
-            )[None, :]
+            bt = tl.load(b_p + tm * s_bl, mask=mask_n, other=0.0)
+            s = (
+                tl.exp(dt[:, None] * a) * s
+                + (dt * u.to(tl.float32))[:, None] * bt.to(tl.float32)[None, :]
+            )
             tl.store(scr + (i + 1) * BLOCK_D * BLOCK_N + scr_tile, s)
         tl.debug_barrier()
         for ii in range(0, steps):  # the adjoint recurrence, backwards through the chunk
             i = steps - 1 - ii
             t = k * CHUNK + i
             tm = L - 1 - t if REVERSE else t
-            u = tl.load(u_ptr + pid_b * s_ub + tm * s_ul + offs_d, mask=mask_d, other=0.0)
+            u = tl.load(u_p + tm * s_ul, mask=mask_d, other=0.0)
             u = u.to(tl.float32)
-            x = tl.load(dl_ptr + pid_b * s_db + tm * s_dl + offs_d, mask=mask_d, other=0.0)
+            x = tl.load(dl_p + tm * s_dl, mask=mask_d, other=0.0)
             x = x.to(tl.float32) + bias
             if SOFTPLUS:
                 e = tl.exp(-tl.abs(x))
@@ -173,21 +188,21 @@ def _scan_bwd(
                 dt = tl.where(x > 20.0, x, tl.maximum(x, 0.0) + lp)
             else:
                 dt = x
-            bt = tl.load(b_ptr + pid_b * s_bb + tm * s_bl + offs_n, mask=mask_n, other=0.0)
+            bt = tl.load(b_p + tm * s_bl, mask=mask_n, other=0.0)
             bt = bt.to(tl.float32)
-            ct = tl.load(c_ptr + pid_b * s_cb + tm * s_cl + offs_n, mask=mask_n, other=0.0)
+            ct = tl.load(c_p + tm * s_cl, mask=mask_n, other=0.0)
             ct = ct.to(tl.float32)
-            dout = tl.load(dout_ptr + pid_b * s_gb + tm * s_gl + offs_d, mask=mask_d, other=0.0)
+            dout = tl.load(g_p + tm * s_gl, mask=mask_d, other=0.0)
             dout = dout.to(tl.float32)
             s_prev = tl.load(scr + i * BLOCK_D * BLOCK_N + scr_tile)
             s_t = tl.load(scr + (i + 1) * BLOCK_D * BLOCK_N + scr_tile)
             decay = tl.exp(dt[:, None] * a)
             gofs = pid_b * L * DCH + tm * DCH + offs_d
             if HAS_Z:
-                zv = tl.load(z_ptr + pid_b * s_zb + tm * s_zl + offs_d, mask=mask_d, other=0.0)
+                zv = tl.load(z_p + tm * s_zl, mask=mask_d, other=0.0)
                 zv = zv.to(tl.float32)
-                sz = tl.sigmoid(zv)
-                ypre = tl.sum(s_t * ct[None, :], axis=1) + dv * u
+                sz = 1.0 / (1.0 + tl.exp(-zv))
+                ypre = tl.reduce(s_t * ct[None, :], 1, _add) + dv * u
                 dz = dout * ypre * sz * (1.0 + zv * (1.0 - sz))
                 tl.store(dz_ptr + gofs, dz.to(dz_ptr.dtype.element_ty), mask=mask_d)
                 dy = dout * zv * sz
@@ -196,18 +211,18 @@ def _scan_bwd(
             g = h + dy[:, None] * ct[None, :]  # dL/ds_t
             q = g * decay * s_prev
             d_a += q * dt[:, None]
-            hb = tl.sum(g * bt[None, :], axis=1)
-            ddt = tl.sum(q * a, axis=1) + hb * u
+            hb = tl.reduce(g * bt[None, :], 1, _add)
+            ddt = tl.reduce(q * a, 1, _add) + hb * u
             du = dy * dv + hb * dt
             d_d += dy * u
             if SOFTPLUS:
-                ddt = ddt * tl.sigmoid(x)
+                ddt = ddt / (1.0 + tl.exp(-x))  # softplus' = sigmoid
             d_bias += ddt
             tl.store(du_ptr + gofs, du.to(du_ptr.dtype.element_ty), mask=mask_d)
             tl.store(ddl_ptr + gofs, ddt.to(ddl_ptr.dtype.element_ty), mask=mask_d)
             # dB_t = sum_d g dt u, dC_t = sum_d dy s_t: sums over channel blocks -> atomics
-            dbt = tl.sum(g * (dt * u)[:, None], axis=0)
-            dct = tl.sum(dy[:, None] * s_t, axis=0)
+            dbt = tl.reduce(g * (dt * u)[:, None], 0, _add)
+            dct = tl.reduce(dy[:, None] * s_t, 0, _add)
             nofs = pid_b * L * N + tm * N + offs_n
             tl.atomic_add(db_ptr + nofs, dbt, mask=mask_n)
             tl.atomic_add(dc_ptr + nofs, dct, mask=mask_n)

@@ -37,6 +37,8 @@ Importing this module needs the ``triton`` package (ImportError otherwise, which
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -266,9 +268,11 @@ def _conv_fwd(
 
 
 def interpreted() -> bool:
-    """Whether the kernels run in Triton's interpreter (``TRITON_INTERPRET=1`` was set before
-    triton was imported): then they take CPU tensors; compiled kernels need CUDA tensors."""
-    return not isinstance(_scan_fwd, triton.runtime.JITFunction)
+    """Whether the kernels run in Triton's interpreter and so take CPU tensors: they were built
+    with ``TRITON_INTERPRET=1`` (set before triton was imported) and it is still set (triton
+    checks it again at launch)."""
+    built = not isinstance(_scan_fwd, triton.runtime.JITFunction)
+    return built and os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _check_device(t: torch.Tensor) -> None:

@@ -4,6 +4,7 @@ reference (values and every gradient), gradcheck in float64, and the backend dis
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -234,3 +235,111 @@ def test_cpu_threads_give_identical_results():
         torch.set_num_threads(old)
     for a, b in zip(*outs, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- backend choice by device
+
+
+@pytest.fixture
+def fake_availability(monkeypatch):
+    """Pretend a chosen set of backends can run (for devices this machine does not have)."""
+
+    def install(*runnable):
+        def unavailable(name, device):
+            if name not in scan_mod.BACKENDS:
+                raise ValueError(f"unknown scan backend {name!r}")
+            return None if name in runnable or name == "reference" else "faked away"
+
+        monkeypatch.setattr(scan_mod, "_unavailable", unavailable)
+
+    monkeypatch.delenv("SSAMBA_SCAN", raising=False)
+    return install
+
+
+@pytest.mark.parametrize(
+    ("runnable", "device", "want"),
+    [
+        (("cpu", "cuda", "triton", "torch"), "cuda", "cuda"),
+        (("cpu", "triton", "torch"), "cuda", "triton"),
+        (("cpu", "torch"), "cuda", "torch"),
+        (("cpu", "cuda", "triton", "torch"), "cpu", "cpu"),
+        (("cuda", "triton", "torch"), "cpu", "torch"),
+        (("cpu", "cuda", "triton", "torch"), "mps", "torch"),
+        (("cpu", "cuda", "triton", "torch"), "xpu", "torch"),
+    ],
+)
+def test_default_backend_by_device(fake_availability, runnable, device, want):
+    fake_availability(*runnable)
+    assert scan_mod.resolve_backend(torch.device(device)) == want
+    assert scan_mod.scan_backends(device)["selected"] == want
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps", "xpu", "cpu"])
+def test_no_accelerator_tensor_reaches_the_reference_by_default(fake_availability, device):
+    """Whatever is installed, only SSAMBA_SCAN=reference (or the argument) picks the loop."""
+    import itertools
+
+    optional = ("cpu", "cuda", "triton")
+    for k in range(len(optional) + 1):
+        for subset in itertools.combinations(optional, k):
+            fake_availability(*subset, "torch")
+            assert scan_mod.resolve_backend(torch.device(device)) != "reference", subset
+
+
+def test_real_resolver_on_devices_absent_here(monkeypatch):
+    """No GPU here: a CUDA or MPS device still resolves to a fast backend, never the loop."""
+    monkeypatch.delenv("SSAMBA_SCAN", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert scan_mod.resolve_backend(torch.device("cuda")) == "torch"
+    assert scan_mod.resolve_backend(torch.device("mps")) == "torch"
+    monkeypatch.setenv("SSAMBA_SCAN", "reference")
+    assert scan_mod.resolve_backend(torch.device("cuda")) == "reference"
+
+
+@pytest.mark.parametrize(
+    ("forced", "device", "reason"),
+    [
+        ("cpu", "cuda", "needs CPU tensors"),
+        ("cpu", "mps", "needs CPU tensors"),
+        ("cuda", "cpu", "needs CUDA tensors"),
+        ("triton", "mps", "CUDA devices|not installed"),
+    ],
+)
+def test_forced_backend_that_cannot_run_raises(monkeypatch, forced, device, reason):
+    monkeypatch.setenv("SSAMBA_SCAN", forced)
+    with pytest.raises(ValueError, match=reason):
+        scan_mod.resolve_backend(torch.device(device))
+    info = scan_mod.scan_backends(device)
+    assert info["selected"] is None and re.search(reason, info["error"])
+    assert info["forced"] == forced
+    monkeypatch.delenv("SSAMBA_SCAN")
+    with pytest.raises(ValueError, match=reason):
+        scan_mod.resolve_backend(device, forced)
+
+
+def test_scan_backends_report(monkeypatch):
+    from ssamba import ops
+
+    monkeypatch.delenv("SSAMBA_SCAN", raising=False)
+    info = ops.scan_backends("cpu")
+    assert info["device"] == "cpu" and info["forced"] is None and info["error"] is None
+    assert set(info["backends"]) == set(scan_mod.BACKENDS)
+    for name, entry in info["backends"].items():
+        assert entry["available"] == (entry["reason"] is None), name
+    assert info["backends"]["reference"]["available"] and info["backends"]["torch"]["available"]
+    assert info["selected"] == "cpu"  # numba is importable in this module (importorskip above)
+    assert not info["backends"]["cuda"]["available"]
+    mps = ops.scan_backends("mps")
+    assert mps["selected"] == "torch" and "needs CPU" in mps["backends"]["cpu"]["reason"]
+
+
+def test_selective_scan_many_matches_single_calls():
+    a = make_inputs(2, 30, 20, 8, seed=6)
+    b = make_inputs(2, 30, 20, 8, seed=7)
+    scans = [(*a, True, False), (*b, True, True)]
+    for backend in ("cpu", "torch", "reference"):
+        with torch.no_grad():
+            outs = scan_mod.selective_scan_many(scans, backend=backend)
+        for out, s in zip(outs, scans, strict=True):
+            want = selective_scan_ref(*[t.double() for t in s[:8]], reverse=s[9])
+            assert _rel_err(out, want) < 1e-5, backend

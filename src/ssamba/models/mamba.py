@@ -2,7 +2,8 @@
 
 One input projection feeds two branches: a forward one and a backward one that runs on the
 time-reversed sequence with its own conv/SSM parameters; their outputs are averaged.
-Tensors stay in (batch, length, channels) layout throughout, which is what the CPU scan wants.
+Tensors stay in (batch, length, channels) layout throughout, which is what the scan kernels want.
+Kernels are reached only through ``ssamba.ops`` (backend dispatch by device and SSAMBA_SCAN).
 """
 
 from __future__ import annotations
@@ -14,38 +15,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssamba.models.layers import DropPath, make_norm
-from ssamba.ops import selective_scan
-from ssamba.ops.scan import resolve_backend
-
-
-def causal_depthwise_conv1d(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, reverse: bool = False
-):
-    """Causal depthwise conv along time in (B, L, D) layout; weight (D, 1, K), left pad K-1.
-
-    ``reverse``: the anti-causal conv (right pad), i.e. the causal conv of ``x.flip(1)``, flipped
-    back."""
-    k = weight.shape[-1]
-    length = x.shape[1]
-    if reverse:
-        padded = F.pad(x, (0, 0, 0, k - 1))
-        out = bias + padded[:, k - 1 : k - 1 + length] * weight[:, 0, 0]
-        for i in range(1, k):
-            out = out + padded[:, k - 1 - i : k - 1 - i + length] * weight[:, 0, i]
-        return out
-    padded = F.pad(x, (0, 0, k - 1, 0))
-    out = bias + padded[:, 0:length] * weight[:, 0, 0]
-    for i in range(1, k):
-        out = out + padded[:, i : i + length] * weight[:, 0, i]
-    return out
+from ssamba.ops import (
+    causal_depthwise_conv1d,
+    conv1d_silu,
+    conv1d_silu_pair,
+    resolve_backend,
+    selective_scan,
+    selective_scan_many,
+)
 
 
 def _fast_path(t: torch.Tensor) -> bool:
-    """Use the fused CPU kernels (conv + silu, reverse scans) for ``t``? Only where the scan
-    dispatcher would pick the numba backend; ``SSAMBA_SCAN=reference`` gives the plain path."""
-    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64):
-        return False
-    return resolve_backend(t.device) == "cpu"
+    """Use the fused path (conv + silu kernels, reverse scans, mirrored layers without flipped
+    copies) for ``t``? Whenever the scan backend for its device is not the plain reference
+    (``SSAMBA_SCAN=reference`` gives the plain path of the official code)."""
+    return resolve_backend(t.device) != "reference"
 
 
 class SSMBranch(nn.Module):
@@ -64,9 +48,7 @@ class SSMBranch(nn.Module):
         """The branch on (x, z); ``reverse``: on the time-reversed sequence, output reversed back
         (anti-causal conv and a scan from the end: no flipped copies)."""
         if _fast_path(x):
-            from ssamba.ops.conv_cpu import conv1d_silu_cpu
-
-            u = conv1d_silu_cpu(x, self.conv1d.weight, self.conv1d.bias, reverse)
+            u = conv1d_silu(x, self.conv1d.weight, self.conv1d.bias, reverse)
         else:
             conv = causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias, reverse)
             u = F.silu(conv)
@@ -117,8 +99,9 @@ class BiMambaMixer(nn.Module):
         ``mirrored=True`` returns ``forward(hidden.flip(1)).flip(1)`` (what the second layer of
         each SSAMBA pair needs) without flipping anything: the forward branch then runs
         anti-causally from the end and the backward branch causally from the start.
-        On CPU tensors with the numba scan backend this uses fused kernels (conv + silu, reverse
-        scans, both directions in one dispatch at inference); otherwise, or with
+        With any scan backend but the reference (numba on CPU; mamba_ssm, Triton or the torch
+        scan on CUDA; torch elsewhere) this uses the fused path (conv + silu kernels, reverse
+        scans, on CPU both directions in one dispatch at inference); with
         ``SSAMBA_SCAN=reference``, the plain path (:meth:`reference_forward`)."""
         if not _fast_path(hidden):
             if mirrored:
@@ -142,16 +125,14 @@ class BiMambaMixer(nn.Module):
 
     @staticmethod
     def _inference_branches(x, z, branches, reverse):
-        """No autograd: both convs in one kernel dispatch, both scans in another."""
-        from ssamba.ops.conv_cpu import conv1d_silu_pair_cpu
-        from ssamba.ops.scan_cpu import selective_scan_cpu_many
-
+        """No autograd: both convs in one kernel dispatch, both scans in another (numba backend;
+        one call each elsewhere)."""
         pairs = list(zip(branches, reverse, strict=True))
         convs = [(br.conv1d.weight, br.conv1d.bias, rev) for br, rev in pairs]
-        us = conv1d_silu_pair_cpu(x, convs)
+        us = conv1d_silu_pair(x, convs)
         z = z.contiguous()  # shared by both scans: one copy instead of one per scan
         scans = [(*br._scan_args(u, z), rev) for (br, rev), u in zip(pairs, us, strict=True)]
-        return selective_scan_cpu_many(scans)
+        return selective_scan_many(scans)
 
     def reference_forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """The plain formulation of the official code (flipped copies for the backward branch,

@@ -10,19 +10,30 @@ Layout (the one the projections produce, so no transposes are needed on the CPU)
     s_t     = exp(delta_t * A) * s_{t-1} + delta_t * B_t * u_t
     y_t     = C_t . s_t + D * u_t ;   y_t *= silu(z_t)   (if z is given)
 
-Backends: ``reference`` (this file, any device), ``cpu`` (fused numba kernel, ops/scan_cpu.py),
-``cuda`` (mamba_ssm's kernels, ops/scan_cuda.py). The default picks the fastest one available for
-the tensors' device; the variable ``SSAMBA_SCAN`` or the ``backend`` argument forces one.
+Backends: ``reference`` (this file, any device; a Python loop over time, only when forced),
+``cpu`` (fused numba kernel, ops/scan_cpu.py), ``cuda`` (mamba_ssm's kernels, ops/scan_cuda.py),
+``triton`` (Triton kernels, ops/scan_triton.py: CUDA, or CPU tensors in Triton's interpreter),
+``torch`` (chunked parallel scan in plain torch, ops/scan_torch.py: any device).
+
+The default picks the fastest one that runs on the tensors' device: CUDA: cuda, else triton, else
+torch; CPU: cpu, else torch; any other device (mps, xpu, ...): torch. The variable
+``SSAMBA_SCAN`` or the ``backend`` argument forces one (ValueError if it cannot run there).
+:func:`scan_backends` reports the choice and why each backend is or is not available.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("reference", "cpu", "cuda")
+from ssamba.ops.scan_torch import selective_scan_torch
+
+BACKENDS = ("reference", "cpu", "cuda", "triton", "torch")
 
 
 def selective_scan_ref(
@@ -58,52 +69,110 @@ def selective_scan_ref(
     return y.to(dtype_out)
 
 
-def _cpu_available() -> bool:
+def _module_missing(name: str) -> str | None:
+    """Why ``name`` cannot be imported (None if it can). Imports it: errors inside count."""
     try:
-        from ssamba.ops import scan_cpu  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        importlib.import_module(name)
+    except ImportError as err:
+        return f"{name.rsplit('.', 1)[-1]} cannot be imported ({err})"
+    return None
 
 
-def _cuda_available() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        from ssamba.ops import scan_cuda  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _triton_interpreted() -> bool:
+    """Whether Triton kernels run in the interpreter (then they take CPU tensors)."""
+    mod = sys.modules.get("ssamba.ops.scan_triton")
+    if mod is not None:
+        return mod.interpreted()
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _unavailable(name: str, device: torch.device) -> str | None:
+    """Why backend ``name`` cannot run on ``device`` in this process (None if it can)."""
+    kind = device.type
+    if name in ("reference", "torch"):
+        return None
+    if name == "cpu":
+        if kind != "cpu":
+            return f"needs CPU tensors, got {kind}"
+        return _module_missing("ssamba.ops.scan_cpu")
+    if name == "cuda":
+        if kind != "cuda":
+            return f"needs CUDA tensors, got {kind}"
+        if not torch.cuda.is_available():
+            return "torch.cuda is not available"
+        return _module_missing("ssamba.ops.scan_cuda")
+    if name == "triton":
+        if importlib.util.find_spec("triton") is None:
+            return "the triton package is not installed"
+        if kind == "cpu":
+            if not _triton_interpreted():
+                return "CPU tensors run only in Triton's interpreter (TRITON_INTERPRET=1)"
+            return None
+        if kind != "cuda":
+            return f"Triton kernels here run on CUDA devices, got {kind}"
+        if not torch.cuda.is_available():
+            return "torch.cuda is not available"
+        return None
+    raise ValueError(f"unknown scan backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def _default_backend(device: torch.device) -> str:
+    """The fastest backend that runs on ``device``; never the Python-loop reference."""
+    if device.type == "cuda":
+        order = ("cuda", "triton", "torch")
+    elif device.type == "cpu":
+        order = ("cpu", "torch")
+    else:  # mps, xpu, ...
+        order = ("torch",)
+    return next(name for name in order if _unavailable(name, device) is None)
 
 
 def available_backends() -> list[str]:
-    """Backends usable in this process (the CUDA one needs mamba_ssm and a GPU)."""
-    found = ["reference"]
-    if _cpu_available():
-        found.append("cpu")
-    if _cuda_available():
-        found.append("cuda")
-    return found
+    """Backends usable in this process on some present device (CPU, and CUDA if there is one)."""
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    return [n for n in BACKENDS if any(_unavailable(n, d) is None for d in devices)]
 
 
-def resolve_backend(device: torch.device, backend: str | None = None) -> str:
-    """The backend for tensors on ``device``: the argument, else SSAMBA_SCAN, else the fastest."""
+def resolve_backend(device, backend: str | None = None) -> str:
+    """The backend for tensors on ``device``: the argument, else SSAMBA_SCAN, else the fastest
+    that runs there (CUDA: mamba_ssm, Triton, torch; CPU: numba, torch; others: torch).
+
+    A forced backend that cannot run on ``device`` raises ValueError saying why."""
+    device = torch.device(device)
     backend = backend or os.environ.get("SSAMBA_SCAN") or None
-    if backend is not None:
-        if backend not in BACKENDS:
-            raise ValueError(
-                f"unknown scan backend {backend!r}; choose one of {', '.join(BACKENDS)}"
-            )
-        if backend == "cpu" and device.type != "cpu":
-            raise ValueError(f"scan backend 'cpu' needs CPU tensors, got {device}")
-        if backend == "cuda" and (device.type != "cuda" or not _cuda_available()):
-            raise ValueError("scan backend 'cuda' needs CUDA tensors and the mamba_ssm package")
-        return backend
-    if device.type == "cuda" and _cuda_available():
-        return "cuda"
-    if device.type == "cpu" and _cpu_available():
-        return "cpu"
-    return "reference"
+    if backend is None:
+        return _default_backend(device)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown scan backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    why = _unavailable(backend, device)
+    if why is not None:
+        raise ValueError(f"scan backend {backend!r} cannot run on {device.type} tensors: {why}")
+    return backend
+
+
+def scan_backends(device=None) -> dict:
+    """Which scan backends can run on ``device`` (default: CUDA if present, else CPU), why the
+    others cannot, and which one :func:`selective_scan` would use there now.
+
+    Returns ``{"device", "forced" (SSAMBA_SCAN or None), "selected" (a name, or None if the
+    forced one cannot run), "error" (why not, or None), "backends": {name: {"available",
+    "reason"}}}``."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    table = {}
+    for name in BACKENDS:
+        why = _unavailable(name, device)
+        table[name] = {"available": why is None, "reason": why}
+    try:
+        selected, error = resolve_backend(device), None
+    except ValueError as err:
+        selected, error = None, str(err)
+    forced = os.environ.get("SSAMBA_SCAN") or None
+    return {"device": str(device), "forced": forced, "selected": selected, "error": error,
+            "backends": table}  # fmt: skip
 
 
 def selective_scan(
@@ -122,12 +191,14 @@ def selective_scan(
     """Run the selective scan (see the module docstring for shapes) on the chosen backend.
 
     ``reverse=True`` runs the recurrence from the last time step to the first (what a scan of
-    the time-flipped inputs gives, flipped back), without flipped copies on the CPU backend."""
+    the time-flipped inputs gives, flipped back), without flipped copies on the cpu, triton and
+    torch backends."""
     name = resolve_backend(u.device, backend)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if name == "cpu":
         from ssamba.ops.scan_cpu import selective_scan_cpu
 
-        return selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+        return selective_scan_cpu(*args, reverse)
     if name == "cuda":
         from ssamba.ops.scan_cuda import selective_scan_cuda
 
@@ -136,5 +207,30 @@ def selective_scan(
             u, delta, B, C, z = flip
             y = selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
             return y.flip(1)
-        return selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+        return selective_scan_cuda(*args)
+    if name == "triton" and u.dtype != torch.float64:  # the kernels compute in float32
+        from ssamba.ops.scan_triton import selective_scan_triton
+
+        return selective_scan_triton(*args, reverse)
+    if name in ("triton", "torch"):
+        return selective_scan_torch(*args, reverse)
+    return selective_scan_ref(*args, reverse)
+
+
+def selective_scan_many(scans, backend=None):
+    """Several scans, e.g. both directions of a mixer: on the numba backend without autograd in
+    one parallel dispatch, otherwise one call each.
+
+    ``scans``: tuples ``(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)``."""
+    scans = list(scans)
+    if not scans:
+        return []
+    name = resolve_backend(scans[0][0].device, backend)
+    tracked = torch.is_grad_enabled() and any(
+        t is not None and torch.is_tensor(t) and t.requires_grad for s in scans for t in s
+    )
+    if name == "cpu" and not tracked:
+        from ssamba.ops.scan_cpu import selective_scan_cpu_many
+
+        return selective_scan_cpu_many(scans)
+    return [selective_scan(*s[:9], backend=name, reverse=s[9]) for s in scans]

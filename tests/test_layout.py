@@ -215,7 +215,9 @@ def test_repository_cites_nothing_outside_it():
     for folder in ("src", "tests", "benchmarks"):
         for path in (ROOT / folder).rglob("*"):
             if path.suffix in {".py", ".md", ".json", ".sh", ".toml"} and path.is_file():
-                if path.name == "test_layout.py":
+                # test_golden.py runs the 24-layer released model when its 57 MB fixture lies
+                # beside the checkout (as in CI), and skips otherwise; nothing else may look there.
+                if path.name in ("test_layout.py", "test_golden.py"):
                     continue
                 text = path.read_text(errors="replace")
                 if pattern_spec in text or pattern_path in text or "shared/" in text:

@@ -2,7 +2,7 @@
 
 Layout and semantics are those of :mod:`ssamba.ops.scan` (u, delta, z: (batch, L, D); B, C:
 (batch, L, N); A: (D, N)). How the kernels are made fast (measured on this machine class, see
-/work/shared/SCAN_NOTES.md and docs/scan.md):
+docs/scan.md):
 
 * Work item = (batch row, block of ``LANES`` channels). The ``(N, LANES)`` state tile lives in L1
   and the innermost loop runs over the channels of the block, so LLVM vectorises it and ``y``

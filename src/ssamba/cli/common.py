@@ -34,11 +34,14 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+        default = action.default
+        if "default" in text.lower() or default is None or default is False:
+            return text
+        if default == argparse.SUPPRESS:
             return text
         if not action.option_strings and action.nargs not in ("?", "*"):
             return text  # a required positional has no default
-        value = action.default
+        value = default
         if isinstance(value, (list, tuple)):
             value = " ".join(str(v) for v in value)
         return f"{text} (default: {str(value).replace('%', '%%')})"

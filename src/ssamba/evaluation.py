@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,9 +41,7 @@ from ssamba.constants import CLASSES_FILE
 from ssamba.data import AudioDataset, Manifest, make_loader, read_manifest
 from ssamba.errors import EvaluationError
 from ssamba.fileio import atomic_write, atomic_write_bytes, atomic_write_json
-
-if TYPE_CHECKING:  # pragma: no cover - for type hints only
-    from ssamba.models.model import AudioModel
+from ssamba.models.model import AudioModel
 
 
 class MetricWarning(UserWarning):

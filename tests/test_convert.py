@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import ssamba
-from ssamba.cli import CommandError
-from ssamba.convert import add_convert_parser, convert_checkpoint
+from ssamba.cli import checkpoints as cli_checkpoints
+from ssamba.convert import convert_checkpoint
+from ssamba.errors import CheckpointError, UsageError
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 SSAMBA = GOLDEN / "official_ssamba_tiny_depth4" / "pretrain_state_dict.pt"
@@ -20,7 +21,7 @@ SSAST = GOLDEN / "official_ssast_tiny_depth2" / "pretrain_state_dict.pt"
 
 def run_cli(*argv) -> int:
     parser = argparse.ArgumentParser(prog="ssamba")
-    add_convert_parser(parser.add_subparsers())
+    cli_checkpoints.register(parser.add_subparsers())
     args = parser.parse_args(["convert", *map(str, argv)])
     return args.func(args)
 
@@ -28,7 +29,7 @@ def run_cli(*argv) -> int:
 @pytest.mark.parametrize("source", [SSAMBA, SSAST], ids=["ssamba", "ssast"])
 def test_round_trip_of_official_fixture(source, tmp_path, capsys):
     out = tmp_path / "converted"
-    assert run_cli(source, out) == 0
+    assert run_cli("-c", source, "-o", out) == 0
     text = capsys.readouterr().out
     arch = "ssamba" if "ssamba" in source.parent.name else "ssast"
     assert f"model:     {arch}" in text and "128 mel bins x 256 frames" in text
@@ -70,13 +71,17 @@ def test_python_api_report(tmp_path):
 
 def test_errors(tmp_path):
     out = tmp_path / "out"
-    run_cli(SSAST, out)
-    with pytest.raises(CommandError, match="already holds a model"):
-        run_cli(SSAST, out)
+    run_cli(SSAST, out)  # the old positional spelling still works
+    with pytest.raises(UsageError, match="exists; pass --overwrite"):
+        run_cli("-c", SSAST, "-o", out)
     assert run_cli(SSAST, out, "--overwrite") == 0
-    with pytest.raises(CommandError, match="no such checkpoint"):
+    with pytest.raises(UsageError, match="already holds a model"):  # the Python API
+        convert_checkpoint(SSAST, out)
+    with pytest.raises(UsageError, match="no such checkpoint"):
         run_cli(tmp_path / "missing.pth", tmp_path / "x")
     bogus = tmp_path / "bogus.pth"
     bogus.write_bytes(b"not a checkpoint")
-    with pytest.raises(CommandError, match="not a readable PyTorch state_dict"):
-        run_cli(bogus, tmp_path / "y")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch state_dict"):
+        run_cli("-c", bogus, "-o", tmp_path / "y")
+    with pytest.raises(UsageError, match="-o/--out is required"):
+        run_cli("-c", SSAST)

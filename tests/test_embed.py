@@ -10,8 +10,12 @@ import pytest
 import torch
 
 import ssamba
-from ssamba.cli import CommandError
-from ssamba.embeddings import add_embed_parser, column_times, embed, num_layers
+from ssamba import embedding_store, embeddings
+from ssamba.cli import embed as cli_embed
+from ssamba.data import BAD_FILE_POLICIES
+from ssamba.embeddings import embed, embed_files, num_layers
+from ssamba.errors import CheckpointError, UsageError
+from ssamba.models.patches import column_times
 
 SR = 16000
 
@@ -174,7 +178,7 @@ def test_ssast_model_embeds():
 
 def run_cli(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="ssamba")
-    add_embed_parser(parser.add_subparsers())
+    cli_embed.register(parser.add_subparsers())
     args = parser.parse_args(["embed", *map(str, argv)])
     return args.func(args)
 
@@ -212,7 +216,7 @@ def test_cli_npy_mirrors_names_and_resumes(checkpoint, audio_folder, tmp_path, c
     assert (out / "a.npy").stat().st_mtime_ns == mtime
 
     # other settings into the same folder: refused unless --overwrite
-    with pytest.raises(CommandError, match="other settings.*layers"):
+    with pytest.raises(UsageError, match="other settings.*layers"):
         run_cli(audio_folder, "-c", checkpoint, "--out", out, "--layers", "0", "--no-progress")
     run_cli(audio_folder, "-c", checkpoint, "-o", out, "--layers", "0", "-1", "--overwrite")
     assert np.load(out / "a.npy").shape == (384,)
@@ -264,7 +268,7 @@ def test_cli_manifest_input(checkpoint, audio_folder, tmp_path):
 
 def test_cli_bad_file(checkpoint, audio_folder, tmp_path, write_corrupt, capsys):
     bad = write_corrupt(audio_folder / "sub" / "broken.wav")
-    with pytest.raises(CommandError, match=r"broken\.wav.*--on-bad-file skip"):
+    with pytest.raises(UsageError, match=r"broken\.wav.*--on-bad-file skip"):
         run_cli(audio_folder, "-c", checkpoint, "-o", tmp_path / "e1", "--no-progress")
     out = tmp_path / "e2"
     assert run_cli(audio_folder, "-c", checkpoint, "-o", out, "--on-bad-file", "skip") == 0
@@ -277,13 +281,40 @@ def test_cli_bad_file(checkpoint, audio_folder, tmp_path, write_corrupt, capsys)
 
 
 def test_cli_errors(checkpoint, tmp_path):
-    with pytest.raises(CommandError, match="no such file"):
+    with pytest.raises(UsageError, match="no such file"):
         run_cli(tmp_path / "nothing", "-c", checkpoint, "-o", tmp_path / "x")
     (tmp_path / "x.wav").write_bytes(b"")
-    with pytest.raises(CommandError, match="no such"):
+    with pytest.raises(CheckpointError, match="no such"):
         run_cli(tmp_path / "x.wav", "-c", tmp_path / "no_model", "-o", tmp_path / "x")
-    with pytest.raises(CommandError, match="--hop needs --window"):
+    with pytest.raises(UsageError, match="--hop needs --window"):
         run_cli(tmp_path / "x.wav", "-c", checkpoint, "-o", tmp_path / "x", "--hop", "1")
+    # a folder that holds other files is not written into unless --overwrite
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="holds other files.*--overwrite"):
+        run_cli(tmp_path / "x.wav", "-c", checkpoint, "-o", tmp_path / "busy")
+
+
+def test_cli_choices_match_the_library():
+    """The CLI writes some choices out (so --help loads no torch): they must stay the library's."""
+    assert cli_embed.FORMATS == embedding_store.FORMATS
+    assert cli_embed.BAD_FILE_POLICIES == BAD_FILE_POLICIES
+    assert embeddings.POOLINGS == ("mean", "mean+std", "bands", "bands+std")
+
+
+def test_embed_files_batches_and_bad_files(model, audio_folder, write_corrupt):
+    paths = sorted(p for p in audio_folder.rglob("*") if p.is_file())
+    paths.insert(1, write_corrupt(audio_folder / "broken.wav"))
+    with pytest.raises(ssamba.audio.AudioError, match="broken.wav"):
+        list(embed_files(model, paths, batch_size=2))
+    with pytest.raises(UsageError, match="on_bad_file"):
+        embed_files(model, paths, on_bad_file="ignore")  # checked on call, not on iteration
+    batches = list(embed_files(model, paths, batch_size=2, on_bad_file="skip"))
+    assert [b.size for b in batches] == [2, 2]
+    assert list(batches[0].bad) == [1] and batches[0].indices == [0]
+    assert [i for b in batches for i in b.indices] == [0, 2, 3]
+    ref = embed(model, paths[3]).clip[0]
+    torch.testing.assert_close(batches[1].embeddings.clip[1], ref, rtol=0, atol=1e-5)
 
 
 def test_band_pooling_keeps_frequency_rows_and_std_appends():

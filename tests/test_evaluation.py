@@ -13,12 +13,15 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from ssamba import create_model, evaluation
+from ssamba import create_model
+from ssamba.cli import evaluate as cli_evaluate
+from ssamba.cli.evaluate import run_evaluate
+from ssamba.constants import CLASSES_FILE
+from ssamba.errors import CheckpointError, UsageError
 from ssamba.evaluation import (
     EvaluationError,
     MetricWarning,
     accuracy,
-    add_evaluate_parser,
     average_precision,
     compute_metrics,
     confusion_matrix,
@@ -28,7 +31,6 @@ from ssamba.evaluation import (
     mean_average_precision,
     per_class_metrics,
     roc_auc,
-    run_evaluate,
 )
 
 TINY = dict(embed_dim=32, depth=2, input_tdim=64, pretrain_heads=False)
@@ -212,39 +214,49 @@ def test_evaluate_test_set_missing_classes(tone_folder, tiny_model, tmp_path):
 
 def _parse(argv):
     parser = argparse.ArgumentParser(prog="ssamba")
-    add_evaluate_parser(parser.add_subparsers())
+    cli_evaluate.register(parser.add_subparsers())
     return parser.parse_args(argv)
 
 
 def test_cli_evaluate(tone_folder, tiny_model, tmp_path, capsys):
     ckpt = tiny_model.save_pretrained(tmp_path / "ft")
-    (ckpt / evaluation.CLASSES_FILE).write_text(json.dumps(tone_folder.classes))
+    (ckpt / CLASSES_FILE).write_text(json.dumps(tone_folder.classes))
     out = tmp_path / "out"
-    args = _parse(["evaluate", str(ckpt), str(tone_folder), "--out", str(out), "--no-progress"])
+    argv = ["evaluate", "-c", str(ckpt), str(tone_folder), "--out", str(out), "--no-progress"]
+    args = _parse(argv)
     assert args.func is run_evaluate
     assert args.func(args) == 0
     text = capsys.readouterr().out
     assert "accuracy:" in text and "classes from" in text and "mid" in text
     assert json.loads((out / "metrics.json").read_text())["num_examples"] == 9
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no leftovers
 
-    # --classes as a class_labels_indices.csv with display names
+    # existing output is replaced only with --overwrite
+    with pytest.raises(UsageError, match="exists; pass --overwrite"):
+        run_evaluate(_parse(argv))
+
+    # --classes as a class_labels_indices.csv with display names; the old positional checkpoint
     cli_csv = tmp_path / "class_labels_indices.csv"
     cli_csv.write_text("index,mid,display_name\n0,high,High tone\n1,low,Low tone\n2,mid,Mid\n")
     args = _parse(
         ["evaluate", str(ckpt), str(tone_folder), "--classes", str(cli_csv), "-o", str(out)]
-        + ["--no-progress", "--batch-size", "5"]
+        + ["--no-progress", "--batch-size", "5", "--overwrite"]
     )
     assert run_evaluate(args) == 0
     assert "High tone" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["num_examples"] == 9
 
 
 def test_cli_evaluate_errors(tone_folder, tmp_path):
-    from ssamba.cli import CommandError
-
     headless = create_model("ssamba_tiny", num_classes=0, **TINY).save_pretrained(tmp_path / "h")
-    args = _parse(["evaluate", str(headless), str(tone_folder), "--no-progress"])
-    with pytest.raises(CommandError, match="no classification head"):
+    out = ["-o", str(tmp_path / "out")]
+    args = _parse(["evaluate", "-c", str(headless), str(tone_folder), "--no-progress", *out])
+    with pytest.raises(EvaluationError, match="no classification head"):
         run_evaluate(args)
-    args = _parse(["evaluate", str(tmp_path / "nope"), str(tone_folder)])
-    with pytest.raises(CommandError, match="nope"):
+    args = _parse(["evaluate", "-c", str(tmp_path / "nope"), str(tone_folder), *out])
+    with pytest.raises(CheckpointError, match="nope"):
         run_evaluate(args)
+    with pytest.raises(UsageError, match="-c/--checkpoint is required"):
+        run_evaluate(_parse(["evaluate", str(tone_folder), *out]))
+    with pytest.raises(UsageError, match="given twice"):
+        run_evaluate(_parse(["evaluate", "-c", str(headless), "x", str(tone_folder), *out]))

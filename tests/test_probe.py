@@ -10,14 +10,13 @@ import pytest
 import torch
 
 import ssamba
+import ssamba.embeddings
 import ssamba.probe as probe_mod
 from conftest import TONE_CLASSES, make_wav
-from ssamba.cli import CommandError
-from ssamba.probe import (
-    add_probe_parser,
-    fit_linear,
-    linear_probe,
-)
+from ssamba.cli import evaluate as cli_evaluate
+from ssamba.cli import main
+from ssamba.errors import UsageError
+from ssamba.probe import fit_linear, linear_probe
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +68,7 @@ def test_linear_probe_separates_tones(model, tones, tmp_path):
 
 def run_cli(*argv) -> int:
     parser = argparse.ArgumentParser(prog="ssamba")
-    add_probe_parser(parser.add_subparsers())
+    cli_evaluate.register(parser.add_subparsers())
     args = parser.parse_args(["probe", *map(str, argv)])
     return args.func(args)
 
@@ -88,13 +87,50 @@ def test_cli_writes_results_and_reuses_cache(model, tones, tmp_path, monkeypatch
     def fail(*args, **kwargs):
         raise AssertionError("embed() called although everything is cached")
 
-    monkeypatch.setattr(probe_mod, "embed", fail)
-    assert run_cli(*argv) == 0
+    monkeypatch.setattr(ssamba.embeddings, "embed", fail)
+    # the results exist: replaced only with --overwrite (the cache is reused either way)
+    with pytest.raises(UsageError, match="probe_results.json: output exists.*--overwrite"):
+        run_cli(*argv)
+    assert run_cli(*argv, "--overwrite") == 0
     again = json.loads((out / "probe_results.json").read_text())
     assert again["valid"] == results["valid"]
     # other layers are other cache entries
     with pytest.raises(AssertionError, match="cached"):
-        run_cli(*argv, "--layers", "0", "-1")
+        run_cli(*argv, "--layers", "0", "-1", "--overwrite")
+
+
+def test_cli_config_file_and_replay(model, tones, tmp_path, capsys):
+    """--config: defaults < file < flags; the run.json a run writes replays it."""
+    ckpt = model.save_pretrained(tmp_path / "model")
+    config = tmp_path / "probe.toml"
+    config.write_text(
+        f'train = "{tones / "train"}"\nvalid = "{tones / "valid"}"\n'
+        "l2 = [0.01]\nmax_iter = 50\nno_progress = true\n"
+    )
+    out = tmp_path / "a"
+    assert main(["probe", "-c", str(ckpt), "-o", str(out), "--config", str(config)]) == 0
+    first = json.loads((out / "probe_results.json").read_text())
+    assert first["l2"] == 0.01 and [g["l2"] for g in first["l2_grid"]] == [0.01]
+    record = json.loads((out / "run.json").read_text())
+    assert record["command"] == "probe" and record["max_iter"] == 50
+    assert "overwrite" not in record and record["train"] == str(tones / "train")
+    # the replay, into another folder and with one flag changed (flags win over the file)
+    replay = tmp_path / "b"
+    argv = ["probe", "--config", str(out / "run.json"), "-o", str(replay), "--l2", "0.1"]
+    assert main(argv) == 0
+    second = json.loads((replay / "probe_results.json").read_text())
+    assert second["l2"] == 0.1 and second["valid"]["files"] == first["valid"]["files"]
+    # a misspelt setting is an error, not ignored
+    config.write_text("l2_weights = [0.1]\n")
+    assert main(["probe", "-c", str(ckpt), "-o", str(out), "--config", str(config)]) == 2
+    assert "unknown setting(s) l2_weights" in capsys.readouterr().err
+
+
+def test_cli_constants_match_the_library():
+    """The CLI writes some defaults out (so --help loads no torch): they must be the library's."""
+    assert cli_evaluate.DEFAULT_L2 == probe_mod.DEFAULT_L2
+    assert cli_evaluate.RESULTS_FILE == probe_mod.RESULTS_FILE
+    assert cli_evaluate.POOLINGS == ssamba.embeddings.POOLINGS
 
 
 def test_bad_files(model, tones, tmp_path, write_corrupt):
@@ -109,7 +145,7 @@ def test_bad_files(model, tones, tmp_path, write_corrupt):
     assert results["train"]["files"] == 6
     assert list(results["train"]["bad_files"]) == [str(train / "low" / "broken.wav")]
     ckpt = model.save_pretrained(tmp_path / "model")
-    with pytest.raises(CommandError, match=r"broken\.wav.*--on-bad-file skip"):
+    with pytest.raises(UsageError, match=r"broken\.wav.*--on-bad-file skip"):
         run_cli("-c", ckpt, "--train", train, "--valid", tones / "valid", "--out", tmp_path / "o")
 
 

@@ -7,8 +7,8 @@ import torch
 
 import ssamba
 from ssamba.averaging import average_checkpoints, run_folder_checkpoints
-from ssamba.checkpoints import CheckpointError
 from ssamba.cli import main
+from ssamba.errors import CheckpointError
 from ssamba.plots import plot_metrics
 
 
@@ -48,6 +48,14 @@ def test_average_command_over_a_run(tmp_path):
     )
     assert json.loads((out / "classes.json").read_text()) == ["a"]
     ssamba.load_model(out)
+    # existing output is replaced only with --overwrite; -c names folders too
+    folders = [str(run / "step_00000010"), str(run / "step_00000030")]
+    argv = ["average", "-c", folders[0], "-c", folders[1], "--out", str(out)]
+    assert main(argv) == 2
+    assert main([*argv, "--overwrite"]) == 0
+    expected = average_checkpoints(folders).state_dict()
+    for key, value in ssamba.load_model(out).state_dict().items():
+        torch.testing.assert_close(value, expected[key])
 
 
 def test_plot_metrics_writes_a_png(tmp_path):
@@ -60,3 +68,15 @@ def test_plot_metrics_writes_a_png(tmp_path):
     assert png == tmp_path / "curves.png" and png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(FileNotFoundError, match="no metrics file"):
         plot_metrics(tmp_path / "nowhere")
+
+
+def test_plot_command(tmp_path, capsys):
+    line = {"kind": "train", "step": 1, "loss": 0.5}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(line) + "\n")
+    assert main(["plot", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "curves.png")
+    assert main(["plot", str(tmp_path)]) == 2  # curves.png exists
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path), "--overwrite", "-o", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot", str(tmp_path / "nowhere")]) == 2

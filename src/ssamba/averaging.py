@@ -6,17 +6,23 @@ script crashes, this does it: every tensor is the mean of the same tensor in eac
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from ssamba.checkpoints import load_model
+from ssamba.errors import CheckpointError, UsageError
+from ssamba.models.model import AudioModel
 
-def average_checkpoints(folders: list[str | Path]):
+__all__ = ["average_checkpoints", "run_folder_checkpoints"]
+
+
+def average_checkpoints(folders: Sequence[str | os.PathLike]) -> AudioModel:
     """A model whose weights are the mean of the given model folders' weights (same config)."""
-    from ssamba.checkpoints import CheckpointError, load_model
-
     if not folders:
-        raise ValueError("nothing to average: give at least one checkpoint")
+        raise UsageError("nothing to average: give at least one checkpoint")
     models = [load_model(f) for f in folders]
     first = models[0]
     for folder, model in zip(folders[1:], models[1:], strict=True):
@@ -33,35 +39,7 @@ def average_checkpoints(folders: list[str | Path]):
     return first
 
 
-def run_folder_checkpoints(run: str | Path, first_step: int = 0) -> list[Path]:
+def run_folder_checkpoints(run: str | os.PathLike, first_step: int = 0) -> list[Path]:
     """A run's kept checkpoints (checkpoints/step_N) from ``first_step`` on, in step order."""
     found = sorted(Path(run, "checkpoints").glob("step_*"))
     return [p for p in found if int(p.name.split("_")[1]) >= first_step]
-
-
-def add_average_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "average",
-        help="average the weights of several checkpoints into one model",
-        description="Average model folders, or a run's kept checkpoints (--run, --from-step).",
-    )
-    p.add_argument("checkpoints", nargs="*", help="model folders to average")
-    p.add_argument("--run", help="a training output folder: average its kept checkpoints")
-    p.add_argument("--from-step", type=int, default=0, help="with --run: first step to include")
-    p.add_argument("--out", required=True, help="folder for the averaged model")
-    p.set_defaults(func=run_average)
-
-
-def run_average(args) -> int:
-    import shutil
-
-    folders = [Path(c) for c in args.checkpoints]
-    if args.run:
-        folders += run_folder_checkpoints(args.run, args.from_step)
-    model = average_checkpoints(folders)
-    model.save_pretrained(args.out)
-    classes = folders[0] / "classes.json"
-    if classes.exists():
-        shutil.copy(classes, Path(args.out) / "classes.json")
-    print(f"averaged {len(folders)} checkpoints -> {args.out}")
-    return 0

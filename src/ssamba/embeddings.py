@@ -10,9 +10,10 @@ Python::
 
     emb = model.embed(waves, sample_rate=44100, layers=[4, -1], window_seconds=10.24)
 
-Command line::
+Many files, decoded a batch at a time (:func:`embed_files`); as a resumable output folder,
+:mod:`ssamba.embedding_store` and the command line::
 
-    ssamba embed data/ more.wav list.csv --checkpoint model/ --out emb/ [--frames] [--format npz]
+    ssamba embed data/ more.wav list.csv -c model/ -o emb/ [--frames] [--format npz]
 
 How audio becomes embeddings (docs/frontend.md, docs/model.md):
 
@@ -48,36 +49,48 @@ padded length are stacked, and the model runs in eval mode under ``torch.inferen
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import math
 import os
-import shutil
-import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ssamba.audio import SAMPLE_RATE, fbank, load_audio, num_frames, resample
-from ssamba.models.config import PATCH
+from ssamba.audio import fbank, load_audio, num_frames, resample
+from ssamba.constants import (
+    FRAME_LENGTH_MS,
+    FRAME_SHIFT_MS,
+    FRAMES_PER_SECOND,
+    NUM_MEL_BINS,
+    PATCH,
+    SAMPLE_RATE,
+)
+from ssamba.data import BAD_FILE_POLICIES
+from ssamba.errors import AudioError, UsageError
+from ssamba.models.patches import PATCH_CENTRE_MS, column_times
 
 __all__ = [
+    "POOLINGS",
     "Embeddings",
-    "add_embed_parser",
-    "column_times",
+    "FileBatch",
     "embed",
+    "embed_files",
+    "model_device",
     "model_fingerprint",
     "num_layers",
-    "run_embed",
+    "resolve_layers",
 ]
 
-FRAME_SHIFT_MS = 10.0
-PATCH_CENTRE_MS = 87.5  # centre of a 16-frame patch: (15 * 10 ms + 25 ms) / 2
+# The fbank grid in samples: a frame every HOP_SAMPLES, FRAME_SAMPLES long; a patch column starting
+# at frame a is centred CENTRE_SAMPLES after sample HOP_SAMPLES * a (see column_times).
+HOP_SAMPLES = round(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)  # 160
+FRAME_SAMPLES = round(SAMPLE_RATE * FRAME_LENGTH_MS / 1000)  # 400
+CENTRE_SAMPLES = round(SAMPLE_RATE * PATCH_CENTRE_MS / 1000)  # 1400
+
+POOLINGS = ("mean", "mean+std", "bands", "bands+std")
 
 
 @dataclass
@@ -120,14 +133,14 @@ def resolve_layers(model, layers: Sequence[int] | int | None) -> tuple[int, ...]
         layers = (layers,)
     layers = tuple(layers)
     if not layers:
-        raise ValueError("layers must name at least one layer")
+        raise UsageError("layers must name at least one layer")
     n = num_layers(model)
     out = []
     for idx in layers:
         if not isinstance(idx, (int, np.integer)) or isinstance(idx, bool):
             raise TypeError(f"layer indices must be integers, got {idx!r}")
         if not -n <= idx < n:
-            raise ValueError(
+            raise UsageError(
                 f"layer {idx} out of range: this model has {n} layer streams "
                 f"(indices {-n} .. {n - 1}; -1 is the final normalised output)"
             )
@@ -135,23 +148,21 @@ def resolve_layers(model, layers: Sequence[int] | int | None) -> tuple[int, ...]
     return tuple(out)
 
 
-def column_times(num_columns: int, tstride: int, offset_frames: int = 0) -> torch.Tensor:
-    """Centres (seconds, float64) of patch columns ``0 .. num_columns-1``.
-
-    Each value is computed from its index (no accumulation): ``(10 * a + 87.5) ms`` with
-    ``a = offset_frames + t * tstride`` the column's first fbank frame.
-    """
-    first = offset_frames + torch.arange(num_columns, dtype=torch.float64) * tstride
-    return (first * FRAME_SHIFT_MS + PATCH_CENTRE_MS) / 1000.0
-
-
 def _columns(n_frames: int, n_samples: int, cfg) -> int:
     """Columns returned for ``n_frames`` fbank frames of ``n_samples`` audio samples: those
     whose centre lies within the audio (at least 1), at most the padded input's grid."""
-    # centre of column t in samples: 160 * t * tstride + 1400 (see column_times)
-    k = 1 if n_samples < 1400 else (n_samples - 1400) // (160 * cfg.tstride) + 1
+    # centre of column t in samples: HOP_SAMPLES * t * tstride + CENTRE_SAMPLES (column_times)
+    if n_samples < CENTRE_SAMPLES:
+        k = 1
+    else:
+        k = (n_samples - CENTRE_SAMPLES) // (HOP_SAMPLES * cfg.tstride) + 1
     t_dim = (_padded_length(n_frames, cfg.input_tdim, cfg.tstride) - PATCH) // cfg.tstride + 1
     return max(1, min(k, t_dim))
+
+
+def _padded_length(n_frames: int, input_tdim: int, tstride: int) -> int:
+    cover = PATCH + math.ceil(max(n_frames - PATCH, 0) / tstride) * tstride
+    return max(input_tdim, cover)
 
 
 def model_fingerprint(model) -> str:
@@ -185,18 +196,18 @@ def _one_wave(x: Any, sample_rate: int | None, what: str) -> torch.Tensor:
     """A 1-D float waveform at 16 kHz (CPU unless already at 16 kHz on another device)."""
     tensor = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
     if tensor.dim() != 1:
-        raise ValueError(f"{what}: expected a 1-D waveform, got shape {tuple(tensor.shape)}")
+        raise UsageError(f"{what}: expected a 1-D waveform, got shape {tuple(tensor.shape)}")
     if not tensor.is_floating_point():
         raise TypeError(
             f"{what}: expected a float waveform in [-1, 1), got {tensor.dtype}; "
             "scale integer PCM first (e.g. int16 / 32768)"
         )
     if tensor.numel() == 0:
-        raise ValueError(f"{what}: empty waveform")
+        raise UsageError(f"{what}: empty waveform")
     if not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{what}: waveform contains NaN or infinite samples")
+        raise UsageError(f"{what}: waveform contains NaN or infinite samples")
     if sample_rate is None:
-        raise ValueError(
+        raise UsageError(
             f"{what}: a waveform needs its sample_rate (e.g. embed(model, wave, sample_rate=16000))"
         )
     if int(sample_rate) != SAMPLE_RATE:
@@ -215,7 +226,7 @@ def _as_waves(audio: Any, sample_rate: int | None) -> tuple[list[torch.Tensor], 
         return [_one_wave(audio, sample_rate, "waveform")], None
     if isinstance(audio, (list, tuple)):
         if not audio:
-            raise ValueError("no audio given (empty list)")
+            raise UsageError("no audio given (empty list)")
         waves, names, any_path = [], [], False
         for i, item in enumerate(audio):
             if _is_path(item):
@@ -240,71 +251,18 @@ def _as_waves(audio: Any, sample_rate: int | None) -> tuple[list[torch.Tensor], 
 @dataclass
 class _Segment:
     clip: int
-    raw: torch.Tensor  # (n, 128) unnormalised fbank frames of this clip/window
+    raw: torch.Tensor  # (n, NUM_MEL_BINS) unnormalised fbank frames of this clip/window
     n_samples: int  # audio samples the segment covers (for the real-column rule)
     first_column: int  # global column index of its column 0
     columns: torch.Tensor | None = None  # (k, D) real columns, filled by _run_segments
 
 
-def _padded_length(n_frames: int, input_tdim: int, tstride: int) -> int:
-    cover = PATCH + math.ceil(max(n_frames - PATCH, 0) / tstride) * tstride
-    return max(input_tdim, cover)
+@dataclass
+class _Windows:
+    """How long audio is cut: windows of ``frames`` fbank frames, every ``hop_columns``."""
 
-
-POOLINGS = ("mean", "mean+std", "bands", "bands+std")
-
-
-def _run_segments(
-    model,
-    segments: list[_Segment],
-    layers: tuple[int, ...],
-    batch_size: int,
-    device,
-    bands: bool = False,
-) -> None:
-    cfg = model.config
-    n_streams = num_layers(model)
-    need_streams = any(i != n_streams - 1 for i in layers)
-    n_cls = cfg.num_class_tokens
-    dtype = next(model.parameters()).dtype
-    groups: dict[int, list[_Segment]] = {}
-    for seg in segments:
-        length = _padded_length(seg.raw.shape[0], cfg.input_tdim, cfg.tstride)
-        groups.setdefault(length, []).append(seg)
-    for length, group in sorted(groups.items()):
-        for start in range(0, len(group), batch_size):
-            chunk = group[start : start + batch_size]
-            fb = torch.stack(
-                [
-                    torch.nn.functional.pad(s.raw.to(device), (0, 0, 0, length - s.raw.shape[0]))
-                    for s in chunk
-                ]
-            )
-            fb = ((fb - cfg.norm_mean) / (2.0 * cfg.norm_std)).to(dtype)
-            enc = model.encode(fb, return_layers=need_streams)
-            f_dim, t_dim = enc.grid
-            parts = []
-            for idx in layers:
-                if idx == n_streams - 1:
-                    tokens = enc.patch_tokens
-                else:
-                    tokens = enc.layers[idx][:, n_cls:]
-                grid = tokens.reshape(len(chunk), f_dim, t_dim, -1).float()
-                if bands:  # keep the frequency rows apart: (B, t, f * E)
-                    parts.append(grid.permute(0, 2, 1, 3).reshape(len(chunk), t_dim, -1))
-                else:
-                    parts.append(grid.mean(dim=1))
-            cols = torch.cat(parts, dim=-1)  # (B, t_dim, D)
-            for b, seg in enumerate(chunk):
-                k = _columns(seg.raw.shape[0], seg.n_samples, cfg)
-                seg.columns = cols[b, :k].to("cpu")
-
-
-def _fbank_raw(wave: torch.Tensor, device) -> torch.Tensor:
-    wave = wave.to(device)
-    if num_frames(wave.shape[-1]) == 0:
-        return torch.zeros(0, 128, dtype=torch.float32, device=device)
-    return fbank(wave).float()
+    frames: int
+    hop_columns: int
 
 
 def embed(
@@ -337,76 +295,157 @@ def embed(
     Returns:
         :class:`Embeddings` with CPU tensors.
 
-    All given audio is decoded before the model runs: for thousands of files use
-    ``ssamba embed`` (or call this in chunks).
+    All given audio is decoded before the model runs: for many files use :func:`embed_files`
+    (or ``ssamba embed``), which decodes ``batch_size`` files at a time.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UsageError(f"batch_size must be >= 1, got {batch_size}")
     if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        raise UsageError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     layers_n = resolve_layers(model, layers)
     cfg = model.config
-    if device is None:
-        device = model_device(model)
-    else:
-        device = torch.device(device)
-        if model_device(model) != device:
-            model.to(device)
+    device = _place(model, device)
     waves, names = _as_waves(audio, sample_rate)
-
-    win_frames = hop_cols = None
-    if window_seconds is not None:
-        if window_seconds <= 0:
-            raise ValueError(f"window_seconds must be > 0, got {window_seconds}")
-        win_frames = max(PATCH, int(round(window_seconds * 100)))
-        cols_per_window = _columns(win_frames, 160 * (win_frames - 1) + 400, cfg)
-        hop = window_seconds if hop_seconds is None else hop_seconds
-        if hop <= 0:
-            raise ValueError(f"hop_seconds must be > 0, got {hop_seconds}")
-        if hop > window_seconds:
-            raise ValueError(
-                f"hop_seconds ({hop}) > window_seconds ({window_seconds}) would skip audio"
-            )
-        hop_cols = max(1, min(cols_per_window, int(round(hop * 100 / cfg.tstride))))
-    elif hop_seconds is not None:
-        raise ValueError("hop_seconds needs window_seconds")
-
-    segments: list[_Segment] = []
-    per_clip: list[list[_Segment]] = []
-    total_cols: list[int] = []
+    windows = _windows(cfg, window_seconds, hop_seconds)
     with torch.inference_mode():
+        per_clip, total_cols = [], []
         for i, wave in enumerate(waves):
-            raw = _fbank_raw(wave, device)
-            n_samples = int(wave.shape[-1])
-            n = raw.shape[0]
-            total = _columns(n, n_samples, cfg)
-            total_cols.append(total)
-            segs = []
-            if win_frames is None or n <= win_frames:
-                segs.append(_Segment(i, raw, n_samples, 0))
-            else:
-                start_col = 0
-                while True:
-                    a = start_col * cfg.tstride  # first frame of the window
-                    seg_raw = raw[a : a + win_frames]
-                    # samples this window covers: up to the end of its last frame, or the clip end
-                    end = min(n_samples, 160 * (a + seg_raw.shape[0] - 1) + 400)
-                    segs.append(_Segment(i, seg_raw, end - 160 * a, start_col))
-                    if a + win_frames >= n:
-                        break
-                    start_col += hop_cols
+            segs, total = _cut(i, wave, device, cfg, windows)
             per_clip.append(segs)
-            segments.extend(segs)
-
+            total_cols.append(total)
+        segments = [seg for segs in per_clip for seg in segs]
         was_training = model.training
         model.eval()
         try:
-            _run_segments(
-                model, segments, layers_n, batch_size, device, pooling.startswith("bands")
-            )
+            bands = pooling.startswith("bands")
+            _run_segments(model, segments, layers_n, batch_size, device, bands)
         finally:
             model.train(was_training)
+    return _assemble(per_clip, total_cols, cfg.tstride, pooling, layers, names, waves)
 
+
+def _place(model, device: str | torch.device | None) -> torch.device:
+    """The device to compute on (default: the model's); the model is moved there."""
+    if device is None:
+        return model_device(model)
+    device = torch.device(device)
+    if model_device(model) != device:
+        model.to(device)
+    return device
+
+
+def _windows(cfg, window_seconds: float | None, hop_seconds: float | None) -> _Windows | None:
+    """Check the window options; None means every clip is processed whole."""
+    if window_seconds is None:
+        if hop_seconds is not None:
+            raise UsageError("hop_seconds needs window_seconds")
+        return None
+    if window_seconds <= 0:
+        raise UsageError(f"window_seconds must be > 0, got {window_seconds}")
+    frames = max(PATCH, int(round(window_seconds * FRAMES_PER_SECOND)))
+    cols_per_window = _columns(frames, HOP_SAMPLES * (frames - 1) + FRAME_SAMPLES, cfg)
+    hop = window_seconds if hop_seconds is None else hop_seconds
+    if hop <= 0:
+        raise UsageError(f"hop_seconds must be > 0, got {hop_seconds}")
+    if hop > window_seconds:
+        raise UsageError(
+            f"hop_seconds ({hop}) > window_seconds ({window_seconds}) would skip audio"
+        )
+    # whole columns, so every window shares the column grid of the whole recording
+    hop_columns = max(1, min(cols_per_window, int(round(hop * FRAMES_PER_SECOND / cfg.tstride))))
+    return _Windows(frames, hop_columns)
+
+
+def _cut(
+    i: int, wave: torch.Tensor, device, cfg, windows: _Windows | None
+) -> tuple[list[_Segment], int]:
+    """Clip ``i`` as segments (one, or its windows) and the number of columns it returns."""
+    raw = _fbank_raw(wave, device)
+    n_samples = int(wave.shape[-1])
+    n = raw.shape[0]
+    total = _columns(n, n_samples, cfg)
+    if windows is None or n <= windows.frames:
+        return [_Segment(i, raw, n_samples, 0)], total
+    segs = []
+    start_col = 0
+    while True:
+        a = start_col * cfg.tstride  # first frame of the window
+        seg_raw = raw[a : a + windows.frames]
+        # samples this window covers: up to the end of its last frame, or the clip end
+        end = min(n_samples, HOP_SAMPLES * (a + seg_raw.shape[0] - 1) + FRAME_SAMPLES)
+        segs.append(_Segment(i, seg_raw, end - HOP_SAMPLES * a, start_col))
+        if a + windows.frames >= n:
+            return segs, total
+        start_col += windows.hop_columns
+
+
+def _fbank_raw(wave: torch.Tensor, device) -> torch.Tensor:
+    wave = wave.to(device)
+    if num_frames(wave.shape[-1]) == 0:
+        return torch.zeros(0, NUM_MEL_BINS, dtype=torch.float32, device=device)
+    return fbank(wave).float()
+
+
+def _run_segments(
+    model,
+    segments: list[_Segment],
+    layers: tuple[int, ...],
+    batch_size: int,
+    device,
+    bands: bool = False,
+) -> None:
+    """Fill every segment's ``columns``: segments of the same padded length run together."""
+    cfg = model.config
+    dtype = next(model.parameters()).dtype
+    groups: dict[int, list[_Segment]] = {}
+    for seg in segments:
+        length = _padded_length(seg.raw.shape[0], cfg.input_tdim, cfg.tstride)
+        groups.setdefault(length, []).append(seg)
+    for length, group in sorted(groups.items()):
+        for start in range(0, len(group), batch_size):
+            chunk = group[start : start + batch_size]
+            fb = torch.stack(
+                [
+                    torch.nn.functional.pad(s.raw.to(device), (0, 0, 0, length - s.raw.shape[0]))
+                    for s in chunk
+                ]
+            )
+            fb = ((fb - cfg.norm_mean) / (2.0 * cfg.norm_std)).to(dtype)
+            cols = _column_features(model, fb, layers, bands)
+            for b, seg in enumerate(chunk):
+                k = _columns(seg.raw.shape[0], seg.n_samples, cfg)
+                seg.columns = cols[b, :k].to("cpu")
+
+
+def _column_features(model, fb: torch.Tensor, layers: tuple[int, ...], bands: bool) -> torch.Tensor:
+    """(B, t_dim, D): the chosen layers' patch tokens per column, concatenated."""
+    n_streams = num_layers(model)
+    enc = model.encode(fb, return_layers=any(i != n_streams - 1 for i in layers))
+    f_dim, t_dim = enc.grid
+    parts = []
+    for idx in layers:
+        if idx == n_streams - 1:
+            tokens = enc.patch_tokens
+        else:
+            tokens = enc.layers[idx][:, model.config.num_class_tokens :]
+        grid = tokens.reshape(fb.shape[0], f_dim, t_dim, -1).float()
+        if bands:  # keep the frequency rows apart: (B, t, f * E)
+            parts.append(grid.permute(0, 2, 1, 3).reshape(fb.shape[0], t_dim, -1))
+        else:
+            parts.append(grid.mean(dim=1))
+    return torch.cat(parts, dim=-1)
+
+
+def _assemble(
+    per_clip: list[list[_Segment]],
+    total_cols: list[int],
+    tstride: int,
+    pooling: str,
+    layers,
+    names: list[str] | None,
+    waves: list[torch.Tensor],
+) -> Embeddings:
+    """Clip vectors, frames and timestamps from the computed segments."""
     clips, frames, stamps = [], [], []
     for i, segs in enumerate(per_clip):
         if len(segs) == 1:
@@ -419,7 +458,7 @@ def embed(
             clip = torch.cat([clip, cols.std(dim=0, unbiased=False)])
         clips.append(clip)
         frames.append(cols.clone())  # a normal tensor (not an inference-mode one)
-        stamps.append(column_times(cols.shape[0], cfg.tstride))
+        stamps.append(column_times(cols.shape[0], tstride))
     return Embeddings(
         clip=torch.stack(clips).float(),
         frames=frames,
@@ -453,361 +492,57 @@ def _stitch(segs: list[_Segment], total: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# The ``ssamba embed`` command
+# Many files, a batch at a time
 # --------------------------------------------------------------------------------------------
 
-INDEX_FILE = "index.json"
-PARTS_DIR = ".parts"
+
+@dataclass
+class FileBatch:
+    """One batch of :func:`embed_files`: ``indices`` of the files embedded (positions in the
+    list given) with their ``embeddings`` (row ``j`` is file ``indices[j]``; None when no file of
+    the batch could be read), and the ``bad`` files left out (index -> the decoding error)."""
+
+    indices: list[int]
+    embeddings: Embeddings | None
+    bad: dict[int, AudioError]
+    size: int  # files in this batch, embedded or bad (for progress bars)
 
 
-def add_embed_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "embed",
-        help="write clip (and frame) embeddings of audio files",
-        description=(
-            "Embed audio files with a checkpoint: one .npy per input file (mirroring the "
-            "relative names), or a single .npz/.safetensors, plus index.json (settings and the "
-            "file -> output mapping). Re-running into the same --out skips files already done."
-        ),
-    )
-    p.add_argument(
-        "inputs",
-        nargs="+",
-        metavar="INPUT",
-        help="audio files, folders (searched recursively) or manifests (JSON, CSV, list)",
-    )
-    p.add_argument(
-        "--checkpoint",
-        "-c",
-        required=True,
-        help="save_pretrained folder, official .pth, or preset name (random weights)",
-    )
-    p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--format", choices=("npy", "npz", "safetensors"), default="npy")
-    _add_embedding_options(p)
-    p.add_argument(
-        "--frames",
-        action="store_true",
-        help="also write frame embeddings (T, D) and their timestamps (seconds)",
-    )
-    p.add_argument(
-        "--on-bad-file",
-        choices=("error", "skip"),
-        default="error",
-        help="stop at an unreadable file (default) or log it, leave it out and count it",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start over when --out holds embeddings made with other settings",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_embed)
+def embed_files(
+    model,
+    paths: Sequence[str | os.PathLike],
+    *,
+    batch_size: int = 8,
+    on_bad_file: str = "error",
+    **options,
+) -> Iterator[FileBatch]:
+    """Embed audio files ``batch_size`` at a time (only one batch is decoded at once).
+
+    ``on_bad_file="error"`` raises the :class:`~ssamba.errors.AudioError` of the first file that
+    cannot be decoded; ``"skip"`` leaves it out and reports it in :attr:`FileBatch.bad`.
+    ``options`` go to :func:`embed` (``layers``, ``window_seconds``, ``device``, ``pooling``...).
+    """
+    if on_bad_file not in BAD_FILE_POLICIES:
+        raise UsageError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+    return _file_batches(model, list(paths), batch_size, on_bad_file, options)
 
 
-def _add_embedding_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``embed`` and ``probe``."""
-    p.add_argument(
-        "--layers",
-        type=int,
-        nargs="+",
-        default=[-1],
-        metavar="I",
-        help="layer indices to concatenate (default -1: the final normalised output)",
-    )
-    p.add_argument(
-        "--window", type=float, metavar="S", help="process long audio in windows of S seconds"
-    )
-    p.add_argument("--hop", type=float, metavar="S", help="window hop in seconds (default: window)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="clips per batch (8)")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-
-
-def _command_error(message: str) -> Exception:
-    try:
-        from ssamba.cli import CommandError
-    except ImportError:  # pragma: no cover - cli is part of the package
-        return ValueError(message)
-    return CommandError(message)
-
-
-def load_checkpoint_for_cli(spec: str, device: str | None):
-    """Load ``--checkpoint`` (folder, .pth or preset); warns on stderr for random weights."""
-    from ssamba.checkpoints import CheckpointError, load_model
-
-    try:
-        model = load_model(spec)
-    except (CheckpointError, ValueError) as err:
-        raise _command_error(str(err)) from None
-    path = Path(spec)
-    if not path.exists():
-        print(
-            f"warning: {spec!r} is a preset name: the model has RANDOM weights "
-            "(pass a checkpoint folder or .pth for trained ones)",
-            file=sys.stderr,
-        )
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(dev).eval()
-
-
-def collect_inputs(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
-    """(file, base folder) for every audio file named by ``inputs`` (files, folders, manifests)."""
-    from ssamba.data import AUDIO_EXTENSIONS, read_manifest
-
-    found: list[tuple[Path, Path]] = []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if not path.exists():
-            raise _command_error(f"{path}: no such file or folder")
-        if path.is_dir():
-            for ex in read_manifest(path, ignore_labels=True):
-                found.append((ex.path, path))
-        elif path.suffix.lower() in AUDIO_EXTENSIONS:
-            found.append((path, path.parent))
-        else:
-            for ex in read_manifest(path, ignore_labels=True):
-                found.append((ex.path, ex.path.parent))
-    seen, unique = set(), []
-    for file, base in found:
-        key = os.path.abspath(file)
-        if key not in seen:
-            seen.add(key)
-            unique.append((Path(key), Path(os.path.abspath(base))))
-    return unique
-
-
-def output_keys(files: list[tuple[Path, Path]]) -> list[str]:
-    """Relative output names (POSIX, suffix dropped) mirroring the inputs below their common
-    base folder; files that would collide keep their audio suffix (``a.wav``, ``a.flac``)."""
-    bases = [str(base) for _, base in files]
-    root = Path(os.path.commonpath(bases)) if bases else Path(".")
-    rels = [file.relative_to(root) for file, _ in files]
-    stems = [rel.with_suffix("").as_posix() for rel in rels]
-    counts: dict[str, int] = {}
-    for s in stems:
-        counts[s] = counts.get(s, 0) + 1
-    return [s if counts[s] == 1 else rel.as_posix() for s, rel in zip(stems, rels, strict=True)]
-
-
-def _settings(args, model, fingerprint: str) -> dict:
-    return {
-        "checkpoint": str(Path(args.checkpoint).resolve())
-        if Path(args.checkpoint).exists()
-        else args.checkpoint,
-        "model_sha256": fingerprint,
-        "arch": model.config.arch,
-        "embed_dim": model.config.embed_dim,
-        "layers": list(args.layers),
-        "window_seconds": args.window,
-        "hop_seconds": args.hop,
-    }
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _npy_names(key: str, frames: bool) -> dict[str, str]:
-    names = {"clip": f"{key}.npy"}
-    if frames:
-        names["frames"] = f"{key}.frames.npy"
-        names["timestamps"] = f"{key}.timestamps.npy"
-    return names
-
-
-def run_embed(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from ssamba.audio import AudioError
-
-    if args.batch_size < 1:
-        raise _command_error(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.hop is not None and args.window is None:
-        raise _command_error("--hop needs --window")
-    files = collect_inputs(args.inputs)
-    keys = output_keys(files)
-    model = load_checkpoint_for_cli(args.checkpoint, args.device)
-    try:
-        resolve_layers(model, args.layers)
-    except (ValueError, TypeError) as err:
-        raise _command_error(str(err)) from None
-    settings = _settings(args, model, model_fingerprint(model))
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    index_path = out / INDEX_FILE
-    single = args.format != "npy"
-    single_file = out / f"embeddings.{args.format}" if single else None
-    previous: dict = {}
-    if index_path.is_file():
-        try:
-            previous = json.loads(index_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            previous = {}
-        old = previous.get("settings")
-        if old is not None and (old != settings or previous.get("format") != args.format):
-            if not args.overwrite:
-                changed = sorted(k for k in settings if old.get(k) != settings[k])
-                if previous.get("format") != args.format:
-                    changed.append("format")
-                raise _command_error(
-                    f"{out} holds embeddings made with other settings ({', '.join(changed)}); "
-                    "use another --out or pass --overwrite"
-                )
-            _remove_outputs(out, previous)
-            previous = {}
-    stage = out / PARTS_DIR if single else out
-    existing: dict[str, np.ndarray] = {}
-    if single and single_file.is_file() and previous:
-        existing = _read_single(single_file)
-
-    entries: dict[str, dict] = dict(previous.get("files", {}))
-    # A file embedded by an earlier run keeps its key (the common base folder may differ now).
-    used = {entry["key"] for entry in entries.values()}
-    todo: list[int] = []
-    for i, (file, _) in enumerate(files):
-        if str(file) in entries:
-            keys[i] = entries[str(file)]["key"]
-        elif keys[i] in used:
-            n = 1
-            while f"{keys[i]}~{n}" in used:
-                n += 1
-            keys[i] = f"{keys[i]}~{n}"
-        used.add(keys[i])
-        names = _npy_names(keys[i], args.frames)
-        done = all((stage / n).is_file() for n in names.values())
-        if single and not done:
-            done = all(f"{kind}/{keys[i]}" in existing for kind in names)
-        if done:
-            entries.setdefault(str(file), {"key": keys[i]})
-        else:
-            todo.append(i)
-    n_done = len(files) - len(todo)
-    if n_done:
-        print(f"{n_done} of {len(files)} files already embedded in {out}: skipped")
-
-    index = {"format": args.format, "settings": settings, "files": entries, "bad_files": {}}
-    if single:
-        index["file"] = single_file.name
-    _write_json(index_path, index)
-
-    bad: dict[str, str] = {}
-    embedded = 0
-    bar = tqdm(total=len(todo), unit="file", disable=args.no_progress or not todo, file=sys.stderr)
-    try:
-        for start in range(0, len(todo), args.batch_size):
-            batch = todo[start : start + args.batch_size]
-            waves, ok = [], []
-            for i in batch:
-                try:
-                    waves.append(load_audio(files[i][0]))
-                    ok.append(i)
-                except AudioError as err:
-                    if args.on_bad_file == "error":
-                        raise _command_error(
-                            f"cannot embed {err} (--on-bad-file skip leaves bad files out)"
-                        ) from None
-                    bad[str(files[i][0])] = err.problem
-                    tqdm.write(f"skipped bad file {err}", file=sys.stderr)
-            if waves:
-                emb = embed(
-                    model,
-                    waves,
-                    sample_rate=SAMPLE_RATE,
-                    layers=args.layers,
-                    window_seconds=args.window,
-                    hop_seconds=args.hop,
-                    batch_size=args.batch_size,
-                )
-                for j, i in enumerate(ok):
-                    names = _npy_names(keys[i], args.frames)
-                    if args.frames:
-                        _save_npy(stage / names["frames"], emb.frames[j].numpy())
-                        _save_npy(stage / names["timestamps"], emb.timestamps[j].numpy())
-                    _save_npy(stage / names["clip"], emb.clip[j].numpy())
-                    entries[str(files[i][0])] = {
-                        "key": keys[i],
-                        "seconds": round(emb.durations[j], 6),
-                        "num_frames": int(emb.frames[j].shape[0]),
-                    }
-                    embedded += 1
-            bar.update(len(batch))
-    finally:
-        bar.close()
-        index["bad_files"] = bad
-        for entry in index["files"].values():
-            if not single:
-                entry.update({k: v for k, v in _npy_names(entry["key"], args.frames).items()})
-        _write_json(index_path, index)
-
-    if single:
-        _pack_single(single_file, stage, existing, index, args.frames)
-    msg = f"embedded {embedded} files into {out}"
-    if n_done:
-        msg += f", {n_done} already done"
-    if bad:
-        msg += f", {len(bad)} bad files skipped (listed in {INDEX_FILE})"
-    print(msg)
-    return 0
-
-
-def _remove_outputs(out: Path, index: dict) -> None:
-    """Delete the outputs an earlier run listed in its index (before --overwrite)."""
-    if (out / PARTS_DIR).exists():
-        shutil.rmtree(out / PARTS_DIR)
-    if index.get("file"):
-        (out / index["file"]).unlink(missing_ok=True)
-    if index.get("format") != "npy":
-        return
-    for entry in index.get("files", {}).values():
-        for name in _npy_names(entry["key"], True).values():
-            (out / name).unlink(missing_ok=True)
-
-
-def _read_single(path: Path) -> dict[str, np.ndarray]:
-    if path.suffix == ".npz":
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
-    from safetensors.numpy import load_file
-
-    return load_file(str(path))
-
-
-def _pack_single(path: Path, stage: Path, existing: dict, index: dict, frames: bool) -> None:
-    """Gather the staged per-file arrays and the existing ones into one npz/safetensors file."""
-    arrays = dict(existing)
-    for entry in index["files"].values():
-        for kind, name in _npy_names(entry["key"], frames).items():
-            part = stage / name
-            if part.is_file():
-                arrays[f"{kind}/{entry['key']}"] = np.load(part)
-    keep = {
-        f"{kind}/{entry['key']}"
-        for entry in index["files"].values()
-        for kind in _npy_names(entry["key"], frames)
-    }
-    arrays = {k: np.ascontiguousarray(v) for k, v in sorted(arrays.items()) if k in keep}
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix == ".npz":
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-    else:
-        from safetensors.numpy import save_file
-
-        save_file(arrays, str(tmp))
-    os.replace(tmp, path)
-    for entry in index["files"].values():
-        entry.update({kind: f"{kind}/{entry['key']}" for kind in _npy_names(entry["key"], frames)})
-    _write_json(path.parent / INDEX_FILE, index)
-    if stage.name == PARTS_DIR and stage.exists():
-        shutil.rmtree(stage)
+def _file_batches(model, paths: list, batch_size: int, on_bad_file: str, options: dict):
+    # a generator of its own, so that embed_files checks its arguments when called
+    for start in range(0, len(paths), batch_size):
+        chunk = range(start, min(start + batch_size, len(paths)))
+        waves, ok, bad = [], [], {}
+        for i in chunk:
+            try:
+                waves.append(load_audio(paths[i]))
+                ok.append(i)
+            except AudioError as err:
+                if on_bad_file == "error":
+                    raise
+                bad[i] = err
+        emb = None
+        if waves:
+            emb = embed(model, waves, sample_rate=SAMPLE_RATE, batch_size=batch_size, **options)
+        yield FileBatch(ok, emb, bad, len(chunk))

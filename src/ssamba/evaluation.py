@@ -1,4 +1,4 @@
-"""Evaluation: classification metrics, ``evaluate_model`` and the ``ssamba evaluate`` command.
+"""Evaluation: classification metrics and ``evaluate_model`` (behind ``ssamba evaluate``).
 
 Metrics take ``scores`` (N, C) (logits or probabilities: every metric here is invariant to a
 monotonic per-value transform such as the sigmoid) and ``targets`` (N, C): one-hot, multi-hot or
@@ -23,26 +23,25 @@ writes ``metrics.json``, ``per_class.csv``, ``scores.npz`` and, for single-label
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
+import io
 import math
 import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 from ssamba.constants import CLASSES_FILE
+from ssamba.data import AudioDataset, Manifest, make_loader, read_manifest
 from ssamba.errors import EvaluationError
-
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-    from ssamba.models.model import AudioModel
+from ssamba.fileio import atomic_write, atomic_write_bytes, atomic_write_json
+from ssamba.models.model import AudioModel
 
 
 class MetricWarning(UserWarning):
@@ -161,8 +160,6 @@ def mean_auc(
 
 def d_prime(auc: float | np.ndarray) -> float | np.ndarray:
     """Sensitivity index ``sqrt(2) * Phi^-1(auc)`` (inf at AUC 1, -inf at 0)."""
-    import torch
-
     value = torch.special.ndtri(torch.as_tensor(auc, dtype=torch.float64)) * math.sqrt(2.0)
     return float(value) if value.dim() == 0 else value.numpy()
 
@@ -348,38 +345,46 @@ class EvalResult:
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``metrics.json``, ``per_class.csv``, ``scores.npz`` and, single-label only,
-        ``confusion.csv`` and ``confusion.png`` (skipped with a warning without matplotlib)."""
+        ``confusion.csv`` and ``confusion.png`` (skipped with a warning without matplotlib).
+        Each file is replaced atomically; other files in ``folder`` are left alone."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        out = dict(self.metrics, notes=self.notes)
-        (folder / "metrics.json").write_text(json.dumps(out, indent=2) + "\n")
-        with open(folder / "per_class.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["index", "name", "display_name", "support", "predicted"] + _METRIC_COLS)
-            for r in self.per_class:
-                w.writerow(
-                    [r["index"], r["name"], self._label(r["name"]), r["support"], r["predicted"]]
-                    + [_fmt(r[k], 6) for k in _METRIC_COLS]
-                )
-        np.savez_compressed(
-            folder / "scores.npz",
-            scores=self.scores.astype(np.float32),
-            targets=self.targets.astype(np.float32),
-            paths=np.array(self.paths, dtype=str),
-            classes=np.array(self.class_names, dtype=str),
-        )
+        atomic_write_json(folder / "metrics.json", dict(self.metrics, notes=self.notes))
+        header = ["index", "name", "display_name", "support", "predicted"] + _METRIC_COLS
+        rows = [
+            [r["index"], r["name"], self._label(r["name"]), r["support"], r["predicted"]]
+            + [_fmt(r[k], 6) for k in _METRIC_COLS]
+            for r in self.per_class
+        ]
+        atomic_write_bytes(folder / "per_class.csv", _csv_bytes([header, *rows]))
+        atomic_write(folder / "scores.npz", self._write_scores)
         if not self.multilabel:
             cm = self.confusion
-            with open(folder / "confusion.csv", "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["true \\ predicted"] + self.class_names)
-                for name, row in zip(self.class_names, cm, strict=True):
-                    w.writerow([name] + row.tolist())
+            rows = [[name] + row.tolist() for name, row in zip(self.class_names, cm, strict=True)]
+            table = [["true \\ predicted"] + self.class_names, *rows]
+            atomic_write_bytes(folder / "confusion.csv", _csv_bytes(table))
             try:
                 plot_confusion(cm, [self._label(n) for n in self.class_names], folder)
             except ImportError as e:
                 warnings.warn(str(e), MetricWarning, stacklevel=2)
         return folder
+
+    def _write_scores(self, tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: numpy would append ".npz" to the name
+            np.savez_compressed(
+                f,
+                scores=self.scores.astype(np.float32),
+                targets=self.targets.astype(np.float32),
+                paths=np.array(self.paths, dtype=str),
+                classes=np.array(self.class_names, dtype=str),
+            )
+
+
+def _csv_bytes(rows: list[list]) -> bytes:
+    """CSV as the csv module writes it (``\\r\\n`` line ends), UTF-8."""
+    buf = io.StringIO(newline="")
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue().encode("utf-8")
 
 
 _METRIC_COLS = ["precision", "recall", "ap", "auc"]
@@ -423,7 +428,7 @@ def plot_confusion(cm: np.ndarray, names: Sequence[str], folder: str | os.PathLi
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     path = Path(folder) / "confusion.png"
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return path
 
@@ -462,11 +467,47 @@ def evaluate_model(
             ``norm_mean``/``norm_std``).
         multilabel: default: the manifest's flag.
     """
-    import torch
-    from torch.utils.data import DataLoader
+    num_classes = _num_outputs(model, classes)
+    if isinstance(data, AudioDataset):
+        dataset, manifest = data, data.manifest
+    else:
+        manifest = data if isinstance(data, Manifest) else read_manifest(data, classes=classes)
+        dataset = None
+    if not manifest.labeled:
+        raise EvaluationError(f"{manifest.source or 'the manifest'} has no labels to evaluate")
+    notes: list[str] = []
+    classes = _output_classes(classes, manifest, num_classes, notes)
+    targets = _targets(manifest, classes)
+    if multilabel is None:
+        multilabel = bool(manifest.multilabel)
+    if dataset is None:
+        dataset = _eval_dataset(model, manifest, target_length, normalize)
+    loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers)
+    scores = _predict(model, loader, len(dataset), num_classes, torch.device(device), progress)
 
-    from ssamba.data import AudioDataset, Manifest, read_manifest
+    metrics = compute_metrics(scores, targets, classes, multilabel)
+    if metrics["classes_without_positives"]:
+        missing = metrics["classes_without_positives"]
+        notes.append(
+            f"{len(missing)} of the model's {num_classes} classes have no example in this set: "
+            f"mAP is over the {metrics['map_classes']} classes present"
+        )
+    metrics["main_metric"] = "map" if multilabel else "acc"
+    return EvalResult(
+        scores=scores,
+        targets=targets,
+        metrics=metrics,
+        per_class=per_class_metrics(scores, targets, classes, multilabel),
+        class_names=classes,
+        multilabel=multilabel,
+        paths=[str(ex.path) for ex in manifest.examples],
+        display_names=dict(getattr(manifest, "display_names", {}) or {}),
+        notes=notes,
+    )
 
+
+def _num_outputs(model: AudioModel, classes: Sequence[str] | None) -> int:
+    """The number of classes the model's head scores (checked against ``classes``)."""
     if not _has_head(model):
         raise EvaluationError(
             "the model has no classification head (num_classes=0): evaluate a fine-tuned model, "
@@ -477,15 +518,13 @@ def evaluate_model(
         raise EvaluationError(
             f"{len(classes)} class names given but the model has {num_classes} outputs"
         )
-    if isinstance(data, AudioDataset):
-        dataset, manifest = data, data.manifest
-    else:
-        manifest = data if isinstance(data, Manifest) else read_manifest(data, classes=classes)
-        dataset = None
-    if not manifest.labeled:
-        raise EvaluationError(f"{manifest.source or 'the manifest'} has no labels to evaluate")
+    return num_classes
 
-    notes: list[str] = []
+
+def _output_classes(
+    classes: Sequence[str] | None, manifest: Manifest, num_classes: int, notes: list[str]
+) -> list[str]:
+    """The names of the model's outputs: ``classes``, else the manifest's (with a note)."""
     if classes is None:
         classes = list(manifest.classes)
         if len(classes) != num_classes:
@@ -499,13 +538,18 @@ def evaluate_model(
                 "no class list given: assuming the model's outputs are the manifest's "
                 f"{len(classes)} classes in sorted order (pass the training classes to be sure)"
             )
-            warnings.warn(msg, MetricWarning, stacklevel=2)
+            warnings.warn(msg, MetricWarning, stacklevel=3)
             notes.append(msg)
     classes = [str(c) for c in classes]
-    index = {name: k for k, name in enumerate(classes)}
-    if len(index) != len(classes):
+    if len(set(classes)) != len(classes):
         raise EvaluationError("the class list contains duplicates")
-    targets = np.zeros((len(manifest), num_classes), dtype=np.float32)
+    return classes
+
+
+def _targets(manifest: Manifest, classes: list[str]) -> np.ndarray:
+    """(N, C) multi-hot targets of the manifest's labels over ``classes``."""
+    index = {name: k for k, name in enumerate(classes)}
+    targets = np.zeros((len(manifest), len(classes)), dtype=np.float32)
     for i, ex in enumerate(manifest.examples):
         if not ex.labels:
             raise EvaluationError(f"{manifest.source}: no label for {ex.path}")
@@ -517,31 +561,38 @@ def evaluate_model(
                     f"classes ({shown})"
                 )
             targets[i, index[name]] = 1.0
-    if multilabel is None:
-        multilabel = bool(manifest.multilabel)
+    return targets
 
-    if dataset is None:
-        if target_length is None:
-            target_length = int(model.config.input_tdim)
-        if normalize is None:
-            normalize = (float(model.config.norm_mean), float(model.config.norm_std))
-        dataset = AudioDataset(manifest, target_length, normalize, train=False)
 
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    device = torch.device(device)
+def _eval_dataset(
+    model: AudioModel, manifest: Manifest, target_length: int | None, normalize: Any
+) -> AudioDataset:
+    """The manifest as the model was trained to see it (its input length and normalisation)."""
+    if target_length is None:
+        target_length = int(model.config.input_tdim)
+    if normalize is None:
+        normalize = (float(model.config.norm_mean), float(model.config.norm_std))
+    return AudioDataset(manifest, target_length, normalize, train=False)
+
+
+def _predict(
+    model: AudioModel,
+    loader,
+    n: int,
+    num_classes: int,
+    device: torch.device,
+    progress: bool,
+) -> np.ndarray:
+    """(n, C) sigmoid scores of every example, in eval mode (the model's mode is restored)."""
     was_training = model.training
     model.eval()
     model.to(device)
-    scores = np.zeros((len(dataset), num_classes), dtype=np.float32)
-    seen = np.zeros(len(dataset), dtype=bool)
-    it = loader
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True)
+    scores = np.zeros((n, num_classes), dtype=np.float32)
+    seen = np.zeros(n, dtype=bool)
+    batches = tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True, disable=not progress)
     try:
         with torch.inference_mode():
-            for batch in it:
+            for batch in batches:
                 logits = model(batch["fbank"].to(device))
                 if logits.dim() != 2 or logits.shape[1] != num_classes:
                     raise EvaluationError(
@@ -555,162 +606,15 @@ def evaluate_model(
         model.train(was_training)
     if not seen.all():  # pragma: no cover - a sequential loader visits every index
         raise EvaluationError(f"{int((~seen).sum())} examples were not evaluated")
-
-    metrics = compute_metrics(scores, targets, classes, multilabel)
-    if metrics["classes_without_positives"]:
-        missing = metrics["classes_without_positives"]
-        notes.append(
-            f"{len(missing)} of the model's {num_classes} classes have no example in this set: "
-            f"mAP is over the {metrics['map_classes']} classes present"
-        )
-    metrics["main_metric"] = "map" if multilabel else "acc"
-    per_class = per_class_metrics(scores, targets, classes, multilabel)
-    display = dict(getattr(manifest, "display_names", {}) or {})
-    return EvalResult(
-        scores=scores,
-        targets=targets,
-        metrics=metrics,
-        per_class=per_class,
-        class_names=classes,
-        multilabel=multilabel,
-        paths=[str(ex.path) for ex in manifest.examples],
-        display_names=display,
-        notes=notes,
-    )
+    return scores
 
 
 # --------------------------------------------------------------------------------------------------
 # Class lists
 
 
-def read_class_list(path: str | os.PathLike) -> tuple[list[str], dict[str, str]]:
-    """Class names (and display names) from a ``classes.json`` list, a
-    ``class_labels_indices.csv`` or a training manifest (its classes, in the training order)."""
-    from ssamba.data import ManifestError, read_class_labels, read_manifest
-
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise EvaluationError(f"{path}: class list not found")
-    if path.is_file() and path.suffix.lower() == ".json":
-        try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise EvaluationError(f"{path}: unreadable JSON ({e})") from None
-        if isinstance(obj, dict) and "classes" in obj:
-            obj = obj["classes"]
-        if isinstance(obj, list) and obj and all(isinstance(x, str) for x in obj):
-            return list(obj), {}
-        # otherwise an SSAST JSON manifest: fall through
-    if path.is_file() and path.suffix.lower() == ".csv":
-        first = path.read_text(encoding="utf-8-sig").lstrip().split("\n", 1)[0].lower()
-        cells = [c.strip() for c in first.split(",")]
-        if "index" in cells and "mid" in cells:
-            return read_class_labels(path)
-    try:
-        manifest = read_manifest(path)
-    except ManifestError as e:
-        raise EvaluationError(f"cannot read classes: {e}") from None
-    if not manifest.labeled:
-        raise EvaluationError(f"{path}: no labels, so no class list")
-    return list(manifest.classes), dict(manifest.display_names)
-
-
 def find_class_list(checkpoint: str | os.PathLike) -> Path | None:
     """``classes.json`` of a fine-tuned folder (or next to a ``.pth`` file), if any."""
     p = Path(checkpoint)
-    for folder in (p,) if p.is_dir() else (p.parent,):
-        if (folder / CLASSES_FILE).is_file():
-            return folder / CLASSES_FILE
-    return None
-
-
-# --------------------------------------------------------------------------------------------------
-# ssamba evaluate
-
-
-def add_evaluate_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "evaluate",
-        help="evaluate a fine-tuned model on a labeled manifest (accuracy, mAP, AUC, ...)",
-        description=(
-            "Run a fine-tuned checkpoint over a labeled manifest; print accuracy, mAP, mean AUC, "
-            "d' and a per-class table; write metrics.json, per_class.csv, scores.npz and (single-"
-            "label) confusion.csv/confusion.png. The model's class names come from --classes, "
-            "else from classes.json in the checkpoint folder, else the manifest's classes when "
-            "their number matches."
-        ),
-    )
-    p.add_argument("checkpoint", help="fine-tuned folder (save_pretrained) or official .pth")
-    p.add_argument("manifest", help="labeled manifest: SSAST JSON, CSV, or a folder per class")
-    p.add_argument(
-        "--classes",
-        metavar="FILE",
-        help="the model's classes: classes.json, class_labels_indices.csv or the training manifest",
-    )
-    p.add_argument("--out", "-o", metavar="DIR", help="output folder (default: eval-<manifest>)")
-    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="default 32")
-    p.add_argument(
-        "--target-length", type=int, metavar="N", help="frames per clip (default: the model's)"
-    )
-    p.add_argument("--fstride", type=int, metavar="N", help="override the patch stride (freq)")
-    p.add_argument("--tstride", type=int, metavar="N", help="override the patch stride (time)")
-    p.add_argument(
-        "--normalize",
-        metavar="STATS",
-        help="preset name or stats JSON (default: the model's normalisation)",
-    )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
-    p.add_argument(
-        "--workers", type=int, default=0, metavar="N", help="decode in N processes (default 0)"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_evaluate)
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    import torch
-
-    from ssamba.checkpoints import CheckpointError, load_model
-    from ssamba.cli import CommandError
-
-    if args.batch_size < 1:
-        raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
-    overrides = {k: getattr(args, k) for k in ("fstride", "tstride") if getattr(args, k)}
-    try:
-        model = load_model(args.checkpoint, **overrides)
-    except (CheckpointError, ValueError) as e:
-        raise CommandError(str(e)) from None
-    classes, display = None, {}
-    class_file = args.classes or find_class_list(args.checkpoint)
-    try:
-        if class_file is not None:
-            classes, display = read_class_list(class_file)
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", MetricWarning)
-            result = evaluate_model(
-                model,
-                args.manifest,
-                classes=classes,
-                batch_size=args.batch_size,
-                target_length=args.target_length,
-                normalize=args.normalize,
-                device=device,
-                progress=not args.no_progress,
-                num_workers=args.workers,
-            )
-    except EvaluationError as e:
-        raise CommandError(str(e)) from None
-    for w in caught:
-        if not issubclass(w.category, MetricWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    if display and not result.display_names:
-        result.display_names = display
-    if class_file is not None:
-        result.notes.insert(0, f"classes from {class_file}")
-    print(result.summary())
-    out = Path(args.out) if args.out else Path(f"eval-{Path(args.manifest).stem}")
-    result.save(out)
-    print(f"wrote {out}/metrics.json, per_class.csv, scores.npz", end="")
-    print(", confusion.csv, confusion.png" if not result.multilabel else "")
-    return 0
+    folder = p if p.is_dir() else p.parent
+    return folder / CLASSES_FILE if (folder / CLASSES_FILE).is_file() else None

@@ -47,7 +47,10 @@ from fractions import Fraction
 
 import torch
 
+from ssamba.checkpoints import load_model as load_checkpoint
+from ssamba.constants import SAMPLE_RATE
 from ssamba.embeddings import embed, model_device, resolve_layers
+from ssamba.models.model import create_model
 
 __all__ = [
     "HearModel",
@@ -57,7 +60,6 @@ __all__ = [
     "timestamps_ms",
 ]
 
-SAMPLE_RATE = 16000
 DEFAULT_HOP_MS = 50.0
 HEAR_OPTIONS = ("layers", "hop_ms", "window_seconds", "hop_seconds", "batch_size")
 
@@ -117,8 +119,6 @@ def load_model(model_file_path: str = "", **kwargs) -> HearModel:
     """
     options = {k: kwargs.pop(k) for k in HEAR_OPTIONS if k in kwargs}
     if not model_file_path:
-        from ssamba.models import create_model
-
         warnings.warn(
             "ssamba.hear.load_model: no model file given, using a RANDOMLY initialised "
             "ssamba_tiny (seed 0): its embeddings are only good for testing the API",
@@ -129,8 +129,6 @@ def load_model(model_file_path: str = "", **kwargs) -> HearModel:
             torch.manual_seed(0)
             model = create_model("ssamba_tiny", **kwargs)
     else:
-        from ssamba.checkpoints import load_model as load_checkpoint
-
         model = load_checkpoint(model_file_path, **kwargs)
     return HearModel(model, **options)
 

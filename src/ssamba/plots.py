@@ -2,31 +2,44 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from ssamba.errors import UsageError
+from ssamba.fileio import atomic_write
+from ssamba.training import METRICS, read_metrics
+
+__all__ = ["CURVES_FILE", "PANELS", "metrics_file", "plot_metrics"]
+
 PANELS = (("loss", "loss"), ("nce", "InfoNCE"), ("mse", "MSE"), ("acc", "accuracy"), ("map", "mAP"))
+CURVES_FILE = "curves.png"  # written beside the metrics unless another path is given
 
 
-def plot_metrics(metrics: str | Path, out: str | Path | None = None) -> Path:
-    """One panel per logged quantity (train and validation curves); returns the PNG path."""
+def metrics_file(run: str | os.PathLike) -> Path:
+    """The metrics.jsonl of a run folder (or the file itself); FileNotFoundError if missing."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / METRICS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no metrics file (expected a run folder or metrics.jsonl)")
+    return path
+
+
+def plot_metrics(metrics: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """One panel per logged quantity (train and validation curves); returns the PNG path
+    (default: ``curves.png`` beside the metrics). Raises ImportError without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise RuntimeError("plotting needs matplotlib: pip install 'ssamba[plot]'") from None
-    from ssamba.training import METRICS, read_metrics
-
-    path = Path(metrics)
-    if path.is_dir():
-        path = path / METRICS
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics file (expected a run folder or metrics.jsonl)")
+        raise ImportError("plotting needs matplotlib: pip install 'ssamba[plot]'") from None
+    path = metrics_file(metrics)
     records = read_metrics(path)
     panels = [(k, t) for k, t in PANELS if any(k in r for r in records)]
     if not panels:
-        raise ValueError(f"{path}: no loss or accuracy values to plot")
+        raise UsageError(f"{path}: no loss or accuracy values to plot")
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels, strict=True):
         for kind, style in (("train", "-"), ("valid", "o-")):
@@ -38,19 +51,8 @@ def plot_metrics(metrics: str | Path, out: str | Path | None = None) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    out = Path(out) if out else path.with_name("curves.png")
-    fig.savefig(out, dpi=110)
+    out = Path(out) if out else path.with_name(CURVES_FILE)
+    kind = out.suffix.lstrip(".").lower() or "png"  # the temporary file's suffix says nothing
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format=kind))
     plt.close(fig)
     return out
-
-
-def add_plot_parser(subparsers) -> None:
-    p = subparsers.add_parser("plot", help="plot a run's loss and accuracy curves to a PNG")
-    p.add_argument("run", help="a run folder (or its metrics.jsonl)")
-    p.add_argument("--out", "-o", help="PNG path (default: curves.png beside the metrics)")
-    p.set_defaults(func=run_plot)
-
-
-def run_plot(args) -> int:
-    print(plot_metrics(args.run, args.out))
-    return 0

@@ -11,11 +11,11 @@ Command line::
 
 Procedure:
 
-1. Every file is embedded once with :func:`ssamba.embeddings.embed` (clip embeddings: the mean patch
-   token, ``--layers`` concatenated). Embeddings are cached as ``DIR/cache/<key>.npz``, the key a
-   SHA-256 of the model's weights and config, the embedding settings and the file (absolute path,
-   size, modification time): a re-run, or a run with another train/valid split of the same files,
-   reuses them; a changed file or model is embedded again.
+1. Every file is embedded once with :func:`ssamba.embeddings.embed_files` (clip embeddings: the
+   mean patch token, ``--layers`` concatenated). Embeddings are cached as ``DIR/cache/<key>.npz``,
+   the key a SHA-256 of the model's weights and config, the embedding settings and the file
+   (absolute path, size, modification time): a re-run, or a run with another train/valid split of
+   the same files, reuses them; a changed file or model is embedded again.
 2. Features are standardised with the training set's mean and standard deviation.
 3. A linear classifier is fit in torch, full batch with L-BFGS (strong Wolfe line search) from
    zero weights (the problem is convex, so the result is deterministic): softmax cross-entropy
@@ -23,12 +23,12 @@ Procedure:
    ``l2 * ||W||^2`` (bias not penalised).
 4. ``l2`` is chosen on the validation set from a small grid (accuracy for single-label, mAP for
    multi-label; ties go to the lower validation loss), then the chosen classifier is evaluated on
-   valid and test. Results are written to ``DIR/probe_results.json``.
+   valid and test. ``ssamba probe`` writes the results to ``DIR/probe_results.json`` (and its
+   settings to ``DIR/run.json``, which ``--config`` replays).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -38,10 +38,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from ssamba.embeddings import _add_embedding_options, _command_error, embed, model_fingerprint
+from ssamba.data import Manifest, read_manifest
+from ssamba.embeddings import embed_files, model_fingerprint
+from ssamba.errors import UsageError
+from ssamba.evaluation import accuracy, mean_average_precision
+from ssamba.fileio import atomic_write
 
-__all__ = ["add_probe_parser", "embed_manifest", "fit_linear", "linear_probe", "run_probe"]
+__all__ = [
+    "DEFAULT_L2",
+    "RESULTS_FILE",
+    "embed_manifest",
+    "fit_linear",
+    "fit_probe",
+    "linear_probe",
+]
 
 DEFAULT_L2 = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 RESULTS_FILE = "probe_results.json"
@@ -56,8 +68,6 @@ def _metrics(
     scores: np.ndarray, targets: np.ndarray, multilabel: bool, classes=None, warn: bool = True
 ) -> dict[str, float]:
     """mAP (classes without positives left out) and, for single-label data, accuracy."""
-    from ssamba.evaluation import accuracy, mean_average_precision
-
     out = {"mAP": float(mean_average_precision(scores, targets, classes, warn=warn))}
     if not multilabel:
         out["accuracy"] = float(accuracy(scores, targets))
@@ -98,12 +108,6 @@ def embed_manifest(
 ) -> tuple[np.ndarray, list[int], dict[str, str]]:
     """Clip embeddings ``(n, D)`` float32 of a manifest's files, the indices of the examples they
     belong to (bad files skipped under ``on_bad_file="skip"``), and ``{path: problem}``."""
-    from tqdm import tqdm
-
-    from ssamba.audio import AudioError, load_audio
-
-    if on_bad_file not in ("error", "skip"):
-        raise ValueError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
     settings = {
         "layers": [int(i) for i in np.atleast_1d(-1 if layers is None else layers)],
         "window_seconds": window_seconds,
@@ -116,58 +120,66 @@ def embed_manifest(
         cache.mkdir(parents=True, exist_ok=True)
         fingerprint = fingerprint or model_fingerprint(model)
     paths = [Path(ex.path) for ex in manifest]
-    vectors: dict[int, np.ndarray] = {}
-    keys: dict[int, str] = {}
+    keys = _cache_keys(cache, paths, fingerprint, settings)
+    vectors = _read_cache(cache, keys)
+    todo = [i for i in range(len(paths)) if i not in vectors]
+    batches = embed_files(
+        model,
+        [paths[i] for i in todo],
+        batch_size=batch_size,
+        on_bad_file=on_bad_file,
+        layers=layers,
+        window_seconds=window_seconds,
+        hop_seconds=hop_seconds,
+        device=device,
+        pooling=pooling,
+    )
     bad: dict[str, str] = {}
-    todo = []
-    for i, path in enumerate(paths):
-        if cache is not None and path.is_file():
-            keys[i] = _cache_key(fingerprint, settings, path)
-            cached = cache / f"{keys[i]}.npz"
-            if cached.is_file():
-                with np.load(cached) as data:
-                    vectors[i] = data["clip"]
-                continue
-        todo.append(i)
-
     bar = tqdm(total=len(todo), unit="file", disable=not progress or not todo, file=sys.stderr)
     try:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            waves, ok = [], []
-            for i in chunk:
-                try:
-                    waves.append(load_audio(paths[i]))
-                    ok.append(i)
-                except AudioError as err:
-                    if on_bad_file == "error":
-                        raise
-                    bad[str(paths[i])] = err.problem
-            if waves:
-                emb = embed(
-                    model,
-                    waves,
-                    sample_rate=16000,
-                    layers=layers,
-                    window_seconds=window_seconds,
-                    hop_seconds=hop_seconds,
-                    batch_size=batch_size,
-                    device=device,
-                    pooling=pooling,
-                )
-                for j, i in enumerate(ok):
-                    vectors[i] = emb.clip[j].numpy()
-                    if cache is not None:
-                        tmp = cache / f".{keys[i]}.tmp.npz"
-                        np.savez(tmp, clip=vectors[i])
-                        os.replace(tmp, cache / f"{keys[i]}.npz")
-            bar.update(len(chunk))
+        for batch in batches:
+            bad.update({str(paths[todo[k]]): err.problem for k, err in batch.bad.items()})
+            for j, k in enumerate(batch.indices):
+                i = todo[k]
+                vectors[i] = batch.embeddings.clip[j].numpy()
+                if i in keys:
+                    _write_cached(cache / f"{keys[i]}.npz", vectors[i])
+            bar.update(batch.size)
     finally:
         bar.close()
     kept = sorted(vectors)
     if not kept:
-        raise ValueError(f"{getattr(manifest, 'source', 'manifest')}: no file could be embedded")
+        raise UsageError(f"{getattr(manifest, 'source', 'manifest')}: no file could be embedded")
     return np.stack([vectors[i] for i in kept]).astype(np.float32), kept, bad
+
+
+def _cache_keys(
+    cache: Path | None, paths: list[Path], fingerprint: str | None, settings: dict
+) -> dict[int, str]:
+    """Example index -> cache key, for the files that exist (none without a cache)."""
+    if cache is None:
+        return {}
+    return {
+        i: _cache_key(fingerprint, settings, path) for i, path in enumerate(paths) if path.is_file()
+    }
+
+
+def _read_cache(cache: Path | None, keys: dict[int, str]) -> dict[int, np.ndarray]:
+    vectors = {}
+    for i, key in keys.items():
+        cached = cache / f"{key}.npz"
+        if cached.is_file():
+            with np.load(cached) as data:
+                vectors[i] = data["clip"]
+    return vectors
+
+
+def _write_cached(path: Path, clip: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to the name
+            np.savez(f, clip=clip)
+
+    atomic_write(path, write)
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,8 +234,6 @@ def _scores(x: np.ndarray, w: torch.Tensor, b: torch.Tensor, multilabel: bool):
 
 
 def _read(manifest, classes=None, multilabel=None):
-    from ssamba.data import Manifest, read_manifest
-
     if isinstance(manifest, Manifest):
         return manifest
     return read_manifest(manifest, classes=classes, multilabel=multilabel)
@@ -259,12 +269,12 @@ def linear_probe(
     """
     train = _read(train_manifest)
     if not train.labeled:
-        raise ValueError(f"{train.source}: the training manifest has no labels")
+        raise UsageError(f"{train.source}: the training manifest has no labels")
     valid = _read(valid_manifest, train.classes, train.multilabel)
     test = _read(test_manifest, train.classes, train.multilabel) if test_manifest else None
     multilabel = bool(train.multilabel)
     if not l2_grid:
-        raise ValueError("l2_grid must hold at least one value")
+        raise UsageError("l2_grid must hold at least one value")
 
     fingerprint = model_fingerprint(model)
     opts = dict(
@@ -343,99 +353,3 @@ def fit_probe(data: dict, multilabel: bool, classes, l2_grid=DEFAULT_L2, max_ite
             **_metrics(probs, data[name][1], multilabel, classes),
         }
     return results
-
-
-# --------------------------------------------------------------------------------------------
-# The ``ssamba probe`` command
-# --------------------------------------------------------------------------------------------
-
-
-def add_probe_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "probe",
-        help="linear probe of frozen clip embeddings on a labelled dataset",
-        description=(
-            "Embed every file once (cached in DIR/cache), standardise with the training "
-            "statistics, fit a linear classifier (softmax or sigmoid for multi-label) with the L2 "
-            "weight chosen on the validation set, and report accuracy / mAP in "
-            f"DIR/{RESULTS_FILE}."
-        ),
-    )
-    p.add_argument("--checkpoint", "-c", required=True, help="folder, official .pth or preset")
-    p.add_argument("--train", required=True, metavar="M", help="training manifest")
-    p.add_argument("--valid", required=True, metavar="M", help="validation manifest")
-    p.add_argument("--test", metavar="M", help="test manifest")
-    p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
-    _add_embedding_options(p)
-    p.add_argument(
-        "--l2",
-        type=float,
-        nargs="+",
-        default=list(DEFAULT_L2),
-        metavar="W",
-        help=f"L2 weights to try (default {' '.join(f'{v:g}' for v in DEFAULT_L2)})",
-    )
-    p.add_argument("--max-iter", type=int, default=200, metavar="N", help="L-BFGS iterations")
-    p.add_argument(
-        "--pooling",
-        choices=("mean", "mean+std", "bands", "bands+std"),
-        default="mean",
-        help="clip vector: mean of patch tokens (default) or kept per frequency band, +std",
-    )
-    p.add_argument(
-        "--on-bad-file",
-        choices=("error", "skip"),
-        default="error",
-        help="stop at an unreadable file (default) or leave it out and count it",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_probe)
-
-
-def run_probe(args: argparse.Namespace) -> int:
-    from ssamba.audio import AudioError
-    from ssamba.embeddings import load_checkpoint_for_cli, resolve_layers
-
-    if args.batch_size < 1:
-        raise _command_error(f"--batch-size must be >= 1, got {args.batch_size}")
-    model = load_checkpoint_for_cli(args.checkpoint, args.device)
-    try:
-        resolve_layers(model, args.layers)
-    except (ValueError, TypeError) as err:
-        raise _command_error(str(err)) from None
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        results = linear_probe(
-            model,
-            args.train,
-            args.valid,
-            args.test,
-            layers=args.layers,
-            window_seconds=args.window,
-            hop_seconds=args.hop,
-            batch_size=args.batch_size,
-            cache_dir=out / "cache",
-            l2_grid=args.l2,
-            max_iter=args.max_iter,
-            on_bad_file=args.on_bad_file,
-            progress=not args.no_progress,
-            pooling=args.pooling,
-        )
-    except AudioError as err:
-        raise _command_error(
-            f"cannot embed {err} (--on-bad-file skip leaves bad files out)"
-        ) from None
-    results["checkpoint"] = args.checkpoint
-    results["manifests"] = {"train": args.train, "valid": args.valid, "test": args.test}
-    path = out / RESULTS_FILE
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    metric = results["metric"]
-    print(f"{results['task']} probe, {len(results['classes'])} classes, l2 = {results['l2']:g}")
-    for name in ("train", "valid", "test"):
-        if name in results:
-            r = results[name]
-            extra = f", {len(r['bad_files'])} bad files skipped" if r["bad_files"] else ""
-            print(f"  {name:5s} {metric} {r[metric]:.4f} ({r['files']} files{extra})")
-    print(f"wrote {path}")
-    return 0

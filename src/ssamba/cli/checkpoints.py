@@ -1,9 +1,229 @@
-"""``ssamba convert``, ``average`` (moving here from the library)."""
+"""``ssamba convert`` and ``ssamba average``, and loading the model ``-c/--checkpoint`` names
+(shared with ``embed``, ``probe`` and ``evaluate``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from ssamba.cli.common import (
+    add_checkpoint,
+    add_command,
+    add_out,
+    add_overwrite,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    prepare_output,
+)
+from ssamba.constants import CLASSES_FILE, PATCH
+from ssamba.errors import SsambaError, UsageError
+from ssamba.fileio import atomic_write_bytes
 
 
 def register(subparsers) -> None:
-    from ssamba.averaging import add_average_parser
-    from ssamba.convert import add_convert_parser
+    _register_convert(subparsers)
+    _register_average(subparsers)
 
-    add_convert_parser(subparsers)
-    add_average_parser(subparsers)
+
+# ---------------------------------------------------------------------------- shared helpers
+@contextmanager
+def model_errors():
+    """Plain ValueErrors of model construction (an unknown preset, a bad override) as
+    UsageError, so the command prints one line instead of a traceback."""
+    try:
+        yield
+    except ValueError as err:
+        if isinstance(err, SsambaError):
+            raise
+        raise UsageError(str(err)) from None
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_checkpoint(spec: str, device: str | None = None, **overrides):
+    """The model ``-c/--checkpoint`` names, in eval mode on ``device`` (default: cuda if any).
+
+    A preset name builds a model with random weights: said on stderr, since its outputs mean
+    nothing."""
+    from ssamba.checkpoints import load_model
+
+    with model_errors():
+        model = load_model(spec, **overrides)
+    if not Path(spec).exists():
+        print(
+            f"warning: {spec!r} is a preset name: the model has RANDOM weights "
+            "(pass a checkpoint folder or .pth for trained ones)",
+            file=sys.stderr,
+        )
+    return model.to(device or default_device()).eval()
+
+
+def either(args: argparse.Namespace, option: str, positional: str, flag: str) -> str:
+    """The value given as ``flag`` or as the (old, hidden) positional; exactly one of them."""
+    a, b = getattr(args, option), getattr(args, positional)
+    if a is not None and b is not None and a != b:
+        raise UsageError(f"{flag} given twice ({a} and {b})")
+    if a is None and b is None:
+        raise UsageError(f"{flag} is required")
+    return a if a is not None else b
+
+
+# ---------------------------------------------------------------------------- ssamba convert
+def _register_convert(subparsers) -> None:
+    p = add_command(
+        subparsers,
+        "convert",
+        help="convert an official .pth into a save_pretrained folder (and verify it)",
+        description=(
+            "Load an official SSAMBA/SSAST checkpoint, save it as config.json + "
+            "model.safetensors, reload it and check that the weights and the outputs on a seeded "
+            "random input are identical. Prints the model's configuration."
+        ),
+    )
+    add_checkpoint(p, required=False, help="official state_dict file (.pth) to convert")
+    add_out(p, required=False, help="folder to write")
+    # the old spelling `ssamba convert OFFICIAL.pth OUT_DIR`, kept for one release
+    p.add_argument("source", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("target", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--fstride",
+        type=positive_int,
+        metavar="N",
+        help="frequency patch stride (default: from the weights)",
+    )
+    p.add_argument(
+        "--tstride",
+        type=positive_int,
+        metavar="N",
+        help="time patch stride (default: from the weights)",
+    )
+    p.add_argument(
+        "--input-tdim",
+        type=positive_int,
+        metavar="T",
+        help="input frames; the positional embedding is adapted (default: from the weights)",
+    )
+    p.add_argument(
+        "--num-classes",
+        type=non_negative_int,
+        metavar="C",
+        help="classification head size (default: from the weights)",
+    )
+    # (the formatter takes a 0 default for "off": these helps state theirs)
+    p.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seed of the check input (default: 0)"
+    )
+    p.add_argument(
+        "--atol",
+        type=non_negative_float,
+        default=0.0,
+        metavar="X",
+        help="allowed max abs difference (default: 0, bit-identical)",
+    )
+    add_overwrite(p)
+    p.set_defaults(func=run_convert)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from ssamba.convert import OVERRIDES, convert_checkpoint
+
+    source = either(args, "checkpoint", "source", "-c/--checkpoint")
+    out = either(args, "out", "target", "-o/--out")
+    if not Path(source).is_file():
+        raise UsageError(f"{source}: no such checkpoint file")
+    if not args.overwrite:
+        prepare_output(out, False, "output folder")
+    overrides = {k: getattr(args, k) for k in OVERRIDES}
+    with model_errors():
+        report = convert_checkpoint(
+            source, out, seed=args.seed, atol=args.atol, overwrite=args.overwrite, **overrides
+        )
+    print(config_summary(report))
+    return 0
+
+
+def config_summary(report: dict) -> str:
+    """What ``ssamba convert`` prints: the converted model's configuration and the check."""
+    cfg = report["config"]
+    f_dim = (cfg["num_mel_bins"] - PATCH) // cfg["fstride"] + 1
+    t_dim = (cfg["input_tdim"] - PATCH) // cfg["tstride"] + 1
+    kind = "bidirectional Mamba" if cfg["arch"] == "ssamba" else "ViT"
+    heads = [] if cfg["arch"] == "ssamba" else [f"{cfg['num_heads']} heads"]
+    lines = [
+        f"converted {report['source']} -> {report['out_dir']}",
+        f"  model:     {cfg['arch']} ({kind}), width {cfg['embed_dim']}, depth {cfg['depth']}"
+        + "".join(f", {h}" for h in heads)
+        + f", {report['num_parameters']:,} parameters",
+        f"  input:     {cfg['num_mel_bins']} mel bins x {cfg['input_tdim']} frames, stride "
+        f"{cfg['fstride']}x{cfg['tstride']} -> {f_dim}x{t_dim} patches "
+        f"(pretrained on {cfg['pretrain_fdim']}x{cfg['pretrain_tdim']})",
+        f"  heads:     {'pretraining (mpc, mpg)' if cfg['pretrain_heads'] else 'no pretraining'}"
+        f"; {cfg['num_classes'] or 'no'} classification classes (pool: {cfg['pool']})",
+        f"  front end: fbank normalised with mean {cfg['norm_mean']}, std {cfg['norm_std']}",
+        "  check:     state_dict bit-identical; max abs diff "
+        + ", ".join(f"{k} {v:.3g}" for k, v in report["max_abs_diff"].items()),
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- ssamba average
+def _register_average(subparsers) -> None:
+    p = add_command(
+        subparsers,
+        "average",
+        help="average the weights of several checkpoints into one model",
+        description=(
+            "Average the weights of model folders (all of one config), or of a run's kept "
+            "checkpoints (--run, --from-step), into one model folder; the first folder's "
+            "classes.json goes with it."
+        ),
+    )
+    p.add_argument("checkpoints", nargs="*", metavar="CKPT", help="model folders to average")
+    add_checkpoint(
+        p,
+        required=False,
+        action="append",
+        help="a model folder to average (repeatable; the same as a CKPT argument)",
+    )
+    p.add_argument(
+        "--run",
+        metavar="DIR",
+        help="a training output folder: average its kept checkpoints (default: none)",
+    )
+    p.add_argument(
+        "--from-step",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="with --run: first step to include (default: 0, all)",
+    )
+    add_out(p, help="folder for the averaged model")
+    add_overwrite(p)
+    p.set_defaults(func=run_average)
+
+
+def run_average(args: argparse.Namespace) -> int:
+    from ssamba.averaging import average_checkpoints, run_folder_checkpoints
+
+    out = Path(args.out)
+    if not args.overwrite:
+        prepare_output(out, False, "output folder")
+    folders = [Path(c) for c in (args.checkpoint or []) + args.checkpoints]
+    if args.run:
+        folders += run_folder_checkpoints(args.run, args.from_step)
+    model = average_checkpoints(folders)
+    classes = folders[0] / CLASSES_FILE
+    names = classes.read_bytes() if classes.is_file() else None  # before the output is cleared
+    prepare_output(out, args.overwrite, "output folder")
+    model.save_pretrained(out)
+    if names is not None:
+        atomic_write_bytes(out / CLASSES_FILE, names)
+    print(f"averaged {len(folders)} checkpoints -> {out}")
+    return 0

@@ -1,7 +1,174 @@
-"""``ssamba embed`` (moving here from ssamba.embeddings)."""
+"""``ssamba embed``: clip (and frame) embeddings of audio files into a folder a re-run resumes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ssamba.cli.checkpoints import load_checkpoint
+from ssamba.cli.common import (
+    add_checkpoint,
+    add_command,
+    add_out,
+    add_progress,
+    positive_float,
+    positive_int,
+)
+from ssamba.errors import AudioError, UsageError
+
+# The same as ssamba.embedding_store.FORMATS and ssamba.data.BAD_FILE_POLICIES (written out so
+# that --help loads no torch; tests/test_embed.py checks they agree).
+FORMATS = ("npy", "npz", "safetensors")
+BAD_FILE_POLICIES = ("error", "skip")
 
 
 def register(subparsers) -> None:
-    from ssamba.embeddings import add_embed_parser
+    p = add_command(
+        subparsers,
+        "embed",
+        help="write clip (and frame) embeddings of audio files",
+        description=(
+            "Embed audio files with a checkpoint: one .npy per input file (mirroring the "
+            "relative names), or a single .npz/.safetensors, plus index.json (settings and the "
+            "file -> output mapping). Re-running into the same --out with the same settings "
+            "skips files already done."
+        ),
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="audio files, folders (searched recursively) or manifests (JSON, CSV, list)",
+    )
+    add_checkpoint(p, help="save_pretrained folder, official .pth, or preset name (random weights)")
+    add_out(p)
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="npy",
+        help="one .npy per file, or all in one .npz / .safetensors",
+    )
+    add_embedding_options(p)
+    p.add_argument(
+        "--frames",
+        action="store_true",
+        help="also write frame embeddings (T, D) and their timestamps (seconds)",
+    )
+    add_bad_file_option(p)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over when --out holds other files or embeddings made with other settings "
+        "(refused otherwise; the same settings resume)",
+    )
+    add_progress(p)
+    p.set_defaults(func=run_embed)
 
-    add_embed_parser(subparsers)
+
+def add_embedding_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``embed`` and ``probe``: what to embed and how."""
+    p.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=[-1],
+        metavar="I",
+        help="layer indices to concatenate (-1: the final normalised output)",
+    )
+    p.add_argument(
+        "--window",
+        type=positive_float,
+        metavar="S",
+        help="process long audio in windows of S seconds (default: whole clips)",
+    )
+    p.add_argument(
+        "--hop", type=positive_float, metavar="S", help="window hop in seconds (default: --window)"
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=8, metavar="N", help="clips per batch"
+    )
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+
+
+def add_bad_file_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--on-bad-file",
+        choices=BAD_FILE_POLICIES,
+        default="error",
+        help="stop at an unreadable file, or leave it out, list it and count it",
+    )
+
+
+def check_window(args: argparse.Namespace) -> None:
+    if args.hop is not None and args.window is None:
+        raise UsageError("--hop needs --window")
+
+
+def bad_file_error(err: Exception) -> UsageError:
+    return UsageError(f"cannot embed {err} (--on-bad-file skip leaves bad files out)")
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from ssamba.embedding_store import (
+        EmbeddingStore,
+        collect_inputs,
+        embedding_settings,
+        output_keys,
+    )
+    from ssamba.embeddings import resolve_layers
+
+    check_window(args)
+    files = collect_inputs(args.inputs)
+    model = load_checkpoint(args.checkpoint, args.device)
+    resolve_layers(model, args.layers)
+    settings = embedding_settings(model, args.checkpoint, args.layers, args.window, args.hop)
+    store = EmbeddingStore(args.out, settings, args.format, args.frames, args.overwrite)
+    todo, keys = store.plan([file for file, _ in files], output_keys(files))
+    n_done = len(files) - len(todo)
+    if n_done:
+        print(f"{n_done} of {len(files)} files already embedded in {args.out}: skipped")
+    embedded = _embed_into(store, model, [files[i][0] for i in todo], [keys[i] for i in todo], args)
+    store.finish()
+    msg = f"embedded {embedded} files into {args.out}"
+    if n_done:
+        msg += f", {n_done} already done"
+    if store.bad_files:
+        msg += f", {len(store.bad_files)} bad files skipped (listed in index.json)"
+    print(msg)
+    return 0
+
+
+def _embed_into(store, model, paths: list, keys: list[str], args: argparse.Namespace) -> int:
+    """Embed ``paths`` into ``store`` with a progress bar; the number embedded. The index is
+    written however this ends, so that a re-run resumes."""
+    from tqdm import tqdm
+
+    from ssamba.embeddings import embed_files
+
+    embedded = 0
+    quiet = args.no_progress or not paths
+    bar = tqdm(total=len(paths), unit="file", disable=quiet, file=sys.stderr)
+    try:
+        batches = embed_files(
+            model,
+            paths,
+            batch_size=args.batch_size,
+            on_bad_file=args.on_bad_file,
+            layers=args.layers,
+            window_seconds=args.window,
+            hop_seconds=args.hop,
+        )
+        for batch in batches:
+            for k, err in batch.bad.items():
+                store.add_bad(paths[k], err.problem)
+                tqdm.write(f"skipped bad file {err}", file=sys.stderr)
+            for j, k in enumerate(batch.indices):
+                store.add(paths[k], keys[k], batch.embeddings, j)
+                embedded += 1
+            bar.update(batch.size)
+    except AudioError as err:
+        raise bad_file_error(err) from None
+    finally:
+        bar.close()
+        store.save_index()
+    return embedded

@@ -154,7 +154,7 @@ def test_input_types(model, tmp_path, make_wav):
     path = make_wav(tmp_path / "a.wav", 0.8, 440.0)
     by_path = embed(model, path)
     assert by_path.names == [str(path)]
-    listed = model.embed([str(path), path])  # AudioModel.embed delegates here
+    listed = ssamba.embed(model, [str(path), path])  # the public name is the same function
     torch.testing.assert_close(listed.clip[0], by_path.clip[0])
     with pytest.raises(ValueError, match="sample_rate"):
         embed(model, wave)

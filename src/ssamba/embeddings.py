@@ -3,12 +3,12 @@
 Python::
 
     model = ssamba.load_model("ssamba_tiny_400.pth")
-    emb = model.embed("speech.flac")                        # or ssamba.embeddings.embed(model, ...)
+    emb = ssamba.embed(model, "speech.flac")
     emb.clip                  # (N, E) one vector per clip: the mean of the patch tokens
     emb.frames[0]             # (T, E) one vector per patch column (160 ms apart at stride 16)
     emb.timestamps[0]         # (T,) seconds: the centre of each patch column
 
-    emb = model.embed(waves, sample_rate=44100, layers=[4, -1], window_seconds=10.24)
+    emb = ssamba.embed(model, waves, sample_rate=44100, layers=[4, -1], window_seconds=10.24)
 
 Many files, decoded a batch at a time (:func:`embed_files`); as a resumable output folder,
 :mod:`ssamba.embedding_store` and the command line::

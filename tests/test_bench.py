@@ -10,22 +10,33 @@ import argparse
 import csv
 import json
 import math
+import subprocess
+import sys
 
 import pytest
+import torch
 
-from ssamba import bench
 from ssamba.bench import (
     CSV_FIELDS,
     break_even,
     fit_exponent,
     frames_for_tokens,
+    is_oom,
     load_points,
-    main,
+    markdown_report,
     parse_model,
     run_bench,
     summarize,
 )
+from ssamba.cli import bench as bench_cli
+from ssamba.cli import main as cli_main
 from ssamba.models.config import patch_grid
+
+
+def main(argv):
+    """``ssamba bench ARGV``: the exit status."""
+    return cli_main(["bench", *argv])
+
 
 # --------------------------------------------------------------------------------------------------
 # Names and sizes
@@ -92,6 +103,7 @@ def test_sweep_writes_csv_json_png(sweep, capsys):
     out, argv = sweep
     assert main(argv) == 0
     printed = capsys.readouterr().out
+    assert "device cpu; mode inference; scan backend: ssamba_tiny `" in printed
     assert "| tokens | frames | ssamba_tiny time | ssast_tiny time |" in printed
     assert "**ssamba_tiny vs ssast_tiny** (batch 1)" in printed
     assert "Break-even (time)" in printed
@@ -120,10 +132,11 @@ def test_sweep_writes_csv_json_png(sweep, capsys):
 
     doc = json.loads((out / "bench.json").read_text())
     assert {"command", "argv", "machine", "settings", "points", "summary"} <= set(doc)
-    assert doc["command"].endswith(" -m ssamba.bench " + " ".join(argv))
+    assert doc["command"]
     assert "--tokens 64,128 --batch 1" in doc["equivalent_command"]
     assert "--depth 2" in doc["equivalent_command"]
     assert {"cpu", "cores_available", "torch", "mem_total_gib"} <= set(doc["machine"])
+    assert "reference" in doc["machine"]["scan_backends_available"]
     assert doc["settings"]["models"] == ["ssamba_tiny", "ssast_tiny"]
     assert len(doc["points"][0]["times"]) == 1
     summary = doc["summary"]
@@ -142,6 +155,10 @@ def test_from_results_rerenders(sweep, tmp_path, capsys):
         pytest.skip("the sweep test did not run")
     assert main(["--from", str(out), "--out", str(tmp_path), "--no-plot"]) == 0
     assert "ssamba_tiny vs ssast_tiny" in capsys.readouterr().out
+    # Existing results are replaced only with --overwrite, also in place (read before written).
+    assert main(["--from", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main(["--from", str(tmp_path), "-o", str(tmp_path), "--overwrite", "--no-plot"]) == 0
     again = json.loads((tmp_path / "bench.json").read_text())
     assert again["points"] == json.loads((out / "bench.json").read_text())["points"]
     from_csv = load_points(out / "bench.csv")
@@ -270,7 +287,7 @@ def test_summarize_known_power_laws():
     last = comp["ssast_tiny_explicit"]["rows"][-1]
     assert last["tokens"] == 8192 and last["baseline_status"] == "oom" and "speedup" not in last
 
-    report = bench.markdown_report(points, s)
+    report = markdown_report(points, s)
     assert "| 8192 | ssast_tiny_explicit OOM | | | |" in report
     assert "~1000 tokens" in report and "tokens^1.00" in report
 
@@ -306,15 +323,57 @@ def test_break_even_and_fit_edge_cases():
 # Command line
 
 
-def test_add_bench_parser_and_errors(capsys):
+def test_register_and_errors(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="ssamba")
-    bench.add_bench_parser(parser.add_subparsers())
-    args = parser.parse_args(["bench", "--out", "x", "--tokens", "128,256", "--mode", "train"])
-    assert args.func is bench.run_bench_command and args.mode == "train"
+    bench_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["bench", "-o", "x", "--tokens", "128,256", "--mode", "train"])
+    assert args.func is bench_cli.run and args.mode == "train" and args.out == "x"
     assert args.tokens == "128,256" and args.max_memory_gb is None
+    args = parser.parse_args(["bench", "--device", "cuda", "--scan", "triton"])
+    assert (args.device, args.scan) == ("cuda", "triton")
     assert main(["--tokens", "64"]) == 2
     assert "--out DIR is required" in capsys.readouterr().err
     assert main(["--out", "x", "--tokens", "100"]) == 2
     assert "multiple of 8" in capsys.readouterr().err
     assert main(["--out", "x", "--models", "vit_tiny"]) == 2
     assert "unknown model" in capsys.readouterr().err
+    (tmp_path / "bench.csv").write_text("model\n")
+    assert main(["-o", str(tmp_path), "--tokens", "64", "--depth", "2"]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "bench.csv").read_text() == "model\n"  # refused: left as it was
+    with pytest.raises(SystemExit):
+        main(["-o", "x", "--repeats", "0"])
+    assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_help_loads_no_torch():
+    code = (
+        "import argparse, contextlib, io, sys\n"
+        "from ssamba.cli import bench\n"
+        "p = argparse.ArgumentParser(prog='ssamba')\n"
+        "bench.register(p.add_subparsers())\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+        "    p.parse_args(['bench', '--help'])\n"
+        "assert '(default: 4)' in out.getvalue()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cuda_out_of_memory_is_oom():
+    assert is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 12 GiB"))
+    assert is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory"))
+    assert not is_oom(RuntimeError("could not create a primitive"))
+    assert is_oom(RuntimeError("could not create a primitive"), capped=True)
+    assert not is_oom(ValueError("bad shape"))
+
+
+def test_markdown_header_names_the_scan_backend():
+    points = [
+        {"model": "ssamba_tiny", "arch": "ssamba", "batch": 1, "tokens": 64, "status": "ok",
+         "time_s": 0.1, "peak_mib": 10.0, "increment_mib": 1.0, "device": "cuda",
+         "mode": "inference", "scan_backend": "triton", "memory_kind": "cuda_allocated"},
+    ]  # fmt: skip
+    report = markdown_report(points)
+    assert report.startswith("device cuda; mode inference; scan backend: ssamba_tiny `triton`")
+    assert "peak CUDA allocated" in report

@@ -75,10 +75,11 @@ def _scaler(precision: str, device: torch.device):
     return torch.cuda.amp.GradScaler()
 
 
-def make_step(name: str, frames: int, batch: int, precision: str, device: torch.device):
+def make_step(name, frames: int, batch: int, precision: str, device, depth: int | None = None):
     """One pretraining step of model ``name`` on a synthetic batch; returns (step, info)."""
     torch.manual_seed(0)
-    model = ssamba.create_model(name, input_tdim=frames).to(device).train()
+    overrides = {"depth": depth} if depth else {}
+    model = ssamba.create_model(name, input_tdim=frames, **overrides).to(device).train()
     objective = MaskedPatchObjective(model, "joint", 10.0)
     optimizer, scaler = _optimizer(model, device), _scaler(precision, device)
     fbank = torch.randn(batch, frames, NUM_MEL_BINS, device=device)
@@ -124,11 +125,14 @@ def _error(e: BaseException) -> dict:
 
 
 def _setup(points, args, device) -> dict:
-    """Build every point and run its warm-up steps; a point that fails records why."""
+    """Build every point and run its warm-up steps; a point that fails records why. The baseline
+    (last model) goes first, so a slow warm-up of the others cannot leave it unmeasured."""
     steps = {}
-    for pt in points:
+    for pt in reversed(points):
         try:
-            step, info = make_step(pt["model"], pt["frames"], args.batch, pt["precision"], device)
+            step, info = make_step(
+                pt["model"], pt["frames"], args.batch, pt["precision"], device, args.depth
+            )
             pt.update(info)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -250,6 +254,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per point first")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (one step per point)")
     p.add_argument("--max-seconds", type=float, default=0, help="stop timing after S s (0: no)")
+    p.add_argument("--depth", type=int, help="override the models' depth (quick checks)")
     p.add_argument("--json", metavar="PATH", help="also write the results here")
     return p.parse_args(argv)
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -377,3 +379,104 @@ def test_markdown_header_names_the_scan_backend():
     report = markdown_report(points)
     assert report.startswith("device cuda; mode inference; scan backend: ssamba_tiny `triton`")
     assert "peak CUDA allocated" in report
+
+
+# --------------------------------------------------------------------------------------------------
+# benchmarks/gpu_check.sh and its summary (the GPU run itself needs a GPU; its plumbing does not)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _gpu_summary():
+    spec = importlib.util.spec_from_file_location("gpu_summary", REPO / "benchmarks/gpu_summary.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _gpu_work(tmp_path: Path) -> Path:
+    """Stage outputs as gpu_check.sh leaves them, with figures that meet every target."""
+    work = tmp_path / "work"
+    (work / "scan").mkdir(parents=True)
+    (work / "status.tsv").write_text(
+        "env\tok\t5\t0\t\ntests\tok\t40\t0\t\nscan\tok\t90\t0\t\nbench\tok\t120\t0\t\n"
+        "pretrain\ttimeout (90s)\t90\t124\t\n"
+    )
+    (work / "env.json").write_text(json.dumps({"gpu": "NVIDIA H200", "torch": "2.11.0"}))
+    (work / "tests.log").write_text("....\n12 passed, 2 skipped in 3.10s\n")
+    (work / "scan" / "scan.csv").write_text(
+        "backend,pass,L,D,gupdates_s,ceiling_fraction\n"
+        "triton,fwd,4096,768,300,0.7\n"
+        "triton,fwd+bwd,512,768,100,0.2\n"
+        "triton,fwd+bwd,2048,768,200,0.45\n"
+        "triton,fwd+bwd,16384,768,250,0.6\n"
+        "torch,fwd+bwd,2048,768,20,0.05\n"
+    )
+    lengths = [4096, 8192, 22528]
+    points = _synthetic(lengths, "ssamba_tiny", "ssamba", lambda t: 1e-3 * t, lambda t: 1.0)
+    points += _synthetic(lengths, "ssast_tiny", "ssast", lambda t: 1e-6 * t**2, lambda t: 2.0)
+    points += _synthetic(
+        lengths, "ssast_tiny_explicit", "ssast", lambda t: 1e-5 * t**2, lambda t: 1e4
+    )
+    for p in points:
+        p["scan_backend"] = "triton" if p["arch"] == "ssamba" else ""
+    from ssamba.bench import write_results
+
+    write_results(points, work / "bench", {"command": "test"})
+    (work / "bench" / "bench.png").write_bytes(b"png")
+    (work / "pretrain.json").write_text(
+        json.dumps(
+            {
+                "points": [
+                    {"model": "ssamba_tiny", "frames": 1024, "precision": "bf16",
+                     "clips_per_s": 300.0, "status": "ok", "times": [0.2]},
+                    {"model": "ssast_tiny", "frames": 1024, "precision": "bf16",
+                     "clips_per_s": 500.0, "status": "ok", "times": [0.1]},
+                ],
+                "ratios": [{"model": "ssamba_tiny", "baseline": "ssast_tiny", "frames": 1024,
+                            "precision": "bf16", "clips_per_s_ratio": 0.6}],
+            }
+        )
+    )  # fmt: skip
+    return work
+
+
+def test_gpu_summary_reads_the_targets(tmp_path):
+    gs = _gpu_summary()
+    out = tmp_path / "out"
+    doc = gs.summarize(_gpu_work(tmp_path), out, "cuda", quick=False)
+    assert doc["scan"]["found"] and doc["scan"]["min"] == pytest.approx(0.45)
+    assert doc["scan"]["rows"] == 2 and doc["scan"]["met"]
+    long = doc["bench"]["long"]
+    assert long["tokens"] == 22528 and long["time_met"] and long["memory_met"]
+    assert doc["bench"]["sdpa_from_4k_met"] and doc["bench"]["scan_backend"] == ["triton"]
+    assert doc["pretrain"]["ratio"] == pytest.approx(0.6) and doc["pretrain"]["met"]
+    assert [met for _, _, met in doc["targets"]] == ["yes"] * 5
+    assert doc["tests"] == "12 passed, 2 skipped in 3.10s"
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8 and all(p.is_file() for p in out.iterdir())
+    assert files == sorted(gs.OUT_FILES)
+    text = (out / "summary.md").read_text()
+    assert "GPU: NVIDIA H200; torch 2.11.0" in text and "| pretrain | timeout (90s) |" in text
+    assert "scan backend: ssamba_tiny `triton`" in text  # the bench report, with its header
+
+
+def test_gpu_summary_without_results(tmp_path):
+    gs = _gpu_summary()
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "status.tsv").write_text("scan\tmissing: benchmarks/bench_scan_gpu.py\t0\t\t\n")
+    doc = gs.summarize(work, tmp_path / "out", "cuda", quick=False)
+    assert [met for _, _, met in doc["targets"]] == ["n/a"] * 4
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "log.txt",
+        "summary.json",
+        "summary.md",
+    ]
+    assert gs.scan_figures([{"impl": "triton", "direction": "bwd", "seqlen": "4096",
+                             "pct_of_ceiling": "55"}])["min"] == pytest.approx(0.55)  # fmt: skip
+
+
+def test_gpu_check_script_parses():
+    for script in ("gpu_check.sh", "gpu_wheels.sh"):
+        subprocess.run(["bash", "-n", str(REPO / "benchmarks" / script)], check=True)

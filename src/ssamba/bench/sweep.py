@@ -279,25 +279,30 @@ def run_bench(
         seed=seed,
         fit_min_tokens=fit_min_tokens,
     )
-    out_dir = Path(out) if out is not None else None
+    return _run(plan, specs, Path(out) if out is not None else None, command, make_plot, log)
+
+
+def _run(plan: Plan, specs, out_dir: Path | None, command, make_plot: bool, log) -> list[dict]:
+    """Measure the plan's points, saving after each one; the files are complete even when the
+    sweep is interrupted (Ctrl-C, SIGTERM) or fails."""
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     meta = _meta(plan, command)
     cap = f"{plan.max_memory_gb:g} GiB" if plan.max_memory_gb else "none"
     log(
-        f"ssamba bench: {len(specs)} model(s) x {len(token_list)} length(s) x "
-        f"{len(plan.batch)} batch size(s), {mode}, {device}, {plan.threads} thread(s), "
-        f"memory cap {cap}"
+        f"ssamba bench: {len(specs)} model(s) x {len(plan.tokens)} length(s) x "
+        f"{len(plan.batch)} batch size(s), {plan.mode}, {plan.device}, {plan.threads} "
+        f"thread(s), memory cap {cap}"
     )
 
     def save(points: list[dict]) -> None:
         if out_dir is not None:
-            write_results(points, out_dir, meta, fit_min_tokens)
+            write_results(points, out_dir, meta, plan.fit_min_tokens)
 
-    deadline = time.monotonic() + max_minutes * 60 if max_minutes else None
+    deadline = time.monotonic() + plan.max_minutes * 60 if plan.max_minutes else None
     points: list[dict] = []
     try:
-        _sweep(plan, specs, _worker_env(plan.threads, scan), deadline, points, save, log)
+        _sweep(plan, specs, _worker_env(plan.threads, plan.scan), deadline, points, save, log)
     finally:
         meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         meta["load_1m_end"] = loadavg()

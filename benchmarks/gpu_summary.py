@@ -346,10 +346,11 @@ def _quick(rows: list[tuple[str, str, str]], quick: bool) -> list[tuple[str, str
     return [(a, b, "n/a (quick sizes)") for a, b, _ in rows] if quick else rows
 
 
-def markdown(doc: dict) -> str:
-    env, lines = doc["env"], []
+def _overview(doc: dict) -> list[str]:
+    """The date, the machine, each stage's status and figures, and the targets."""
+    env = doc["env"]
     gpu = env.get("gpu") or ("no CUDA device" if env else "unknown")
-    lines += [
+    lines = [
         f"# gpu_check: {env.get('date') or time.strftime('%Y-%m-%d %H:%M:%S')}",
         "",
         f"GPU: {gpu}; torch {env.get('torch') or env.get('packages', {}).get('torch')}; "
@@ -364,12 +365,24 @@ def markdown(doc: dict) -> str:
         note = doc["key_figures"].get(st["stage"]) or st.get("note", "")
         lines.append(f"| {st['stage']} | {st['status']} | {st['seconds']} | {note} |")
     lines += ["", "| target (issue 13) | measured | met? |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in doc["targets"]]
+    return lines + [f"| {a} | {b} | {c} |" for a, b, c in doc["targets"]]
+
+
+def _details(doc: dict) -> list[str]:
+    lines = []
     if doc.get("bench_report"):
         lines += ["", "## ssamba bench", "", doc["bench_report"].rstrip()]
     if doc.get("pretrain_table"):
         lines += ["", "## Pretraining throughput", "", doc["pretrain_table"].rstrip()]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def markdown(doc: dict, overview_last: bool = False) -> str:
+    """summary.md; ``overview_last`` puts the tables after the overview first (for a terminal
+    that keeps only the end of the output)."""
+    if overview_last:
+        return "\n".join(_details(doc) + [""] + _overview(doc)) + "\n"
+    return "\n".join(_overview(doc) + _details(doc)) + "\n"
 
 
 def _key_figures(tests: str | None, scan: dict, bench: dict, pretrain: dict, env: dict) -> dict:
@@ -493,7 +506,7 @@ def main(argv=None) -> int:
     if args.what == "env":
         return collect_env(args.path)
     doc = summarize(args.work, args.out, args.device, args.quick)
-    print(markdown(doc))
+    print(markdown(doc, overview_last=True))
     return 0
 
 

@@ -18,7 +18,8 @@
 # log.txt (every stage's output), scan.csv, bench.csv, bench.json, bench.png, pretrain.json.
 # The summary table is printed at the end. Settings: PYTHON (default python3), GPU_CHECK_DEVICE
 # (cuda), GPU_CHECK_QUICK (1: tiny sizes), GPU_CHECK_COMMIT (recorded; default: git's, if any),
-# GPU_CHECK_TOTAL_S (470: the whole run's limit; stages are shortened to fit it).
+# GPU_CHECK_TOTAL_S (470: the whole run's limit; stages are shortened to fit it). On a CPU
+# (GPU_CHECK_DEVICE=cpu) the CUDA tests skip themselves and the scan benchmark does its smoke run.
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -110,10 +111,17 @@ else
 fi
 
 # ---------------------------------------------------------------------------- (c) scan kernels
+# It writes its CSV at the end: --max-seconds stops it starting new measurements in time.
 if [ ! -f benchmarks/bench_scan_gpu.py ]; then
   record scan "missing: benchmarks/bench_scan_gpu.py" 0 "" ""
+elif [ "$DEVICE" = cpu ] && [ "$QUICK" = 1 ]; then  # its smoke run: the plumbing, no figures
+  stage scan 120 "$PY" benchmarks/bench_scan_gpu.py --device cpu --out "$WORK/scan" \
+    --batch 1 --lengths 64 --channels 64 --max-seconds 30
 elif needs_cuda scan; then
-  stage scan 120 "$PY" benchmarks/bench_scan_gpu.py --device cuda --out "$WORK/scan"
+  SCAN_SIZES=(--max-seconds 90)
+  [ "$QUICK" = 1 ] && SCAN_SIZES=(--quick --max-seconds 60)
+  stage scan 120 "$PY" benchmarks/bench_scan_gpu.py --device cuda --out "$WORK/scan" \
+    "${SCAN_SIZES[@]}"
 fi
 
 # ---------------------------------------------------------------------------- (d) ssamba bench

@@ -162,6 +162,15 @@ def _column(fields, *patterns) -> str | None:
     return None
 
 
+def scan_bandwidth(folder: Path) -> float | None:
+    """The device bandwidth (GB/s) the scan benchmark measured, from its JSON's ``meta``."""
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        doc = _read_json(path)
+        if isinstance(doc, dict) and isinstance(doc.get("meta"), dict):
+            return _num(doc["meta"].get("bandwidth_gb_s"))
+    return None
+
+
 def _scan_rows(folder: Path) -> tuple[list[dict], Path | None]:
     """The scan benchmark's rows (CSV preferred, else a JSON list or {"rows"/"points": [...]})."""
     if not folder.is_dir():
@@ -391,6 +400,9 @@ def _key_figures(tests: str | None, scan: dict, bench: dict, pretrain: dict, env
         figures["tests"] = tests
     if scan.get("found"):
         figures["scan"] = f"Triton fwd+bwd {scan['min']:.0%}-{scan['max']:.0%} of the ceiling"
+    if scan.get("bandwidth_gb_s"):
+        bw = f"copy bandwidth {scan['bandwidth_gb_s']:.0f} GB/s"
+        figures["scan"] = f"{figures['scan']}; {bw}" if "scan" in figures else bw
     if bench.get("found"):
         figures["bench"] = f"scan backend {'/'.join(bench['scan_backend']) or '?'}"
         long = bench.get("long")
@@ -467,6 +479,7 @@ def summarize(work: Path, out: Path, device: str, quick: bool) -> dict:
     bench_doc = _read_json(work / "bench" / "bench.json")
     pretrain_doc = _read_json(work / "pretrain.json")
     scan, bench = scan_figures(scan_rows), bench_figures(bench_doc)
+    scan["bandwidth_gb_s"] = scan_bandwidth(work / "scan")
     pretrain = pretrain_figures(pretrain_doc)
     tests = tests_result(work / "tests.log")
     doc = {

@@ -22,13 +22,14 @@ import time
 
 import torch
 
+from ssamba.bench.spec import FREQ_PATCHES
+from ssamba.constants import NUM_MEL_BINS, PATCH
 from ssamba.models import create_model
-
-PATCH_ROWS = 8  # 128 mel bins / 16: tokens = 8 * (frames / 16) (+ class tokens)
 
 
 def frames_for(tokens: int) -> int:
-    return max(16, tokens // PATCH_ROWS * 16)
+    """Frames giving ``tokens`` patches: FREQ_PATCHES (8) per time column (+ class tokens)."""
+    return max(PATCH, tokens // FREQ_PATCHES * PATCH)
 
 
 def plain_encoder(enc, tokens):
@@ -112,7 +113,7 @@ def main():
 
     def bench(kind, scope, variants, batch, tokens, repeats):
         frames = frames_for(tokens)
-        fbank = torch.randn(batch, frames, 128)
+        fbank = torch.randn(batch, frames, NUM_MEL_BINS)
         make = inference_fn if kind == "inference" else train_fn
         fns = {name: make(m, enc, fbank) for name, (m, enc) in variants.items()}
         res = time_interleaved(fns, repeats)

@@ -20,7 +20,8 @@ import time
 import numpy as np
 import torch
 
-from ssamba.audio import SAMPLE_RATE, fbank
+from ssamba.audio import fbank
+from ssamba.constants import SAMPLE_RATE
 
 
 def make_clips(n: int, seconds: float, seed: int) -> np.ndarray:

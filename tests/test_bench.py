@@ -8,24 +8,37 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 
-from ssamba import bench
 from ssamba.bench import (
     CSV_FIELDS,
     break_even,
     fit_exponent,
     frames_for_tokens,
+    is_oom,
     load_points,
-    main,
+    markdown_report,
     parse_model,
     run_bench,
     summarize,
 )
+from ssamba.cli import bench as bench_cli
+from ssamba.cli import main as cli_main
 from ssamba.models.config import patch_grid
+
+
+def main(argv):
+    """``ssamba bench ARGV``: the exit status."""
+    return cli_main(["bench", *argv])
+
 
 # --------------------------------------------------------------------------------------------------
 # Names and sizes
@@ -92,6 +105,7 @@ def test_sweep_writes_csv_json_png(sweep, capsys):
     out, argv = sweep
     assert main(argv) == 0
     printed = capsys.readouterr().out
+    assert "device cpu; mode inference; scan backend: ssamba_tiny `" in printed
     assert "| tokens | frames | ssamba_tiny time | ssast_tiny time |" in printed
     assert "**ssamba_tiny vs ssast_tiny** (batch 1)" in printed
     assert "Break-even (time)" in printed
@@ -120,10 +134,11 @@ def test_sweep_writes_csv_json_png(sweep, capsys):
 
     doc = json.loads((out / "bench.json").read_text())
     assert {"command", "argv", "machine", "settings", "points", "summary"} <= set(doc)
-    assert doc["command"].endswith(" -m ssamba.bench " + " ".join(argv))
+    assert doc["command"]
     assert "--tokens 64,128 --batch 1" in doc["equivalent_command"]
     assert "--depth 2" in doc["equivalent_command"]
     assert {"cpu", "cores_available", "torch", "mem_total_gib"} <= set(doc["machine"])
+    assert "reference" in doc["machine"]["scan_backends_available"]
     assert doc["settings"]["models"] == ["ssamba_tiny", "ssast_tiny"]
     assert len(doc["points"][0]["times"]) == 1
     summary = doc["summary"]
@@ -142,6 +157,10 @@ def test_from_results_rerenders(sweep, tmp_path, capsys):
         pytest.skip("the sweep test did not run")
     assert main(["--from", str(out), "--out", str(tmp_path), "--no-plot"]) == 0
     assert "ssamba_tiny vs ssast_tiny" in capsys.readouterr().out
+    # Existing results are replaced only with --overwrite, also in place (read before written).
+    assert main(["--from", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main(["--from", str(tmp_path), "-o", str(tmp_path), "--overwrite", "--no-plot"]) == 0
     again = json.loads((tmp_path / "bench.json").read_text())
     assert again["points"] == json.loads((out / "bench.json").read_text())["points"]
     from_csv = load_points(out / "bench.csv")
@@ -270,7 +289,7 @@ def test_summarize_known_power_laws():
     last = comp["ssast_tiny_explicit"]["rows"][-1]
     assert last["tokens"] == 8192 and last["baseline_status"] == "oom" and "speedup" not in last
 
-    report = bench.markdown_report(points, s)
+    report = markdown_report(points, s)
     assert "| 8192 | ssast_tiny_explicit OOM | | | |" in report
     assert "~1000 tokens" in report and "tokens^1.00" in report
 
@@ -306,15 +325,158 @@ def test_break_even_and_fit_edge_cases():
 # Command line
 
 
-def test_add_bench_parser_and_errors(capsys):
+def test_register_and_errors(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="ssamba")
-    bench.add_bench_parser(parser.add_subparsers())
-    args = parser.parse_args(["bench", "--out", "x", "--tokens", "128,256", "--mode", "train"])
-    assert args.func is bench.run_bench_command and args.mode == "train"
+    bench_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["bench", "-o", "x", "--tokens", "128,256", "--mode", "train"])
+    assert args.func is bench_cli.run and args.mode == "train" and args.out == "x"
     assert args.tokens == "128,256" and args.max_memory_gb is None
+    args = parser.parse_args(["bench", "--device", "cuda", "--scan", "triton"])
+    assert (args.device, args.scan) == ("cuda", "triton")
     assert main(["--tokens", "64"]) == 2
     assert "--out DIR is required" in capsys.readouterr().err
     assert main(["--out", "x", "--tokens", "100"]) == 2
     assert "multiple of 8" in capsys.readouterr().err
     assert main(["--out", "x", "--models", "vit_tiny"]) == 2
     assert "unknown model" in capsys.readouterr().err
+    (tmp_path / "bench.csv").write_text("model\n")
+    assert main(["-o", str(tmp_path), "--tokens", "64", "--depth", "2"]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "bench.csv").read_text() == "model\n"  # refused: left as it was
+    with pytest.raises(SystemExit):
+        main(["-o", "x", "--repeats", "0"])
+    assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_help_loads_no_torch():
+    code = (
+        "import argparse, contextlib, io, sys\n"
+        "from ssamba.cli import bench\n"
+        "p = argparse.ArgumentParser(prog='ssamba')\n"
+        "bench.register(p.add_subparsers())\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+        "    p.parse_args(['bench', '--help'])\n"
+        "assert '(default: 4)' in out.getvalue()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cuda_out_of_memory_is_oom():
+    assert is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 12 GiB"))
+    assert is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory"))
+    assert not is_oom(RuntimeError("could not create a primitive"))
+    assert is_oom(RuntimeError("could not create a primitive"), capped=True)
+    assert not is_oom(ValueError("bad shape"))
+
+
+def test_markdown_header_names_the_scan_backend():
+    points = [
+        {"model": "ssamba_tiny", "arch": "ssamba", "batch": 1, "tokens": 64, "status": "ok",
+         "time_s": 0.1, "peak_mib": 10.0, "increment_mib": 1.0, "device": "cuda",
+         "mode": "inference", "scan_backend": "triton", "memory_kind": "cuda_allocated"},
+    ]  # fmt: skip
+    report = markdown_report(points)
+    assert report.startswith("device cuda; mode inference; scan backend: ssamba_tiny `triton`")
+    assert "peak CUDA allocated" in report
+
+
+# --------------------------------------------------------------------------------------------------
+# benchmarks/gpu_check.sh and its summary (the GPU run itself needs a GPU; its plumbing does not)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _gpu_summary():
+    spec = importlib.util.spec_from_file_location("gpu_summary", REPO / "benchmarks/gpu_summary.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _gpu_work(tmp_path: Path) -> Path:
+    """Stage outputs as gpu_check.sh leaves them, with figures that meet every target."""
+    work = tmp_path / "work"
+    (work / "scan").mkdir(parents=True)
+    (work / "status.tsv").write_text(
+        "env\tok\t5\t0\t\ntests\tok\t40\t0\t\nscan\tok\t90\t0\t\nbench\tok\t120\t0\t\n"
+        "pretrain\ttimeout (90s)\t90\t124\t\n"
+    )
+    (work / "env.json").write_text(json.dumps({"gpu": "NVIDIA H200", "torch": "2.11.0"}))
+    (work / "tests.log").write_text("....\n12 passed, 2 skipped in 3.10s\n")
+    (work / "scan" / "scan.csv").write_text(
+        "backend,pass,L,D,gupdates_s,ceiling_fraction\n"
+        "triton,fwd,4096,768,300,0.7\n"
+        "triton,fwd+bwd,512,768,100,0.2\n"
+        "triton,fwd+bwd,2048,768,200,0.45\n"
+        "triton,fwd+bwd,16384,768,250,0.6\n"
+        "torch,fwd+bwd,2048,768,20,0.05\n"
+    )
+    lengths = [4096, 8192, 22528]
+    points = _synthetic(lengths, "ssamba_tiny", "ssamba", lambda t: 1e-3 * t, lambda t: 1.0)
+    points += _synthetic(lengths, "ssast_tiny", "ssast", lambda t: 1e-6 * t**2, lambda t: 2.0)
+    points += _synthetic(
+        lengths, "ssast_tiny_explicit", "ssast", lambda t: 1e-5 * t**2, lambda t: 1e4
+    )
+    for p in points:
+        p["scan_backend"] = "triton" if p["arch"] == "ssamba" else ""
+    from ssamba.bench import write_results
+
+    write_results(points, work / "bench", {"command": "test"})
+    (work / "bench" / "bench.png").write_bytes(b"png")
+    (work / "pretrain.json").write_text(
+        json.dumps(
+            {
+                "points": [
+                    {"model": "ssamba_tiny", "frames": 1024, "precision": "bf16",
+                     "clips_per_s": 300.0, "status": "ok", "times": [0.2]},
+                    {"model": "ssast_tiny", "frames": 1024, "precision": "bf16",
+                     "clips_per_s": 500.0, "status": "ok", "times": [0.1]},
+                ],
+                "ratios": [{"model": "ssamba_tiny", "baseline": "ssast_tiny", "frames": 1024,
+                            "precision": "bf16", "clips_per_s_ratio": 0.6}],
+            }
+        )
+    )  # fmt: skip
+    return work
+
+
+def test_gpu_summary_reads_the_targets(tmp_path):
+    gs = _gpu_summary()
+    out = tmp_path / "out"
+    doc = gs.summarize(_gpu_work(tmp_path), out, "cuda", quick=False)
+    assert doc["scan"]["found"] and doc["scan"]["min"] == pytest.approx(0.45)
+    assert doc["scan"]["rows"] == 2 and doc["scan"]["met"]
+    long = doc["bench"]["long"]
+    assert long["tokens"] == 22528 and long["time_met"] and long["memory_met"]
+    assert doc["bench"]["sdpa_from_4k_met"] and doc["bench"]["scan_backend"] == ["triton"]
+    assert doc["pretrain"]["ratio"] == pytest.approx(0.6) and doc["pretrain"]["met"]
+    assert [met for _, _, met in doc["targets"]] == ["yes"] * 5
+    assert doc["tests"] == "12 passed, 2 skipped in 3.10s"
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8 and all(p.is_file() for p in out.iterdir())
+    assert files == sorted(gs.OUT_FILES)
+    text = (out / "summary.md").read_text()
+    assert "GPU: NVIDIA H200; torch 2.11.0" in text and "| pretrain | timeout (90s) |" in text
+    assert "scan backend: ssamba_tiny `triton`" in text  # the bench report, with its header
+
+
+def test_gpu_summary_without_results(tmp_path):
+    gs = _gpu_summary()
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "status.tsv").write_text("scan\tmissing: benchmarks/bench_scan_gpu.py\t0\t\t\n")
+    doc = gs.summarize(work, tmp_path / "out", "cuda", quick=False)
+    assert [met for _, _, met in doc["targets"]] == ["n/a"] * 4
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "log.txt",
+        "summary.json",
+        "summary.md",
+    ]
+    assert gs.scan_figures([{"impl": "triton", "direction": "bwd", "seqlen": "4096",
+                             "pct_of_ceiling": "55"}])["min"] == pytest.approx(0.55)  # fmt: skip
+
+
+def test_gpu_check_script_parses():
+    for script in ("gpu_check.sh", "gpu_wheels.sh"):
+        subprocess.run(["bash", "-n", str(REPO / "benchmarks" / script)], check=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
+import io
 import platform
 import sys
 import time
@@ -30,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from ssamba.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from ssamba.ops import scan_backends  # noqa: E402
 from ssamba.ops.scan import selective_scan  # noqa: E402
 
@@ -114,6 +115,17 @@ def run_one(backend, backward, shape, dtype, device, repeats):
     return time_call(fn, device, repeats)
 
 
+def save(out: Path, rows: list[dict], meta: dict) -> None:
+    """Write scan_gpu.csv and scan_gpu.json (each replaced whole)."""
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out / "scan_gpu.csv", buf.getvalue())
+    atomic_write_json(out / "scan_gpu.json", dict(meta=meta, rows=rows))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
@@ -139,6 +151,10 @@ def main(argv=None):
     print(f"device {device}: copy bandwidth {bandwidth / 1e9:.1f} GB/s; backends: "
           + ", ".join(f"{n}={'yes' if e['available'] else 'no'}"
                       for n, e in info["backends"].items()))  # fmt: skip
+    meta = dict(device=str(device), device_name=(torch.cuda.get_device_name(device)
+                if device.type == "cuda" else platform.processor() or platform.machine()),
+                torch=torch.__version__, bandwidth_gb_s=round(bandwidth / 1e9, 2),
+                backends=info)  # fmt: skip
     rows = []
     for batch in a.batch:
         for chans in a.channels:
@@ -184,16 +200,9 @@ def main(argv=None):
                                 torch.cuda.empty_cache()
                         rows.append(row)
                         print(" | ".join(str(row.get(k, "")) for k in FIELDS), flush=True)
-    a.out.mkdir(parents=True, exist_ok=True)
-    with open(a.out / "scan_gpu.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    meta = dict(device=str(device), device_name=(torch.cuda.get_device_name(device)
-                if device.type == "cuda" else platform.processor() or platform.machine()),
-                torch=torch.__version__, bandwidth_gb_s=round(bandwidth / 1e9, 2),
-                backends=info, seconds=round(time.perf_counter() - start, 1))  # fmt: skip
-    (a.out / "scan_gpu.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
+                        # after every row: a run killed by its time limit keeps what it measured
+                        meta["seconds"] = round(time.perf_counter() - start, 1)
+                        save(a.out, rows, meta)
     print(f"wrote {a.out / 'scan_gpu.csv'} and {a.out / 'scan_gpu.json'}")
     return 0
 

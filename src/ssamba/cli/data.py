@@ -28,6 +28,7 @@ from ssamba.cli.common import (
 )
 from ssamba.constants import SAMPLE_RATE
 from ssamba.errors import AudioError, UsageError
+from ssamba.fileio import atomic_write_json
 from ssamba.recipes import list_recipes
 
 MANIFEST_HELP = "SSAST JSON, CSV, list of paths, or a folder of audio"
@@ -60,12 +61,6 @@ def _refuse_existing(path: str | None, overwrite: bool, what: str) -> None:
     the file itself is replaced atomically at the end (so a failed run keeps the old one)."""
     if path and not overwrite:
         prepare_output(path, False, what)
-
-
-def _write_json(path: str, data: dict) -> Path:
-    from ssamba.fileio import atomic_write_json
-
-    return atomic_write_json(path, data)
 
 
 # ---------------------------------------------------------------------------- ssamba stats
@@ -126,7 +121,7 @@ def run_stats(args: argparse.Namespace) -> int:
             "target_length": args.target_length,
             "manifest": str(Path(args.manifest).resolve()),
         }
-        print(f"wrote {_write_json(args.out, saved)}")
+        print(f"wrote {atomic_write_json(args.out, saved)}")
     return 0
 
 
@@ -175,7 +170,7 @@ def run_check_data(args: argparse.Namespace) -> int:
     )
     print(report.summary())
     if args.out:
-        _write_json(args.out, report.to_dict())
+        atomic_write_json(args.out, report.to_dict())
     return 0 if report.ok else 1
 
 

@@ -56,6 +56,34 @@ def test_help_does_not_load_the_data_code():
     assert res.stdout.strip().endswith("False")
 
 
+DATA_COMMANDS = ("stats", "check-data", "prepare", "data", "demo")
+
+
+def test_data_commands_help_loads_no_torch():
+    """`ssamba COMMAND --help` of the data commands shows defaults and never imports torch."""
+    # only these commands' modules: the other families' are checked by their own tests
+    code = (
+        "import argparse, sys\nfrom ssamba.cli import data, demo\n"
+        "p = argparse.ArgumentParser(prog='ssamba')\nsub = p.add_subparsers()\n"
+        "data.register(sub)\ndemo.register(sub)\n"
+        f"for cmd in {DATA_COMMANDS!r}:\n"
+        "    try:\n        p.parse_args([cmd, '--help'])\n    except SystemExit:\n        pass\n"
+        "print('torch' in sys.modules)"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(SRC), "COLUMNS": "200"},
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("False")
+    for cmd in DATA_COMMANDS:
+        assert f"usage: ssamba {cmd}" in res.stdout
+    assert "(default: 16000)" in res.stdout and "(default: demo_out)" in res.stdout
+
+
 def test_check_data_bad_files_exit_1(
     tone_folder, write_corrupt, write_empty_wav, write_nonfinite_wav, capsys, tmp_path
 ):
@@ -65,7 +93,7 @@ def test_check_data_bad_files_exit_1(
         write_nonfinite_wav(tone_folder / "high" / "nan.wav"),
     ]
     report_path = tmp_path / "out" / "report.json"
-    code = main(["check-data", str(tone_folder), "--no-progress", "--json", str(report_path)])
+    code = main(["check-data", str(tone_folder), "--no-progress", "-o", str(report_path)])
     assert code == 1
     out = capsys.readouterr().out
     problem_lines = [line for line in out.splitlines() if line.startswith("  ")]
@@ -76,6 +104,13 @@ def test_check_data_bad_files_exit_1(
     report = json.loads(report_path.read_text())
     assert report["num_problems"] == 3 and report["num_files"] == 12
     assert {d["path"] for d in report["problems"]} == {str(p) for p in bad}
+    # an existing report is replaced only with --overwrite (--json: the old spelling of -o)
+    capsys.readouterr()
+    again = ["check-data", str(tone_folder), "--no-progress", "--json", str(report_path)]
+    assert main(again) == 2
+    assert "report.json: report exists; pass --overwrite" in capsys.readouterr().err
+    assert main([*again, "--overwrite"]) == 1
+    assert json.loads(report_path.read_text())["num_problems"] == 3
 
 
 def test_check_data_clean_exit_0(tone_folder, capsys):
@@ -160,6 +195,10 @@ def test_stats_bad_file_policy(tone_folder, write_corrupt, capsys, tmp_path):
     assert main(args) == 0
     assert "1 skipped" in capsys.readouterr().out
     assert json.loads(out_path.read_text())["files"] == 9
+    # refused before any decoding when the file exists, replaced with --overwrite
+    assert main(args) == 2
+    assert "s.json: stats file exists; pass --overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite", "--workers", "1"]) == 0
 
 
 def test_every_command_module_registers_its_commands():

@@ -18,17 +18,16 @@ from ssamba.data import (
     Manifest,
     ManifestError,
     ManifestWarning,
-    _beta,
-    _uniform,
     check_data,
     compute_stats,
     item_generator,
     make_loader,
     make_sampler,
-    read_class_labels,
+    read_class_list,
     read_manifest,
     set_epoch,
 )
+from ssamba.data.dataset import _beta, _uniform
 
 # --------------------------------------------------------------------------------------------------
 # Manifests
@@ -162,7 +161,7 @@ def test_ssast_json_with_class_csv(tmp_path, make_wav):
     assert m.targets(0).tolist() == [1.0, 0.0, 1.0]
     assert m.targets(1).tolist() == [0.0, 1.0, 0.0]
 
-    mids, names = read_class_labels(tmp_path / "ds" / "class_labels_indices.csv")
+    mids, names = read_class_list(tmp_path / "ds" / "class_labels_indices.csv")
     assert mids == m.classes and names["/m/09x0r"] == "Speech"
     # the csv passed explicitly (e.g. a test JSON elsewhere)
     other = _write_ssast(tmp_path / "other", [{"wav": "z.wav", "labels": "/m/02zsn"}], False)
@@ -198,6 +197,39 @@ def test_ssast_json_errors(tmp_path):
 
     with pytest.raises(ManifestError, match="manifest not found"):
         read_manifest(tmp_path / "missing.json")
+
+
+def test_read_class_list_reads_every_class_list_format(tmp_path):
+    """One reader for class_labels_indices.csv, classes.json and a training manifest."""
+    _write_ssast(tmp_path / "ds", [{"wav": "a.wav", "labels": "/m/02zsn"}])
+    csv_path = tmp_path / "ds" / "class_labels_indices.csv"
+    names, display = read_class_list(csv_path)
+    assert names == ["/m/09x0r", "/m/05zppz", "/m/02zsn"] and display["/m/09x0r"] == "Speech"
+    # an SSAST JSON manifest: the csv next to it gives the classes
+    with pytest.warns(ManifestWarning):
+        assert read_class_list(tmp_path / "ds" / "train_data.json") == (names, display)
+
+    (tmp_path / "classes.json").write_text('["dog", "cat"]')
+    assert read_class_list(tmp_path / "classes.json") == (["dog", "cat"], {})
+    (tmp_path / "wrapped.json").write_text('{"classes": ["b", "a"]}')
+    assert read_class_list(tmp_path / "wrapped.json") == (["b", "a"], {})
+    (tmp_path / "train.csv").write_text("path,label\na.wav,dog\nb.wav,cat\n")
+    assert read_class_list(tmp_path / "train.csv") == (["cat", "dog"], {})
+    # a manifest's `classes` may be any of them
+    m = read_manifest(tmp_path / "train.csv", classes=tmp_path / "classes.json")
+    assert m.classes == ["dog", "cat"]
+
+    (tmp_path / "dup.json").write_text('["a", "a"]')
+    (tmp_path / "bad.csv").write_text("name,id\nx,1\n")
+    (tmp_path / "unlabeled.txt").write_text("a.wav\n")
+    for name, match in [
+        ("missing.csv", r"missing\.csv: class list not found"),
+        ("dup.json", r"dup\.json: duplicate class 'a'"),
+        ("bad.csv", r"bad\.csv: line 1: missing column\(s\) index, mid"),
+        ("unlabeled.txt", r"unlabeled\.txt: no labels, so no class list"),
+    ]:
+        with pytest.raises(ManifestError, match=match):
+            read_class_list(tmp_path / name)
 
 
 def test_path_list(tmp_path):

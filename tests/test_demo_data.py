@@ -245,10 +245,10 @@ def test_pretrain_mix_uses_training_sources_only(tmp_path):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ssamba.demo.cli import add_data_parser
+    from ssamba.cli.data import register
 
     p = argparse.ArgumentParser(prog="ssamba")
-    add_data_parser(p.add_subparsers())
+    register(p.add_subparsers())
     return p
 
 
@@ -266,14 +266,23 @@ def test_cli_sources_and_build(tmp_path, capsys):
     assert len(read_manifest(tmp_path / "train.csv")) > 0
 
 
-def test_cli_missing_source_is_a_command_error(monkeypatch, tmp_path):
-    from ssamba.cli import CommandError
+def test_cli_missing_source_is_an_error_line(monkeypatch, tmp_path, capsys):
+    from ssamba.cli import main
 
     monkeypatch.setattr(S, "find_soundfonts", lambda require=True: (_ for _ in ()).throw(
         S.MissingSourceError("soundfont TimGM6mb.sf2", "timgm6mb-soundfont")))  # fmt: skip
-    args = _parser().parse_args(["data", "instruments", "--out", str(tmp_path)])
-    with pytest.raises(CommandError, match="timgm6mb-soundfont"):
-        args.func(args)
+    assert main(["data", "instruments", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "timgm6mb-soundfont" in err
+
+
+def test_cli_data_refuses_a_folder_that_is_not_a_build(tmp_path, capsys):
+    from ssamba.cli import main
+
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["data", "speakers", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").is_file()
 
 
 def test_demo_margins_and_verdicts():

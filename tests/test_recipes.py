@@ -9,17 +9,17 @@ import warnings
 
 import pytest
 
+from ssamba.cli import main
+from ssamba.cli.data import register, run_prepare
 from ssamba.data import ManifestWarning, read_manifest
+from ssamba.errors import PrepareError, RecipeError, UsageError
 from ssamba.recipes import (
     FINETUNE_FIELDS,
-    RecipeError,
-    add_prepare_parser,
     list_recipes,
     load_recipe,
-    run_prepare,
     validate_recipe,
 )
-from ssamba.recipes.prepare import PrepareError, PrepareWarning, prepare
+from ssamba.recipes.prepare import PrepareWarning, prepare
 
 TASKS = [
     "audioset20k",
@@ -99,7 +99,7 @@ def _esc50(root, make_wav, per_fold=2):
 
 def _run_cli(argv):
     parser = argparse.ArgumentParser(prog="ssamba")
-    add_prepare_parser(parser.add_subparsers())
+    register(parser.add_subparsers())
     args = parser.parse_args(argv)
     assert args.func is run_prepare
     return args.func(args)
@@ -122,6 +122,12 @@ def test_prepare_esc50_folds(tmp_path, make_wav, capsys):
     assert len(read_manifest(out / "all.csv", split="fold3")) == 2
     report = json.loads((out / "prepare.json").read_text())
     assert report["counts"]["fold2_eval"] == 2 and report["source"] == str(src)
+    # existing output is refused unless --overwrite (which replaces it whole)
+    (out / "stale.csv").write_text("path,label\n")
+    with pytest.raises(UsageError, match="pass --overwrite"):
+        _run_cli(["prepare", "esc50", str(src), "-o", str(out)])
+    assert _run_cli(["prepare", "esc50", str(src), "-o", str(out), "--overwrite"]) == 0
+    assert (out / "prepare.json").is_file() and not (out / "stale.csv").exists()
 
 
 def test_prepare_reports_missing_files_and_json_relative(tmp_path, make_wav):
@@ -296,18 +302,18 @@ def test_wrong_layout_names_the_missing_file(tmp_path, task, needle):
         prepare(task, tmp_path / "empty", tmp_path / "o")
 
 
-def test_missing_pieces_and_cli_errors(tmp_path, make_wav):
-    from ssamba.cli import CommandError
-
+def test_missing_pieces_and_cli_errors(tmp_path, make_wav, capsys):
     src = _esc50(tmp_path / "esc", make_wav, per_fold=1)
     (src / "meta" / "esc50.csv").write_text("filename,fold,category\nx.wav,1,dog\n")
     with pytest.raises(PrepareError, match="missing column\\(s\\) target"):
         prepare("esc50", src, tmp_path / "o")
     sc = _speechcommands(tmp_path / "sc", make_wav, ["yes", "learn"], per_word=2)
     (sc / "testing_list.txt").unlink()
-    with pytest.raises(CommandError, match="testing_list.txt not found"):
-        _run_cli(["prepare", "speechcommands_v2", str(sc), "-o", str(tmp_path / "o")])
-    with pytest.raises(CommandError, match="unknown task"):
-        _run_cli(["prepare", "librispeech", str(sc), "-o", str(tmp_path / "o")])
-    with pytest.raises(CommandError, match="not a folder"):
-        _run_cli(["prepare", "esc50", str(tmp_path / "nope"), "-o", str(tmp_path / "o")])
+    for argv, needle in [
+        (["speechcommands_v2", str(sc)], "testing_list.txt not found"),
+        (["librispeech", str(sc)], "unknown task"),
+        (["esc50", str(tmp_path / "nope")], "not a folder"),
+    ]:
+        assert main(["prepare", *argv, "-o", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and needle in err and "Traceback" not in err

@@ -1,12 +1,374 @@
-"""``ssamba data``, ``stats``, ``check-data``, ``prepare`` (moving here from the library)."""
+"""``ssamba stats``, ``check-data``, ``prepare`` and ``data``: everything about data sets.
+
+- ``stats MANIFEST [-o stats.json]``: the fbank mean/std of a data set (for ``--normalize``);
+- ``check-data MANIFEST [-o report.json]``: decode every file and list the problems (exit 1);
+- ``prepare TASK SOURCE_DIR -o DIR``: a downloaded data set (official layout) -> manifests;
+- ``data BUILDER [-o DIR]``: build the demo's data sets from real audio found offline.
+
+The library does the work (:mod:`ssamba.data`, :mod:`ssamba.recipes.prepare`,
+:mod:`ssamba.demo.builders`); it is imported inside each command so that ``--help`` loads no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ssamba.cli.common import (
+    add_command,
+    add_out,
+    add_overwrite,
+    add_progress,
+    add_workers,
+    hidden_alias,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    prepare_output,
+)
+from ssamba.constants import SAMPLE_RATE
+from ssamba.errors import AudioError, UsageError
+from ssamba.fileio import atomic_write_json
+from ssamba.recipes import list_recipes
+
+MANIFEST_HELP = "SSAST JSON, CSV, list of paths, or a folder of audio"
 
 
 def register(subparsers) -> None:
-    from ssamba.cli._old import add_check_data_parser, add_stats_parser
-    from ssamba.demo.cli import add_data_parser
-    from ssamba.recipes import add_prepare_parser
+    _add_stats(subparsers)
+    _add_check_data(subparsers)
+    _add_prepare(subparsers)
+    _add_data(subparsers)
 
-    add_data_parser(subparsers)
-    add_stats_parser(subparsers)
-    add_check_data_parser(subparsers)
-    add_prepare_parser(subparsers)
+
+def _add_decoding(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that decode every file of a manifest."""
+    p.add_argument(
+        "--sample-rate", type=positive_int, default=SAMPLE_RATE, metavar="HZ", help="decode at HZ"
+    )
+    add_workers(p, what="decode")
+    add_overwrite(p)
+    add_progress(p)
+
+
+def _add_json_out(p: argparse.ArgumentParser, help: str) -> None:
+    # -o/--out as every command spells its output, here a JSON file rather than a folder
+    p.add_argument("-o", "--out", metavar="JSON", help=help)
+
+
+def _refuse_existing(path: str | None, overwrite: bool, what: str) -> None:
+    """Stop before the work when it would end by replacing ``path`` without ``--overwrite``;
+    the file itself is replaced atomically at the end (so a failed run keeps the old one)."""
+    if path and not overwrite:
+        prepare_output(path, False, what)
+
+
+# ---------------------------------------------------------------------------- ssamba stats
+def _add_stats(subparsers) -> None:
+    p = add_command(
+        subparsers,
+        "stats",
+        help="compute the fbank mean/std of a dataset (for --normalize)",
+        description=(
+            "Compute the mean and standard deviation of the unnormalised log-mel fbank over all "
+            "values of a dataset (exact, streaming). The JSON it writes can be passed wherever "
+            "a normalisation is expected (e.g. --normalize stats.json)."
+        ),
+    )
+    p.add_argument("manifest", help=MANIFEST_HELP)
+    _add_json_out(p, "write the stats to this JSON file (default: print them only)")
+    p.add_argument(
+        "--target-length",
+        type=positive_int,
+        metavar="N",
+        help="pad/cut every fbank to N frames first, as training does (default: no padding)",
+    )
+    p.add_argument(
+        "--on-bad-file",
+        choices=("error", "skip"),
+        default="error",
+        help="stop at an unreadable file, or leave it out and count it",
+    )
+    _add_decoding(p)
+    p.set_defaults(func=run_stats)
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from ssamba.data import compute_stats, read_manifest
+
+    _refuse_existing(args.out, args.overwrite, "stats file")
+    manifest = read_manifest(args.manifest, ignore_labels=True)
+    try:
+        stats = compute_stats(
+            manifest,
+            target_length=args.target_length,
+            progress=not args.no_progress,
+            on_bad_file=args.on_bad_file,
+            sample_rate=args.sample_rate,
+            num_workers=args.workers,
+        )
+    except AudioError as e:
+        raise UsageError(
+            f"{e} (`ssamba check-data` lists every bad file; --on-bad-file skip leaves them out)"
+        ) from None
+    print(f"mean: {stats['mean']:.7f}")
+    print(f"std:  {stats['std']:.7f}")
+    skipped = f", {stats['skipped']} skipped" if stats["skipped"] else ""
+    print(f"({stats['files']} files, {stats['frames']} frames{skipped})")
+    if args.out:
+        keys = ("mean", "std", "files", "frames", "skipped")
+        saved = {k: stats[k] for k in keys} | {
+            "target_length": args.target_length,
+            "manifest": str(Path(args.manifest).resolve()),
+        }
+        print(f"wrote {atomic_write_json(args.out, saved)}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- ssamba check-data
+def _add_check_data(subparsers) -> None:
+    p = add_command(
+        subparsers,
+        "check-data",
+        help="decode every file of a manifest and report problems",
+        description=(
+            "Check every entry of a manifest: the file exists and decodes, is not empty, has no "
+            "NaN/inf, is long enough, and its labels are known. Files that will be resampled are "
+            "listed (not a problem). Exits 1 when problems are found, 0 otherwise."
+        ),
+    )
+    p.add_argument("manifest", help=MANIFEST_HELP)
+    _add_json_out(p, "also write the report to this JSON file (default: print it only)")
+    hidden_alias(p, "--json", dest="out")
+    p.add_argument(
+        "--min-seconds",
+        type=positive_float,
+        metavar="S",
+        help="files shorter than S seconds are problems (default: shorter than one 25 ms frame)",
+    )
+    p.add_argument(
+        "--classes",
+        metavar="FILE",
+        help="check the labels against this class list: class_labels_indices.csv, classes.json "
+        "or a training manifest (default: the manifest's own labels)",
+    )
+    _add_decoding(p)
+    p.set_defaults(func=run_check_data)
+
+
+def run_check_data(args: argparse.Namespace) -> int:
+    from ssamba.data import check_data, read_manifest
+
+    _refuse_existing(args.out, args.overwrite, "report")
+    manifest = read_manifest(args.manifest, classes=args.classes)
+    report = check_data(
+        manifest,
+        sample_rate=args.sample_rate,
+        min_seconds=args.min_seconds,
+        progress=not args.no_progress,
+        num_workers=args.workers,
+    )
+    print(report.summary())
+    if args.out:
+        atomic_write_json(args.out, report.to_dict())
+    return 0 if report.ok else 1
+
+
+# ---------------------------------------------------------------------------- ssamba prepare
+def _add_prepare(subparsers) -> None:
+    tasks = ", ".join(list_recipes())
+    p = add_command(
+        subparsers,
+        "prepare",
+        help="turn a downloaded dataset (official layout) into manifests for a recipe",
+        description=(
+            "Read a dataset in the layout its authors distribute (extracted; nothing is "
+            "downloaded) and write manifests: one CSV (path,label) per split or fold, all.csv "
+            "with a split column, class_labels_indices.csv, and prepare.json with the counts. "
+            f"Tasks: {tasks}."
+        ),
+    )
+    p.add_argument("task", help=f"task name: {tasks}")
+    p.add_argument("source", metavar="SOURCE_DIR", help="the extracted dataset folder")
+    add_out(p)
+    p.add_argument(
+        "--format",
+        choices=("csv", "json", "both"),
+        default="csv",
+        help="CSV manifests, SSAST JSON manifests, or both",
+    )
+    p.add_argument(
+        "--relative",
+        action="store_true",
+        help="write audio paths relative to the output folder (default: absolute)",
+    )
+    p.add_argument(
+        "--rate-sample",
+        type=non_negative_int,
+        default=200,
+        metavar="N",
+        help="read the header of N files (spread over the set) to report native sample rates; "
+        "0: skip",
+    )
+    add_overwrite(p)
+    p.set_defaults(func=run_prepare)
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from ssamba.recipes.prepare import read_dataset, write_manifests
+
+    _refuse_existing(args.out, args.overwrite, "output folder")
+    data = read_dataset(args.task, args.source)  # checks the layout before anything is removed
+    prepare_output(args.out, args.overwrite, "output folder")
+    result = write_manifests(
+        data, args.out, format=args.format, relative=args.relative, rate_sample=args.rate_sample
+    )
+    print(result.summary())
+    return 0
+
+
+# ---------------------------------------------------------------------------- ssamba data
+DATA_DESCRIPTION = (
+    "Build the demo's data sets (16 kHz WAVs + CSV manifests path,label,split) from real audio "
+    "found offline: TTS voices (espeak-ng, flite, festival), General MIDI soundfonts and the "
+    "recordings of Debian game/theme packages. Deterministic from --seed; re-running with the "
+    "same arguments reuses the files already built, other arguments replace them."
+)
+
+
+def _add_data(subparsers) -> None:
+    p = add_command(
+        subparsers,
+        "data",
+        help="build the demo data sets (keywords, instruments, speakers, pretraining mix)",
+        description=DATA_DESCRIPTION,
+    )
+    sub = p.add_subparsers(title="data sets", metavar="BUILDER", dest="builder")
+    add_command(sub, "sources", help="list the audio sources found and the packages missing")
+    _add_keywords(sub)
+    _add_instruments(sub)
+    _add_speakers(sub)
+    _add_pretrain_mix(sub)
+    p.set_defaults(func=run_data, _data_parser=p)
+
+
+def _add_keywords(sub) -> None:
+    k = add_command(
+        sub,
+        "synth-keywords",
+        help="12-class keyword spotting, 1 s TTS clips in noise (test voices unseen)",
+        description="10 command words + unknown + silence spoken by TTS voices over noise. "
+        "Valid and test voices are held out of training as whole voices.",
+    )
+    k.add_argument(
+        "--per-class", type=positive_int, default=60, metavar="N", help="clips per class"
+    )
+    k.add_argument("--snr", type=float, nargs=2, default=(5.0, 25.0), metavar=("LO", "HI"),
+                   help="SNR range in dB")  # fmt: skip
+    _add_builder_common(k, "demo_out/data/keywords", tts=True)
+
+
+def _add_instruments(sub) -> None:
+    i = add_command(
+        sub,
+        "instruments",
+        help="10 GM instrument families, 2 s notes (test programs unseen)",
+        description="Notes of 10 General MIDI families from FluidR3_GM and TimGM6mb; 2 of the 8 "
+        "programs of each family are test-only and 1 valid-only.",
+    )
+    i.add_argument(
+        "--per-class", type=positive_int, default=60, metavar="N", help="clips per class"
+    )
+    i.add_argument("--seconds", type=positive_float, default=2.0, metavar="S", help="clip length")
+    _add_builder_common(i, "demo_out/data/instruments")
+
+
+def _add_speakers(sub) -> None:
+    sp = add_command(
+        sub,
+        "speakers",
+        help="15 real speakers (hedgewars voice packs), 2 s crops",
+        description="Speaker identification over the 15 hedgewars voice-actor packs; lines are "
+        "split by name so test lines are never heard in training.",
+    )
+    sp.add_argument(
+        "--max-per-speaker",
+        type=positive_int,
+        metavar="N",
+        help="cap lines per speaker (default: every line)",
+    )
+    sp.add_argument("--seconds", type=positive_float, default=2.0, metavar="S", help="clip length")
+    _add_builder_common(sp, "demo_out/data/speakers")
+
+
+def _add_pretrain_mix(sub) -> None:
+    m = add_command(
+        sub,
+        "pretrain-mix",
+        help="unlabelled pretraining corpus: TTS speech, GM notes/phrases, real recordings",
+        description="Unlabelled clips from training voices/programs only (no valid/test voice, "
+        "program or speaker line of the labelled sets) and Debian recordings. Writes "
+        "manifest.txt (one path per line).",
+    )
+    m.add_argument("--minutes", type=positive_float, default=12.0, help="total minutes of audio")
+    m.add_argument("--seconds", type=positive_float, default=2.0, metavar="S", help="clip length")
+    _add_builder_common(m, "demo_out/data/pretrain", tts=True)
+
+
+def _add_builder_common(p: argparse.ArgumentParser, default_out: str, tts: bool = False) -> None:
+    add_out(p, required=False, default=default_out)
+    # (default: 0) written out: the shared formatter leaves out falsy defaults
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    if tts:
+        add_workers(p, default=2, what="synthesize speech")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the output folder and build from scratch (a folder that is not an "
+        "earlier build is refused otherwise)",
+    )
+    add_progress(p)
+
+
+def check_cache_folder(path: str, overwrite: bool, marker: str, what: str) -> None:
+    """An output folder that a command reuses as a cache (the data builders, the demo).
+
+    An earlier build (it holds ``marker``) is reused; any other non-empty folder is refused
+    unless ``overwrite``, which also empties an earlier build (to start from scratch)."""
+    folder = Path(path)
+    if overwrite or not (folder / marker).exists():
+        prepare_output(folder, overwrite, what)
+
+
+def run_data(args: argparse.Namespace) -> int:
+    if args.builder is None:
+        args._data_parser.print_help()
+        return 2
+    if args.builder == "sources":
+        from ssamba.demo import sources
+
+        inventory = sources.inventory()
+        print(sources.format_inventory(inventory))
+        return 0 if all(v["found"] for v in inventory.values() if v["required"]) else 1
+    from ssamba.demo import builders
+
+    check_cache_folder(args.out, args.overwrite, "build.json", "folder (not a data build)")
+    common = {"seed": args.seed, "progress": not args.no_progress}
+    if args.builder == "synth-keywords":
+        result = builders.build_keywords(
+            args.out, args.per_class, snr_db=tuple(args.snr), workers=args.workers, **common
+        )
+    elif args.builder == "instruments":
+        result = builders.build_instruments(
+            args.out, args.per_class, clip_seconds=args.seconds, **common
+        )
+    elif args.builder == "speakers":
+        result = builders.build_speakers(
+            args.out, max_per_speaker=args.max_per_speaker, clip_seconds=args.seconds, **common
+        )
+    else:
+        result = builders.build_pretrain_mix(
+            args.out, args.minutes, seconds=args.seconds, workers=args.workers, **common
+        )
+    print(builders.format_summary(result))
+    return 0

@@ -1,7 +1,57 @@
-"""``ssamba demo`` (moving here from ssamba.demo.pipeline)."""
+"""``ssamba demo``: the whole pipeline end to end on built-in real audio, SSAMBA versus SSAST.
+
+The work is :func:`ssamba.demo.pipeline.run_demo` (imported when the command runs, so ``--help``
+loads no torch); this module parses the options, checks the output folder and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ssamba.cli.common import add_command, add_out, add_progress, positive_float
+from ssamba.cli.data import check_cache_folder
 
 
 def register(subparsers) -> None:
-    from ssamba.demo.pipeline import add_demo_parser
+    p = add_command(
+        subparsers,
+        "demo",
+        help="the whole pipeline end to end on built-in real audio (SSAMBA vs SSAST)",
+        description=(
+            "Build the demo data (cached), pretrain SSAMBA and SSAST of the same small size on "
+            "the same audio for the same time, then compare them (and the same architectures "
+            "from random initialisation, and a log-mel baseline) by linear probe and by short "
+            "fine-tuning on held-out voices and instruments. Writes results.md, results.json, "
+            "plots and a README to the output folder; a re-run reuses the data and pretrained "
+            "models whose settings match."
+        ),
+    )
+    add_out(p, required=False, default="demo_out", help="output folder (data cached inside)")
+    p.add_argument(
+        "--budget",
+        type=positive_float,
+        default=1.0,
+        metavar="X",
+        help="scale times and sizes (1: about 15 minutes on 2 CPU cores)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the output folder and start from scratch (a folder that is not an earlier "
+        "demo is refused otherwise)",
+    )
+    add_progress(p)
+    p.set_defaults(func=run_demo_command)
 
-    add_demo_parser(subparsers)
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    from ssamba.demo.pipeline import report_text, run_demo
+    from ssamba.training import configure_logging
+
+    # an earlier demo's folder holds data/ (built first): it is resumed, not replaced
+    check_cache_folder(args.out, args.overwrite, "data", "folder (not a demo output)")
+    configure_logging(True)
+    report = run_demo(args.out, args.budget, progress=not args.no_progress)
+    print(report_text(report))
+    print(f"\nwritten to {args.out}/ (results.md, results.json, plots, README.md)")
+    return 0

@@ -32,10 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
-from . import sources as S
+from ssamba.constants import SAMPLE_RATE
+from ssamba.demo import sources as S
+from ssamba.fileio import atomic_write_bytes, atomic_write_text
 
-SAMPLE_RATE = S.SAMPLE_RATE
 BUILD_VERSION = 1
 SPLITS = ("train", "valid", "test")
 DEFAULT_SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
@@ -77,22 +79,17 @@ def _stable_id(text: str) -> int:
 
 
 def write_wav(path: Path, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """Write 16-bit PCM atomically (a file that exists is complete)."""
-    import soundfile as sf
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write 16-bit PCM atomically: a file that exists is complete, so a build resumes by
+    rendering only the missing ones."""
     buf = io.BytesIO()
     sf.write(buf, np.clip(wave, -1.0, 1.0).astype(np.float32), sample_rate, "PCM_16", format="WAV")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _write_text_if_changed(path: Path, text: str) -> None:
-    if not path.exists() or path.read_text() != text:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    # unchanged files keep their modification time (a re-run with the same arguments is a no-op)
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        atomic_write_text(path, text)
 
 
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -450,62 +447,14 @@ def build_keywords(
     }
     _prepare_out(out, spec)
     n = round(clip_seconds * SAMPLE_RATE)
-    clips: list[Clip] = []
-    for ci, label in enumerate(KEYWORD_CLASSES):
-        counts = _split_counts(per_class, split_fractions)
-        i = 0
-        for split, count in zip(SPLITS, counts, strict=True):
-            for _ in range(count):
-                rng = _rng(seed, 1, ci, i)
-                p: dict = {"noise": NOISE_KINDS[int(rng.integers(len(NOISE_KINDS)))]}
-                if not ambience and p["noise"] == "recorded":
-                    p["noise"] = "pink"
-                if label != "silence":
-                    word = label if label in KEYWORDS else str(rng.choice(UNKNOWN_WORDS))
-                    voice = _pick_voice(pools[split], rng)
-                    req = S.TTSRequest(
-                        voice,
-                        word,
-                        rate=round(float(rng.uniform(0.8, 1.3)), 3),
-                        pitch=round(float(rng.uniform(0.75, 1.35)), 3),
-                    )
-                    p.update(
-                        voice=voice.key,
-                        speaker=voice.speaker,
-                        word=word,
-                        _request=req,
-                        speed=float(rng.uniform(0.94, 1.06)),
-                        level_db=float(rng.uniform(-20, -3)),
-                        snr_db=float(rng.uniform(*snr_db)),
-                    )
-                else:
-                    p.update(level_db=float(rng.uniform(-50, -20)))
-                p["_seed"] = (seed, 2, ci, i)
-                clips.append(Clip(f"wav/{split}/{label}/{label}_{i:04d}.wav", label, split, p))
-                i += 1
-
+    clips = _plan_keywords(seed, per_class, split_fractions, pools, bool(ambience), snr_db)
     raw: dict = {}
 
     def prepare(todo: Sequence[Clip]) -> None:
         raw.update(_synthesize_all(_tts_requests(todo), workers, progress, "keywords: TTS"))
 
     def render(c: Clip) -> np.ndarray:
-        p = c.params
-        rng = _rng(*p["_seed"])
-        noise = make_noise(p["noise"], n, rng, ambience)
-        if c.label == "silence":
-            return noise * _db(p["level_db"])
-        wave, sr = raw[p["_request"]]
-        speech = _trim(_tts_to_16k(wave, sr, p["speed"]))
-        if len(speech) == 0:
-            speech = np.zeros(1, np.float32)
-        speech = _fade(speech[:n])
-        speech = speech / (np.abs(speech).max() + 1e-9) * _db(p["level_db"])
-        level = _rms(speech)
-        placed, p["offset"] = _fit(speech, n, rng)
-        mix = placed + noise * level / _db(p["snr_db"])
-        peak = np.abs(mix).max()
-        return mix / peak * 0.99 if peak > 0.99 else mix
+        return _render_keyword(c, n, raw, ambience)
 
     rendered, reused = _render_missing(out, clips, render, "keywords: clips", progress, prepare)
     paths = _write_manifests(out, clips, ("word", "voice", "speaker", "snr_db", "noise"))
@@ -525,6 +474,81 @@ def build_keywords(
             "sources": _tts_sources(by_split) + [f"{len(ambience)} ambience recordings"],
         },
     )
+
+
+def _plan_keywords(
+    seed: int,
+    per_class: int,
+    split_fractions: Sequence[float],
+    pools: dict[str, dict[str, list[S.Voice]]],
+    has_ambience: bool,
+    snr_db: tuple[float, float],
+) -> list[Clip]:
+    """Every keyword clip with how to make it: word, voice, speed, level, noise, SNR."""
+    clips: list[Clip] = []
+    for ci, label in enumerate(KEYWORD_CLASSES):
+        counts = _split_counts(per_class, split_fractions)
+        i = 0
+        for split, count in zip(SPLITS, counts, strict=True):
+            for _ in range(count):
+                rng = _rng(seed, 1, ci, i)
+                p: dict = {"noise": NOISE_KINDS[int(rng.integers(len(NOISE_KINDS)))]}
+                if not has_ambience and p["noise"] == "recorded":
+                    p["noise"] = "pink"
+                if label != "silence":
+                    p.update(_keyword_speech(label, pools[split], rng, snr_db))
+                else:
+                    p.update(level_db=float(rng.uniform(-50, -20)))
+                p["_seed"] = (seed, 2, ci, i)
+                clips.append(Clip(f"wav/{split}/{label}/{label}_{i:04d}.wav", label, split, p))
+                i += 1
+    return clips
+
+
+def _keyword_speech(
+    label: str,
+    pools: dict[str, list[S.Voice]],
+    rng: np.random.Generator,
+    snr_db: tuple[float, float],
+) -> dict:
+    """The spoken part of a keyword clip: the word, its TTS request, speed, level and SNR."""
+    word = label if label in KEYWORDS else str(rng.choice(UNKNOWN_WORDS))
+    voice = _pick_voice(pools, rng)
+    req = S.TTSRequest(
+        voice,
+        word,
+        rate=round(float(rng.uniform(0.8, 1.3)), 3),
+        pitch=round(float(rng.uniform(0.75, 1.35)), 3),
+    )
+    return {
+        "voice": voice.key,
+        "speaker": voice.speaker,
+        "word": word,
+        "_request": req,
+        "speed": float(rng.uniform(0.94, 1.06)),
+        "level_db": float(rng.uniform(-20, -3)),
+        "snr_db": float(rng.uniform(*snr_db)),
+    }
+
+
+def _render_keyword(c: Clip, n: int, raw: dict, ambience: Sequence[Path]) -> np.ndarray:
+    """The word (synthesized in ``raw``) at a random offset over noise, or noise alone."""
+    p = c.params
+    rng = _rng(*p["_seed"])
+    noise = make_noise(p["noise"], n, rng, ambience)
+    if c.label == "silence":
+        return noise * _db(p["level_db"])
+    wave, sr = raw[p["_request"]]
+    speech = _trim(_tts_to_16k(wave, sr, p["speed"]))
+    if len(speech) == 0:
+        speech = np.zeros(1, np.float32)
+    speech = _fade(speech[:n])
+    speech = speech / (np.abs(speech).max() + 1e-9) * _db(p["level_db"])
+    level = _rms(speech)
+    placed, p["offset"] = _fit(speech, n, rng)
+    mix = placed + noise * level / _db(p["snr_db"])
+    peak = np.abs(mix).max()
+    return mix / peak * 0.99 if peak > 0.99 else mix
 
 
 # --------------------------------------------------------------------------------------------------
@@ -575,6 +599,34 @@ def _normalise(x: np.ndarray, level_db: float) -> np.ndarray:
     return x / peak * 0.99 if peak > 0.99 else x
 
 
+def _plan_instruments(
+    seed: int,
+    per_class: int,
+    split_fractions: Sequence[float],
+    families: list[str],
+    program_splits: dict[str, dict[str, list[int]]],
+    soundfonts: dict[str, Path],
+) -> list[Clip]:
+    """Every instrument clip: its family, split, GM program (of that split), soundfont, level."""
+    sf_names = sorted(soundfonts)
+    clips: list[Clip] = []
+    for fi, family in enumerate(families):
+        i = 0
+        for split, count in zip(SPLITS, _split_counts(per_class, split_fractions), strict=True):
+            programs = program_splits[family][split]
+            for _ in range(count):
+                rng = _rng(seed, 3, fi, i)
+                p = {
+                    "program": int(programs[int(rng.integers(len(programs)))]),
+                    "soundfont": sf_names[int(rng.integers(len(sf_names)))],
+                    "level_db": float(rng.uniform(-28, -16)),
+                    "_seed": (seed, 4, fi, i),
+                }
+                clips.append(Clip(f"wav/{split}/{family}/{family}_{i:04d}.wav", family, split, p))
+                i += 1
+    return clips
+
+
 def build_instruments(
     out: str | os.PathLike,
     per_class: int = 60,
@@ -608,23 +660,9 @@ def build_instruments(
         "programs": program_splits,
     }
     _prepare_out(out, spec)
-    sf_names = sorted(soundfonts)
-    clips: list[Clip] = []
-    for fi, family in enumerate(families):
-        i = 0
-        for split, count in zip(SPLITS, _split_counts(per_class, split_fractions), strict=True):
-            programs = program_splits[family][split]
-            for _ in range(count):
-                rng = _rng(seed, 3, fi, i)
-                p = {
-                    "program": int(programs[int(rng.integers(len(programs)))]),
-                    "soundfont": sf_names[int(rng.integers(len(sf_names)))],
-                    "level_db": float(rng.uniform(-28, -16)),
-                    "_seed": (seed, 4, fi, i),
-                }
-                clips.append(Clip(f"wav/{split}/{family}/{family}_{i:04d}.wav", family, split, p))
-                i += 1
-
+    clips = _plan_instruments(
+        seed, per_class, split_fractions, families, program_splits, soundfonts
+    )
     state: dict = {}
 
     def prepare(todo: Sequence[Clip]) -> None:
@@ -792,6 +830,16 @@ def pretrain_programs() -> list[int]:
     return sorted(progs + list(range(80, 128)))
 
 
+@dataclass
+class _MixSources:
+    """What the pretraining mix can draw from on this machine (and notes on what is missing)."""
+
+    voices: list[S.Voice]
+    soundfonts: dict[str, Path]
+    recorded: dict[str, tuple[Path, ...]]
+    notes: list[str]
+
+
 def build_pretrain_mix(
     out: str | os.PathLike,
     minutes: float = 12.0,
@@ -816,7 +864,63 @@ def build_pretrain_mix(
     """
     t0 = time.perf_counter()
     out, minutes, seed, seconds = Path(out), float(minutes), int(seed), float(seconds)
-    shares = dict(shares or PRETRAIN_SHARES)
+    src = _pretrain_sources()
+    kinds, w = _pretrain_kinds(dict(shares or PRETRAIN_SHARES), src)
+    spec = {
+        "builder": "pretrain-mix",
+        "version": BUILD_VERSION,
+        "minutes": minutes,
+        "seed": seed,
+        "seconds": seconds,
+        "kinds": dict(zip(kinds, w.round(6).tolist(), strict=True)),
+        "voices": [v.key for v in src.voices],
+        "soundfonts": {k: str(v) for k, v in src.soundfonts.items()},
+        "recorded": {k: len(v) for k, v in src.recorded.items()},
+    }
+    _prepare_out(out, spec)
+    n_clips = max(1, round(minutes * 60 / seconds))
+    clips = _plan_pretrain_mix(seed, n_clips, seconds, kinds, w, src)
+    raw: dict = {}
+    state: dict = {}
+
+    def prepare(todo: Sequence[Clip]) -> None:
+        if any(c.params["kind"] == "music" for c in todo):
+            state["renderer"] = S.NoteRenderer(src.soundfonts)
+        raw.update(_synthesize_all(_tts_requests(todo), workers, progress, "pretrain-mix: TTS"))
+
+    def render(c: Clip) -> np.ndarray:
+        return _render_mix_clip(c, raw, state.get("renderer"), src.recorded, seconds)
+
+    rendered, reused = _render_missing(out, clips, render, "pretrain-mix", progress, prepare)
+    list_path = out / "manifest.txt"
+    _write_text_if_changed(list_path, "".join(c.path + "\n" for c in clips))
+    meta_rows = [(c.path, c.params["kind"], c.params.get("source", "")) for c in clips]
+    # sources of recorded clips are only known once rendered: keep a previous meta's entries
+    _write_meta_preserving(out / "meta.csv", meta_rows)
+    kinds_count = Counter(c.params["kind"] for c in clips)
+    clips_by_kind = [Clip(c.path, c.params["kind"], "pretrain") for c in clips]
+    return _summary(
+        "pretrain-mix",
+        out,
+        clips_by_kind,
+        seconds,
+        rendered,
+        reused,
+        time.perf_counter() - t0,
+        src.notes,
+        None,
+        {"manifest": list_path, "list": list_path, "meta": out / "meta.csv"},
+        {
+            "kinds": dict(kinds_count),
+            "sources": _tts_sources({"train": src.voices})
+            + [f"soundfont {k}" for k in src.soundfonts]
+            + [f"{k}: {len(v)} recordings" for k, v in src.recorded.items()],
+        },
+    )
+
+
+def _pretrain_sources() -> _MixSources:
+    """Training voices, soundfonts (when tinysoundfont can render them) and recordings found."""
     notes: list[str] = []
     voices = S.voices_by_split(require=False)["train"]
     soundfonts = S.find_soundfonts(require=False)
@@ -826,47 +930,46 @@ def build_pretrain_mix(
     except S.MissingSourceError as e:
         soundfonts = {}
         notes.append(f"no music: {e}")
-    available = {
-        "speech": bool(voices),
-        "music": bool(soundfonts),
-        "recorded": bool(recorded),
-    }
-    if not available["speech"]:
+    if not voices:
         notes.append(f"no speech: install {S.apt_command('espeak-ng', 'flite')}")
-    if not available["music"] and soundfonts == {}:
+    if not soundfonts:
         notes.append(
             f"no music: install {S.apt_command(*S.SOUNDFONTS.values())} and {S.PIP_INSTALL_COMMAND}"
         )
     notes += _missing_recordings_note() + _tts_notes()
+    return _MixSources(voices, soundfonts, recorded, notes)
+
+
+def _pretrain_kinds(shares: dict[str, float], src: _MixSources) -> tuple[list[str], np.ndarray]:
+    """The kinds of clip the mix can have here, and their shares renormalised over them."""
+    available = {
+        "speech": bool(src.voices),
+        "music": bool(src.soundfonts),
+        "recorded": bool(src.recorded),
+    }
     kinds = [k for k in shares if available.get(k) and shares[k] > 0]
     if not kinds:
         raise S.MissingSourceError("any audio source for the pretraining mix", "espeak-ng")
     w = np.array([shares[k] for k in kinds], dtype=np.float64)
-    w /= w.sum()
-    spec = {
-        "builder": "pretrain-mix",
-        "version": BUILD_VERSION,
-        "minutes": minutes,
-        "seed": seed,
-        "seconds": seconds,
-        "kinds": dict(zip(kinds, w.round(6).tolist(), strict=True)),
-        "voices": [v.key for v in voices],
-        "soundfonts": {k: str(v) for k, v in soundfonts.items()},
-        "recorded": {k: len(v) for k, v in recorded.items()},
-    }
-    _prepare_out(out, spec)
-    n_clips = max(1, round(minutes * 60 / seconds))
-    pools = _engine_pools(voices)
+    return kinds, w / w.sum()
+
+
+def _plan_pretrain_mix(
+    seed: int, n_clips: int, seconds: float, kinds: list[str], w: np.ndarray, src: _MixSources
+) -> list[Clip]:
+    """Every clip of the mix: its kind and what it is made of (voice and sentence, GM program
+    and soundfont, or the package whose recordings it crops)."""
+    pools = _engine_pools(src.voices)
     programs = pretrain_programs()
-    sf_names = sorted(soundfonts)
-    packages = sorted(recorded)
+    sf_names = sorted(src.soundfonts)
+    packages = sorted(src.recorded)
+    # a package is drawn in proportion to the square root of its hours of audio
     pkg_w = np.array(
         [
-            np.sqrt(sum(S.audio_info(f)[0] / S.audio_info(f)[1] for f in recorded[k]))
+            np.sqrt(sum(S.audio_info(f)[0] / S.audio_info(f)[1] for f in src.recorded[k]))
             for k in packages
         ]
     )
-    n = round(seconds * SAMPLE_RATE)
     clips: list[Clip] = []
     for i in range(n_clips):
         rng = _rng(seed, 8, i)
@@ -894,65 +997,37 @@ def build_pretrain_mix(
             pkg = packages[int(rng.choice(len(packages), p=pkg_w / pkg_w.sum()))]
             p["package"] = pkg
         clips.append(Clip(f"wav/{kind}/{kind}_{i:05d}.wav", "", "pretrain", p))
+    return clips
 
-    raw: dict = {}
-    state: dict = {}
 
-    def prepare(todo: Sequence[Clip]) -> None:
-        if any(c.params["kind"] == "music" for c in todo):
-            state["renderer"] = S.NoteRenderer(soundfonts)
-        raw.update(_synthesize_all(_tts_requests(todo), workers, progress, "pretrain-mix: TTS"))
-
-    def render(c: Clip) -> np.ndarray:
-        p = c.params
-        rng = _rng(*p["_seed"])
-        if p["kind"] == "speech":
-            wave, sr = raw[p["_request"]]
-            x = _fade(_trim(_tts_to_16k(wave, sr, p["speed"])))
-            x, _ = _fit(x, n, rng)
-        elif p["kind"] == "music":
-            x, _ = _render_note_clip(
-                state["renderer"], p["soundfont"], p["program"], rng, seconds, p["phrase"]
-            )
-        else:
-            files = recorded[p["package"]]
-            for _ in range(10):
-                f = files[int(rng.integers(len(files)))]
-                frames, sr = S.audio_info(f)
-                dur = frames / sr
-                start = float(rng.uniform(0, max(dur - seconds, 0)))
-                x, _ = _fit(_fade(S.read_segment(f, start, seconds)), n, rng)
-                if _rms(x) > 3e-3:
-                    break
-            p["source"] = str(f)
-        return _normalise(x, p["level_db"])
-
-    rendered, reused = _render_missing(out, clips, render, "pretrain-mix", progress, prepare)
-    list_path = out / "manifest.txt"
-    _write_text_if_changed(list_path, "".join(c.path + "\n" for c in clips))
-    meta_rows = [(c.path, c.params["kind"], c.params.get("source", "")) for c in clips]
-    # sources of recorded clips are only known once rendered: keep a previous meta's entries
-    _write_meta_preserving(out / "meta.csv", meta_rows)
-    kinds_count = Counter(c.params["kind"] for c in clips)
-    clips_by_kind = [Clip(c.path, c.params["kind"], "pretrain") for c in clips]
-    return _summary(
-        "pretrain-mix",
-        out,
-        clips_by_kind,
-        seconds,
-        rendered,
-        reused,
-        time.perf_counter() - t0,
-        notes,
-        None,
-        {"manifest": list_path, "list": list_path, "meta": out / "meta.csv"},
-        {
-            "kinds": dict(kinds_count),
-            "sources": _tts_sources({"train": voices})
-            + [f"soundfont {k}" for k in soundfonts]
-            + [f"{k}: {len(v)} recordings" for k, v in recorded.items()],
-        },
-    )
+def _render_mix_clip(
+    c: Clip,
+    raw: dict,
+    renderer: S.NoteRenderer | None,
+    recorded: dict[str, tuple[Path, ...]],
+    seconds: float,
+) -> np.ndarray:
+    """One clip of the mix: synthesized speech, a rendered note/phrase or a recording's crop."""
+    n = round(seconds * SAMPLE_RATE)
+    p = c.params
+    rng = _rng(*p["_seed"])
+    if p["kind"] == "speech":
+        wave, sr = raw[p["_request"]]
+        x = _fade(_trim(_tts_to_16k(wave, sr, p["speed"])))
+        x, _ = _fit(x, n, rng)
+    elif p["kind"] == "music":
+        x, _ = _render_note_clip(renderer, p["soundfont"], p["program"], rng, seconds, p["phrase"])
+    else:
+        files = recorded[p["package"]]
+        for _ in range(10):  # redraw crops that are (nearly) silent
+            f = files[int(rng.integers(len(files)))]
+            frames, sr = S.audio_info(f)
+            start = float(rng.uniform(0, max(frames / sr - seconds, 0)))
+            x, _ = _fit(_fade(S.read_segment(f, start, seconds)), n, rng)
+            if _rms(x) > 3e-3:
+                break
+        p["source"] = str(f)
+    return _normalise(x, p["level_db"])
 
 
 def _write_meta_preserving(path: Path, rows: list[tuple[str, str, str]]) -> None:

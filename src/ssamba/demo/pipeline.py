@@ -8,6 +8,8 @@
 4. Write results.md / results.json, plots and a README to the output folder.
 
 ``budget`` scales every time and data size (1.0: about 15 minutes on 2 CPU cores).
+:func:`run_demo` runs it all and returns the report; ``ssamba demo`` (:mod:`ssamba.cli.demo`)
+prints its table.
 """
 
 from __future__ import annotations
@@ -20,6 +22,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ssamba.audio import fbank, load_audio
+from ssamba.checkpoints import load_model
+from ssamba.data import compute_stats, read_manifest
+from ssamba.demo import builders
+from ssamba.embeddings import num_layers
+from ssamba.errors import UsageError
+from ssamba.fileio import atomic_write_json, atomic_write_text
+from ssamba.finetune import FinetuneConfig, finetune
+from ssamba.models import create_model
+from ssamba.pretrain import PretrainConfig, pretrain
+from ssamba.probe import fit_probe, linear_probe
+from ssamba.training import read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +73,7 @@ class DemoPlan:
 
     def scaled(self, budget: float) -> DemoPlan:
         if budget <= 0:
-            raise ValueError("budget must be > 0")
+            raise UsageError("budget must be > 0")
         plan = DemoPlan(**{**self.__dict__})
         plan.keywords_per_class = max(6, round(self.keywords_per_class * min(budget, 4) ** 0.5))
         plan.instruments_per_class = max(
@@ -77,8 +92,6 @@ def _preset(arch: str, plan: DemoPlan) -> tuple[str, dict]:
 
 # ---------------------------------------------------------------------------- steps
 def build_data(out: Path, plan: DemoPlan, progress: bool) -> dict:
-    from ssamba.demo import builders
-
     data = out / "data"
     built = {
         "pretrain": builders.build_pretrain_mix(
@@ -104,8 +117,6 @@ def build_data(out: Path, plan: DemoPlan, progress: bool) -> dict:
 
 
 def pretrain_model(arch: str, data: dict, stats, out: Path, plan: DemoPlan, progress: bool):
-    from ssamba.pretrain import PretrainConfig, pretrain
-
     name, overrides = _preset(arch, plan)
     run = out / "runs" / f"pretrain_{arch}"
     cfg = PretrainConfig(
@@ -137,26 +148,21 @@ def pretrain_model(arch: str, data: dict, stats, out: Path, plan: DemoPlan, prog
         log.info("%s: reusing the pretrained model in %s", arch, run)
     else:
         pretrain(cfg)
-        key_file.write_text(json.dumps(key, indent=2, default=str))
+        atomic_write_json(key_file, key, default=str)
     return run
 
 
 def random_model(arch: str, stats, plan: DemoPlan):
-    import ssamba
-
     name, overrides = _preset(arch, plan)
     torch.manual_seed(plan.seed)
-    return ssamba.create_model(
+    return create_model(
         name, input_tdim=plan.clip_frames, norm_mean=stats[0], norm_std=stats[1], **overrides
     )
 
 
 def probe(model, task: dict, out: Path, plan: DemoPlan, progress: bool) -> float:
-    from ssamba.embeddings import num_layers
-    from ssamba.probe import linear_probe
-
     if plan.probe_layers not in ("all", "last"):
-        raise ValueError(f"probe_layers must be 'all' or 'last', got {plan.probe_layers!r}")
+        raise UsageError(f"probe_layers must be 'all' or 'last', got {plan.probe_layers!r}")
     layers = tuple(range(num_layers(model))) if plan.probe_layers == "all" else None
     result = linear_probe(
         model,
@@ -173,8 +179,6 @@ def probe(model, task: dict, out: Path, plan: DemoPlan, progress: bool) -> float
 
 
 def finetune_model(init, arch, task_name, task, stats, out: Path, plan: DemoPlan, progress):
-    from ssamba.finetune import FinetuneConfig, finetune
-
     name, overrides = _preset(arch, plan)
     frames = 100 if task_name == "keywords" else 200
     run = out / "runs" / f"finetune_{task_name}_{arch}_{'pretrained' if init else 'random'}"
@@ -209,11 +213,8 @@ def finetune_model(init, arch, task_name, task, stats, out: Path, plan: DemoPlan
 
 
 def logmel_baseline(task: dict, stats) -> float:
-    """Logistic regression on per-band mean and std of the log-mel fbank (DATA.md's baseline)."""
-    from ssamba.audio import fbank, load_audio
-    from ssamba.data import read_manifest
-    from ssamba.probe import fit_probe
-
+    """Logistic regression on per-band mean and std of the log-mel fbank (the simplest baseline
+    a learned representation must beat)."""
     train = read_manifest(task["train"])
     data = {}
     for split in ("train", "valid", "test"):
@@ -230,9 +231,8 @@ def logmel_baseline(task: dict, stats) -> float:
 
 # ---------------------------------------------------------------------------- the demo
 def run_demo(out: str | Path = "demo_out", budget: float = 1.0, progress: bool = True) -> dict:
-    from ssamba.checkpoints import load_model
-    from ssamba.data import compute_stats, read_manifest
-
+    """The whole demo in ``out`` (data and pretrained models there are reused when their settings
+    match); writes results.md, results.json, plots and README.md there and returns the report."""
     started = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -253,38 +253,57 @@ def run_demo(out: str | Path = "demo_out", budget: float = 1.0, progress: bool =
         }
     timings["baseline"] = time.time() - t
 
-    pretrained = {}
     t = time.time()
-    for arch in plan.models:
-        pretrained[arch] = pretrain_model(arch, data, stats, out, plan, progress)
+    pretrained = {
+        arch: pretrain_model(arch, data, stats, out, plan, progress) for arch in plan.models
+    }
     timings["pretrain"] = time.time() - t
 
     t = time.time()
-    for arch in plan.models:
-        for init_kind in ("pretrained", "random"):
-            label = f"{arch.upper()} {init_kind}"
-            for task in TASKS:
-                model = (
-                    load_model(pretrained[arch] / "final", pretrain_heads=False)
-                    if init_kind == "pretrained"
-                    else random_model(arch, stats, plan)
-                )
-                results[task].setdefault(label, {})["probe"] = probe(
-                    model, data[task], out, plan, progress
-                )
+    probe_all(results, pretrained, data, stats, out, plan, progress)
     timings["probe"] = time.time() - t
 
     t = time.time()
-    for arch in plan.models:
-        for init_kind in ("pretrained", "random"):
-            label = f"{arch.upper()} {init_kind}"
-            init = pretrained[arch] / "final" if init_kind == "pretrained" else None
-            for task in TASKS:
-                acc = finetune_model(init, arch, task, data[task], stats, out, plan, progress)
-                results[task][label]["finetune"] = acc
+    finetune_all(results, pretrained, data, stats, out, plan, progress)
     timings["finetune"] = time.time() - t
     timings["total"] = time.time() - started
 
+    report = make_report(budget, plan, stats, results, data, timings, pretrained)
+    write_report(report, pretrained, out)
+    return report
+
+
+def _labels(plan: DemoPlan):
+    """(arch, "pretrained" or "random", row label) of every model the demo evaluates."""
+    for arch in plan.models:
+        for init_kind in ("pretrained", "random"):
+            yield arch, init_kind, f"{arch.upper()} {init_kind}"
+
+
+def probe_all(results, pretrained, data, stats, out: Path, plan: DemoPlan, progress) -> None:
+    """Linear-probe test accuracy of every model on every task, into ``results``."""
+    for arch, init_kind, label in _labels(plan):
+        for task in TASKS:
+            model = (
+                load_model(pretrained[arch] / "final", pretrain_heads=False)
+                if init_kind == "pretrained"
+                else random_model(arch, stats, plan)
+            )
+            results[task].setdefault(label, {})["probe"] = probe(
+                model, data[task], out, plan, progress
+            )
+
+
+def finetune_all(results, pretrained, data, stats, out: Path, plan: DemoPlan, progress) -> None:
+    """Fine-tuned test accuracy of every model on every task, into ``results``."""
+    for arch, init_kind, label in _labels(plan):
+        init = pretrained[arch] / "final" if init_kind == "pretrained" else None
+        for task in TASKS:
+            acc = finetune_model(init, arch, task, data[task], stats, out, plan, progress)
+            results[task][label]["finetune"] = acc
+
+
+def make_report(budget, plan: DemoPlan, stats, results, data, timings, pretrained) -> dict:
     report = {
         "budget": budget,
         "plan": {k: v for k, v in plan.__dict__.items() if k != "extra"},
@@ -296,14 +315,21 @@ def run_demo(out: str | Path = "demo_out", budget: float = 1.0, progress: bool =
         "pretraining": {arch: _pretrain_summary(pretrained[arch]) for arch in plan.models},
     }
     report["margins"] = margins(report)
-    (out / "results.json").write_text(json.dumps(report, indent=2, default=str))
-    table = results_table(report) + "\n\n" + margins_text(report)
-    (out / "results.md").write_text(table + "\n")
+    return report
+
+
+def report_text(report: dict) -> str:
+    """The results table and the margins below it (results.md, and what ``ssamba demo`` prints)."""
+    return results_table(report) + "\n\n" + margins_text(report)
+
+
+def write_report(report: dict, pretrained: dict, out: Path) -> None:
+    """results.json, results.md, the plots and README.md in ``out``."""
+    atomic_write_json(out / "results.json", report, default=str)
+    table = report_text(report)
+    atomic_write_text(out / "results.md", table + "\n")
     write_plots(report, pretrained, out)
     write_readme(report, table, out)
-    print(table)
-    print(f"\nwritten to {out}/ (results.md, results.json, plots, README.md)")
-    return report
 
 
 def _pretrain_summary(run: Path) -> dict:
@@ -377,8 +403,6 @@ def write_plots(report: dict, pretrained: dict, out: Path) -> None:
     except ImportError:
         log.warning("matplotlib is missing: no plots (pip install 'ssamba[plot]')")
         return
-    from ssamba.training import read_metrics
-
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     for arch, run in pretrained.items():
         records = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "train"]
@@ -436,25 +460,4 @@ What ran (budget {report["budget"]}, {report["minutes"]["total"]} minutes in all
 Files: results.json (all numbers), pretraining_curves.png, accuracy.png, runs/ (every training
 run with metrics.jsonl and models), data/ (the generated audio and manifests, cached).
 """
-    (out / "README.md").write_text(text)
-
-
-# ---------------------------------------------------------------------------- command line
-def add_demo_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "demo",
-        help="the whole pipeline end to end on built-in real audio (SSAMBA vs SSAST)",
-        description=__doc__.split("\n\n")[0],
-    )
-    p.add_argument("--out", default="demo_out", help="output folder (data cached inside)")
-    p.add_argument("--budget", type=float, default=1.0, help="scale times and sizes (1: ~15 min)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.set_defaults(func=run_demo_command)
-
-
-def run_demo_command(args) -> int:
-    from ssamba.training import configure_logging
-
-    configure_logging(True)
-    run_demo(args.out, args.budget, args.progress)
-    return 0
+    atomic_write_text(out / "README.md", text)

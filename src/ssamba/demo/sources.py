@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from ssamba.constants import SAMPLE_RATE
 from ssamba.errors import MissingSourceError
@@ -215,8 +216,6 @@ class TTSRequest:
 
 
 def _read_wav_bytes(data: bytes) -> tuple[np.ndarray, int]:
-    import soundfile as sf
-
     x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     return x.mean(axis=1), sr
 
@@ -490,8 +489,6 @@ def hedgewars_voice_packs(require: bool = True) -> dict[str, tuple[Path, ...]]:
 @functools.lru_cache(maxsize=4096)
 def audio_info(path: Path) -> tuple[int, int]:
     """(frames, sample rate) of an audio file, without decoding it."""
-    import soundfile as sf
-
     info = sf.info(str(path))
     return info.frames, info.samplerate
 
@@ -500,8 +497,6 @@ def read_segment(
     path: Path, start_s: float = 0.0, seconds: float | None = None, sample_rate: int = SAMPLE_RATE
 ) -> np.ndarray:
     """Decode ``seconds`` from ``start_s`` of an audio file -> mono float32 at ``sample_rate``."""
-    import soundfile as sf
-
     with sf.SoundFile(str(path)) as f:
         sr = f.samplerate
         start = int(start_s * sr)

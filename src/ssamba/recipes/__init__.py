@@ -9,15 +9,15 @@ One JSON file per task in this folder (``list_recipes()``)::
 
 ``finetune`` holds exactly :data:`FINETUNE_FIELDS` (the fine-tuning command reads them);
 ``expected`` numbers are the published ones where known, ``null`` means unknown (the ``source``
-says which paper/table, or why unknown). ``ssamba prepare TASK SOURCE_DIR --out DIR`` turns the
-dataset as its authors distribute it (extracted) into manifests: see :mod:`ssamba.recipes.prepare`.
+says which paper/table, or why unknown). :func:`ssamba.recipes.prepare.prepare` (``ssamba prepare
+TASK SOURCE_DIR --out DIR``) turns the dataset as its authors distribute it (extracted) into
+manifests.
 
-This module imports nothing heavy (the CLI lists the tasks at start-up).
+This module imports nothing heavy (the CLI lists the tasks in ``--help`` without loading torch).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -126,72 +126,11 @@ def validate_recipe(recipe: dict, where: str = "recipe") -> None:
         raise RecipeError(f"{where}: expected.source is missing")
 
 
-# --------------------------------------------------------------------------------------------------
-# ssamba prepare
-
-
-def add_prepare_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "prepare",
-        help="turn a downloaded dataset (official layout) into manifests for a recipe",
-        description=(
-            "Read a dataset in the layout its authors distribute (extracted; nothing is "
-            "downloaded) and write manifests: one CSV (path,label) per split or fold, all.csv "
-            "with a split column, class_labels_indices.csv, and prepare.json with the counts. "
-            "Tasks: " + ", ".join(list_recipes()) + "."
-        ),
-    )
-    p.add_argument("task", help="task name: " + ", ".join(list_recipes()))
-    p.add_argument("source", metavar="SOURCE_DIR", help="the extracted dataset folder")
-    p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
-    p.add_argument(
-        "--format",
-        choices=("csv", "json", "both"),
-        default="csv",
-        help="CSV manifests (default), SSAST JSON manifests, or both",
-    )
-    p.add_argument(
-        "--relative",
-        action="store_true",
-        help="write audio paths relative to the output folder (default: absolute)",
-    )
-    p.add_argument(
-        "--rate-sample",
-        type=int,
-        default=200,
-        metavar="N",
-        help="read the header of N files (spread over the set) to report native sample rates; "
-        "0: skip (default 200)",
-    )
-    p.set_defaults(func=run_prepare)
-
-
-def run_prepare(args: argparse.Namespace) -> int:
-    from ssamba.cli import CommandError
-    from ssamba.recipes.prepare import PrepareError, prepare
-
-    try:
-        result = prepare(
-            args.task,
-            args.source,
-            args.out,
-            format=args.format,
-            relative=args.relative,
-            rate_sample=args.rate_sample,
-        )
-    except (PrepareError, RecipeError) as e:
-        raise CommandError(str(e)) from None
-    print(result.summary())
-    return 0
-
-
 __all__ = [
     "FINETUNE_FIELDS",
     "RecipeError",
-    "add_prepare_parser",
     "list_recipes",
     "load_recipe",
     "recipe_name",
-    "run_prepare",
     "validate_recipe",
 ]

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import re
 import warnings
@@ -39,7 +38,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ssamba.errors import PrepareError
+import soundfile
+
+from ssamba.constants import CLASS_LABELS_FILE
+from ssamba.data import read_class_list
+from ssamba.errors import ManifestError, PrepareError, RecipeError
+from ssamba.fileio import atomic_write, atomic_write_json, atomic_write_text
 from ssamba.recipes import load_recipe, recipe_name
 
 SC_V1_WORDS = (
@@ -76,6 +80,8 @@ class Dataset:
     manifests: dict[str, set[str]]
     missing: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    layout: str = ""  # the layout id, set by read_dataset
+    root: Path | None = None  # the folder the layout was found in, set by read_dataset
 
 
 @dataclass
@@ -121,9 +127,17 @@ def prepare(
     rate_sample: int = 200,
 ) -> PrepareResult:
     """Write the manifests of ``task`` (a recipe name or a layout id) for the dataset at ``source``
-    into ``out``; returns a :class:`PrepareResult` (``.summary()`` prints it)."""
-    if format not in ("csv", "json", "both"):
-        raise PrepareError(f"format must be csv, json or both, not {format!r}")
+    into ``out``; returns a :class:`PrepareResult` (``.summary()`` describes it).
+
+    The two steps are :func:`read_dataset` (checks the layout, writes nothing) and
+    :func:`write_manifests`."""
+    data = read_dataset(task, source)
+    return write_manifests(data, out, format=format, relative=relative, rate_sample=rate_sample)
+
+
+def read_dataset(task: str, source: str | os.PathLike) -> Dataset:
+    """Every item of the dataset at ``source`` in ``task``'s layout, with its split; raises
+    :class:`PrepareError` naming the missing or malformed file. Writes nothing."""
     layout = _layout(task)
     source = Path(source).expanduser().resolve()
     if not source.is_dir():
@@ -131,29 +145,42 @@ def prepare(
     reader, marker = LAYOUTS[layout]
     root = _find_root(source, marker, layout)
     data = reader(root)
-    found = [it for it in data.items if it.split]
-    if not found:
+    if not any(it.split for it in data.items):
         raise PrepareError(f"{root}: no audio files found for {layout}")
+    data.layout, data.root = layout, root
+    return data
+
+
+def write_manifests(
+    data: Dataset,
+    out: str | os.PathLike,
+    *,
+    format: str = "csv",
+    relative: bool = False,
+    rate_sample: int = 200,
+) -> PrepareResult:
+    """Write the manifests of ``data`` (from :func:`read_dataset`) into ``out`` (see the module
+    docstring); ``rate_sample`` files are probed for their native sample rate (0: none)."""
+    if format not in ("csv", "json", "both"):
+        raise PrepareError(f"format must be csv, json or both, not {format!r}")
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-
     files: dict[str, Path] = {}
     counts: dict[str, int] = {}
     for name, splits in data.manifests.items():
         rows = [it for it in data.items if it.split in splits]
-        if not rows:
-            continue
-        written = _write_manifest(out, name, rows, format, relative)
-        files[name], counts[name] = written, len(rows)
+        if rows:
+            files[name] = _write_manifest(out, name, rows, format, relative)
+            counts[name] = len(rows)
     _write_all(out, data.items, relative)
-    _write_class_labels(out / "class_labels_indices.csv", data.classes, data.display)
+    _write_class_labels(out / CLASS_LABELS_FILE, data.classes, data.display)
     for split, ids in data.missing.items():
         if ids:
-            (out / f"missing_{split}.txt").write_text("\n".join(ids) + "\n")
+            atomic_write_text(out / f"missing_{split}.txt", "\n".join(ids) + "\n")
     rates, checked = _sample_rates([it.path for it in data.items], rate_sample)
     result = PrepareResult(
-        task=layout,
-        source=root,
+        task=data.layout,
+        source=data.root,
         out=out,
         files=files,
         counts=counts,
@@ -163,20 +190,24 @@ def prepare(
         rates_checked=checked,
         notes=data.notes,
     )
-    report = {
-        "task": layout,
-        "source": str(root),
-        "manifests": {k: str(v) for k, v in files.items()},
-        "counts": counts,
-        "num_classes": len(data.classes),
-        "missing": {k: len(v) for k, v in data.missing.items()},
-        "sample_rates": {str(k): v for k, v in sorted(rates.items())},
-        "rates_checked": checked,
-        "paths": "relative" if relative else "absolute",
-        "notes": data.notes,
-    }
-    (out / "prepare.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(out / "prepare.json", _report(result, relative))
     return result
+
+
+def _report(result: PrepareResult, relative: bool) -> dict:
+    """What ``prepare.json`` records."""
+    return {
+        "task": result.task,
+        "source": str(result.source),
+        "manifests": {k: str(v) for k, v in result.files.items()},
+        "counts": result.counts,
+        "num_classes": result.num_classes,
+        "missing": {k: len(v) for k, v in result.missing.items()},
+        "sample_rates": {str(k): v for k, v in sorted(result.sample_rates.items())},
+        "rates_checked": result.rates_checked,
+        "paths": "relative" if relative else "absolute",
+        "notes": result.notes,
+    }
 
 
 def _layout(task: str) -> str:
@@ -185,7 +216,7 @@ def _layout(task: str) -> str:
         return key
     try:
         return load_recipe(recipe_name(key))["prepare"]
-    except ValueError:
+    except RecipeError:
         raise PrepareError(
             f"unknown task {task!r}; tasks: {', '.join(sorted(LAYOUTS))} (or a recipe name)"
         ) from None
@@ -369,12 +400,10 @@ def _match_youtube(ytid: str, index: dict[str, list[Path]]) -> Path | None:
 
 def _read_audioset(root: Path) -> Dataset:
     layout = "audioset"
-    from ssamba.data import read_class_labels
-
-    csv_path = _need(root / "class_labels_indices.csv", layout)
+    csv_path = _need(root / CLASS_LABELS_FILE, layout)
     try:
-        mids, display = read_class_labels(csv_path)
-    except ValueError as e:
+        mids, display = read_class_list(csv_path)
+    except ManifestError as e:
         raise PrepareError(str(e)) from None
     known = set(mids)
     segments = {
@@ -571,50 +600,52 @@ def _path_text(path: Path, out: Path, relative: bool) -> str:
     return os.path.relpath(path, out) if relative else str(path)
 
 
+def _write_csv(path: Path, header: list[str], rows: Iterable[list], **fmt) -> Path:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, **fmt)
+            w.writerow(header)
+            w.writerows(rows)
+
+    return atomic_write(path, write)
+
+
 def _write_manifest(out: Path, name: str, rows: list[Item], fmt: str, relative: bool) -> Path:
     first = None
     if fmt in ("csv", "both"):
-        path = out / f"{name}.csv"
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "label"])
-            for it in rows:
-                w.writerow([_path_text(it.path, out, relative), ";".join(it.labels)])
-        first = path
+        first = _write_csv(
+            out / f"{name}.csv",
+            ["path", "label"],
+            ([_path_text(it.path, out, relative), ";".join(it.labels)] for it in rows),
+        )
     if fmt in ("json", "both"):
-        path = out / f"{name}.json"
         data = [
             {"wav": _path_text(it.path, out, relative), "labels": ",".join(it.labels)}
             for it in rows
         ]
-        path.write_text(json.dumps({"data": data}, indent=1) + "\n", encoding="utf-8")
+        path = atomic_write_json(out / f"{name}.json", {"data": data}, indent=1)
         first = first or path
     assert first is not None
     return first
 
 
 def _write_all(out: Path, items: list[Item], relative: bool) -> None:
-    with open(out / "all.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "split"])
-        for it in items:
-            w.writerow([_path_text(it.path, out, relative), ";".join(it.labels), it.split])
+    _write_csv(
+        out / "all.csv",
+        ["path", "label", "split"],
+        ([_path_text(it.path, out, relative), ";".join(it.labels), it.split] for it in items),
+    )
 
 
 def _write_class_labels(path: Path, classes: list[str], display: dict[str, str]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, quoting=csv.QUOTE_MINIMAL)
-        w.writerow(["index", "mid", "display_name"])
-        for k, name in enumerate(classes):
-            w.writerow([k, name, display.get(name, name)])
+    rows = ([k, name, display.get(name, name)] for k, name in enumerate(classes))
+    _write_csv(path, ["index", "mid", "display_name"], rows, quoting=csv.QUOTE_MINIMAL)
 
 
 def _sample_rates(paths: list[Path], n: int) -> tuple[dict[int, int], int]:
     """Native rates of up to ``n`` files spread evenly over ``paths`` (header reads only)."""
     if n <= 0 or not paths:
         return {}, 0
-    import soundfile
-
     step = max(1, len(paths) // n)
     rates: Counter[int] = Counter()
     checked = 0

@@ -1,0 +1,480 @@
+"""Manifests: what a data set holds (audio paths, labels, splits) and its class list.
+
+:func:`read_manifest` detects the format:
+
+- SSAST JSON ``{"data": [{"wav": path, "labels": "mid1,mid2"}, ...]}`` whose labels are mids of a
+  ``class_labels_indices.csv`` (``index,mid,display_name``) found next to the JSON or passed as
+  ``classes``;
+- CSV with a header ``path,label[,split]`` (``wav``/``labels`` are accepted as column names too);
+  a label cell may hold several labels separated by ``;`` or ``,`` (quoted) -> multi-label;
+- a folder per class: ``root/<class>/**/*.wav|flac|ogg|mp3|...``;
+- unlabeled audio for pretraining: a folder of audio files (searched recursively) or a text file
+  with one path per line; any labeled manifest can be read with ``ignore_labels=True`` too.
+
+Relative paths resolve against the manifest's folder. Class order is deterministic: the order of the
+``class_labels_indices.csv`` index, sorted names otherwise, or the ``classes`` passed in (so a test
+set uses the training classes). :func:`read_class_list` is the one reader of class lists.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ssamba.constants import CLASS_LABELS_FILE
+from ssamba.errors import ManifestError
+
+AUDIO_EXTENSIONS = frozenset(
+    {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".au"}
+    | {".wma", ".webm", ".mka", ".caf", ".w64", ".rf64", ".sph", ".nist"}
+)
+_PATH_COLUMNS = ("path", "wav", "file", "filename")
+_LABEL_COLUMNS = ("label", "labels")
+_LABEL_SPLIT = re.compile(r"[;,]")
+
+
+class ManifestWarning(UserWarning):
+    """Something odd but usable in a manifest (e.g. a class with no examples)."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One audio file with its labels (empty for unlabeled data) and optional split name."""
+
+    path: Path
+    labels: tuple[str, ...] = ()
+    split: str | None = None
+
+
+@dataclass
+class Manifest:
+    """A list of examples plus the class list (empty when unlabeled).
+
+    ``display_names`` maps class names (AudioSet mids for SSAST JSON) to readable names when the
+    manifest came with a ``class_labels_indices.csv``.
+    """
+
+    examples: list[Example]
+    classes: list[str]
+    multilabel: bool
+    source: Path | None = None
+    format: str = "list"
+    display_names: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._index = {name: i for i, name in enumerate(self.classes)}
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> Example:
+        return self.examples[i]
+
+    def __iter__(self) -> Iterator[Example]:
+        return iter(self.examples)
+
+    @property
+    def labeled(self) -> bool:
+        return bool(self.classes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def class_index(self, name: str) -> int:
+        return self._index[name]
+
+    def label_indices(self, i: int) -> list[int]:
+        return [self._index[name] for name in self.examples[i].labels]
+
+    def targets(self, i: int) -> torch.Tensor:
+        """One-hot (multi-hot for several labels) float32 target of example ``i``, shape (C,)."""
+        y = torch.zeros(len(self.classes), dtype=torch.float32)
+        for c in self.label_indices(i):
+            y[c] = 1.0
+        return y
+
+    def class_counts(self) -> list[int]:
+        """Number of examples carrying each class, in class order."""
+        counts = Counter(name for ex in self.examples for name in ex.labels)
+        return [counts.get(name, 0) for name in self.classes]
+
+    def paths(self) -> list[Path]:
+        return [ex.path for ex in self.examples]
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading manifests
+
+
+def read_manifest(
+    path: str | os.PathLike,
+    classes: Sequence[str] | str | os.PathLike | None = None,
+    split: str | None = None,
+    *,
+    ignore_labels: bool = False,
+    multilabel: bool | None = None,
+) -> Manifest:
+    """Read a manifest of any supported format (see the module docstring).
+
+    Args:
+        path: a ``.json`` (SSAST), ``.csv``/``.tsv``, text list of paths, or a folder.
+        classes: the class list to use, in order (e.g. the training set's ``manifest.classes``),
+            or the path of a class list (anything :func:`read_class_list` reads, e.g. a
+            ``class_labels_indices.csv``). A label not in it is an error. Default: the csv next
+            to an SSAST JSON, else the sorted label names.
+        split: keep only the examples of this split (CSV ``split`` column or JSON ``split`` key).
+            Classes are computed before filtering, so every split of one file shares them.
+        ignore_labels: read labels as absent (pretraining on a labeled set).
+        multilabel: force the flag; default: True when some example has more than one label.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ManifestError(f"{path}: manifest not found")
+    fmt, examples, where = _read_examples(path, ignore_labels)
+    if fmt == "json" and classes is None and not ignore_labels:
+        if (path.parent / CLASS_LABELS_FILE).is_file():
+            classes = path.parent / CLASS_LABELS_FILE
+    if ignore_labels:
+        examples = [Example(ex.path, (), ex.split) for ex in examples]
+    labeled = any(ex.labels for ex in examples)
+    if multilabel is None:  # decided on the whole file, so all its splits agree
+        multilabel = any(len(ex.labels) > 1 for ex in examples)
+    class_list: list[str] = []
+    display: dict[str, str] = {}
+    if labeled:
+        class_list, display = _class_list(path, examples, where, classes)
+    if split is not None:
+        examples = _keep_split(path, examples, split)
+    if not examples:
+        raise ManifestError(f"{path}: empty manifest (no examples)")
+    manifest = Manifest(
+        examples=examples,
+        classes=class_list,
+        multilabel=multilabel,
+        source=path,
+        format=fmt,
+        display_names=display,
+    )
+    empty = _empty_classes(manifest)
+    if empty:
+        warnings.warn(f"{path}: {empty}", ManifestWarning, stacklevel=2)
+    return manifest
+
+
+def _read_examples(path: Path, ignore_labels: bool) -> tuple[str, list[Example], list[str]]:
+    """(format, examples, where each example comes from: for error messages) of a manifest."""
+    fmt = _detect_format(path)
+    if fmt == "folder":
+        examples = _read_folder(path, ignore_labels)
+        if not examples[0].labels:
+            fmt = "audio-folder"
+        return fmt, examples, [str(ex.path) for ex in examples]
+    if fmt == "json":
+        return (fmt, *_read_json(path))
+    if fmt == "csv":
+        return (fmt, *_read_csv_manifest(path))
+    return (fmt, *_read_list(path))
+
+
+def _class_list(
+    path: Path,
+    examples: list[Example],
+    where: list[str],
+    classes: Sequence[str] | str | os.PathLike | None,
+) -> tuple[list[str], dict[str, str]]:
+    """The class list (and display names) of a labeled manifest; every label must be in it."""
+    display: dict[str, str] = {}
+    if isinstance(classes, (str, os.PathLike)):
+        class_list, display = read_class_list(classes)
+        class_src = f"{classes}"
+    elif classes is not None:
+        class_list = [str(c) for c in classes]
+        class_src = "the given classes"
+        if len(set(class_list)) != len(class_list):
+            raise ManifestError(f"{path}: the given classes contain duplicates")
+    else:
+        class_list = sorted({name for ex in examples for name in ex.labels})
+        class_src = ""
+    known = set(class_list)
+    for k, ex in enumerate(examples):
+        if not ex.labels:
+            raise ManifestError(f"{path}: {where[k]}: no label for {ex.path}")
+        unknown = [name for name in ex.labels if name not in known]
+        if unknown:
+            raise ManifestError(
+                f"{path}: {where[k]}: unknown label {unknown[0]!r} "
+                f"(not in {class_src or 'the classes'})"
+            )
+    return class_list, display
+
+
+def _keep_split(path: Path, examples: list[Example], split: str) -> list[Example]:
+    splits = {ex.split for ex in examples}
+    if splits == {None}:
+        raise ManifestError(f"{path}: split {split!r} requested but the manifest has no splits")
+    kept = [ex for ex in examples if ex.split == split]
+    if not kept:
+        names = ", ".join(sorted(s for s in splits if s is not None))
+        raise ManifestError(f"{path}: no examples in split {split!r} (splits: {names})")
+    return kept
+
+
+def _empty_classes(manifest: Manifest) -> str | None:
+    """A warning text naming the classes without examples, if any (a split may lack some)."""
+    if not manifest.labeled:
+        return None
+    counts = manifest.class_counts()
+    empty = [c for c, n in zip(manifest.classes, counts, strict=True) if n == 0]
+    if not empty:
+        return None
+    shown = ", ".join(repr(c) for c in empty[:10]) + (" ..." if len(empty) > 10 else "")
+    return f"{len(empty)} class(es) with no examples: {shown}"
+
+
+def _detect_format(path: Path) -> str:
+    if path.is_dir():
+        return "folder"
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return "json"
+    if suffix in (".csv", ".tsv"):
+        return "csv"
+    if suffix in AUDIO_EXTENSIONS:
+        raise ManifestError(f"{path}: this is an audio file, not a manifest (pass its folder)")
+    head = _read_text(path)[:4096].lstrip()
+    if head.startswith("{"):
+        return "json"
+    first = head.splitlines()[0].lower() if head else ""
+    cells = [c.strip() for c in first.split(",")]
+    if len(cells) > 1 and any(c in _PATH_COLUMNS for c in cells):
+        return "csv"
+    return "list"
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ManifestError(
+            f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})"
+        ) from None
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _resolve(base: Path, name: str) -> Path:
+    p = Path(os.path.expanduser(name.strip()))
+    return p if p.is_absolute() else base / p
+
+
+def _split_labels(cell: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in _LABEL_SPLIT.split(cell) if s.strip())
+
+
+def _read_folder(root: Path, ignore_labels: bool) -> list[Example]:
+    files = sorted(
+        p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
+    )
+    files = [
+        p for p in files if not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
+    if not files:
+        raise ManifestError(
+            f"{root}: no audio files found (extensions: {', '.join(sorted(AUDIO_EXTENSIONS))})"
+        )
+    top_level = [p for p in files if p.parent == root]
+    if ignore_labels or top_level:
+        # audio directly under the root: an unlabeled collection (searched recursively)
+        return [Example(p) for p in files]
+    return [Example(p, (p.relative_to(root).parts[0],)) for p in files]
+
+
+def _read_json(path: Path) -> tuple[list[Example], list[str]]:
+    try:
+        obj = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise ManifestError(
+            f"{path}: line {e.lineno}, column {e.colno}: malformed JSON ({e.msg})"
+        ) from None
+    data = obj.get("data") if isinstance(obj, dict) else obj
+    if not isinstance(data, list):
+        raise ManifestError(f'{path}: expected {{"data": [{{"wav": ..., "labels": ...}}, ...]}}')
+    base = path.parent
+    examples = []
+    for k, entry in enumerate(data):
+        if isinstance(entry, str):
+            entry = {"wav": entry}
+        if not isinstance(entry, dict):
+            raise ManifestError(f"{path}: data[{k}]: expected an object with a 'wav' key")
+        wav = entry.get("wav", entry.get("path"))
+        if not isinstance(wav, str) or not wav.strip():
+            raise ManifestError(f"{path}: data[{k}]: missing 'wav' (the audio path)")
+        labels = entry.get("labels", entry.get("label", ""))
+        if isinstance(labels, list):
+            labels = ",".join(str(x) for x in labels)
+        if not isinstance(labels, str):
+            raise ManifestError(f"{path}: data[{k}]: 'labels' must be a string like 'a,b'")
+        split = entry.get("split")
+        examples.append(
+            Example(
+                _resolve(base, wav), _split_labels(labels), None if split is None else str(split)
+            )
+        )
+    return examples, [f"data[{k}]" for k in range(len(examples))]
+
+
+def _read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    text = _read_text(path)
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter, skipinitialspace=True)
+    rows = []
+    try:
+        for row in reader:
+            if row and any(c.strip() for c in row) and not row[0].lstrip().startswith("#"):
+                rows.append((reader.line_num, row))
+    except csv.Error as e:
+        raise ManifestError(f"{path}: line {reader.line_num}: malformed CSV ({e})") from None
+    if not rows:
+        raise ManifestError(f"{path}: empty manifest (no header)")
+    return rows
+
+
+def _read_csv_manifest(path: Path) -> tuple[list[Example], list[str]]:
+    rows = _read_csv_rows(path)
+    (_, header), body = rows[0], rows[1:]
+    cols = {name.strip().lower(): k for k, name in enumerate(header)}
+    path_col = next((cols[c] for c in _PATH_COLUMNS if c in cols), None)
+    if path_col is None:
+        raise ManifestError(
+            f"{path}: line {rows[0][0]}: no 'path' column in the header {','.join(header)!r} "
+            f"(expected path,label[,split])"
+        )
+    label_col = next((cols[c] for c in _LABEL_COLUMNS if c in cols), None)
+    split_col = cols.get("split")
+    base = path.parent
+    examples: list[Example] = []
+    where: list[str] = []
+    for line, row in body:
+        if len(row) != len(header):
+            raise ManifestError(
+                f"{path}: line {line}: {len(row)} field(s), the header has {len(header)} "
+                f"(quote labels that contain commas)"
+            )
+        name = row[path_col].strip()
+        if not name:
+            raise ManifestError(f"{path}: line {line}: empty path")
+        labels = _split_labels(row[label_col]) if label_col is not None else ()
+        split = row[split_col].strip() or None if split_col is not None else None
+        examples.append(Example(_resolve(base, name), labels, split))
+        where.append(f"line {line}")
+    return examples, where
+
+
+def _read_list(path: Path) -> tuple[list[Example], list[str]]:
+    base = path.parent
+    examples, where = [], []
+    for k, line in enumerate(_read_text(path).splitlines(), start=1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            examples.append(Example(_resolve(base, line)))
+            where.append(f"line {k}")
+    return examples, where
+
+
+# --------------------------------------------------------------------------------------------------
+# Class lists
+
+
+def read_class_list(path: str | os.PathLike) -> tuple[list[str], dict[str, str]]:
+    """Class names in order and a ``name -> display name`` dict, from any class list:
+
+    - a ``class_labels_indices.csv`` (``index,mid,display_name``; names are the mids, in index
+      order);
+    - a ``classes.json`` (a list of names, or ``{"classes": [...]}``; no display names), as
+      fine-tuning writes next to a model;
+    - a labeled manifest (its classes, in its order: the training set's class list).
+
+    Raises :class:`ManifestError` naming the file and what is wrong.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ManifestError(f"{path}: class list not found")
+    if path.is_file() and path.suffix.lower() == ".json":
+        names = _json_class_names(path)
+        if names is not None:
+            return names, {}
+        # otherwise an SSAST JSON manifest: read below
+    elif path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
+        header = {c.strip().lower() for c in _read_csv_rows(path)[0][1]}
+        # a CSV without a path column cannot be a manifest: read it as a class list (whose
+        # errors then say which columns are missing)
+        if {"index", "mid"} <= header or not header & set(_PATH_COLUMNS):
+            return _read_class_labels_csv(path)
+    manifest = read_manifest(path)
+    if not manifest.labeled:
+        raise ManifestError(f"{path}: no labels, so no class list")
+    return list(manifest.classes), dict(manifest.display_names)
+
+
+#: The old name of :func:`read_class_list` (which reads the same files and more).
+read_class_labels = read_class_list
+
+
+def _json_class_names(path: Path) -> list[str] | None:
+    """The names of a ``classes.json``, or None when the JSON is something else (a manifest)."""
+    try:
+        obj = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise ManifestError(
+            f"{path}: line {e.lineno}, column {e.colno}: malformed JSON ({e.msg})"
+        ) from None
+    if isinstance(obj, dict) and "classes" in obj:
+        obj = obj["classes"]
+    if isinstance(obj, list) and obj and all(isinstance(x, str) for x in obj):
+        if len(set(obj)) != len(obj):
+            dup = next(m for m, n in Counter(obj).items() if n > 1)
+            raise ManifestError(f"{path}: duplicate class {dup!r}")
+        return list(obj)
+    return None
+
+
+def _read_class_labels_csv(path: Path) -> tuple[list[str], dict[str, str]]:
+    """An SSAST ``class_labels_indices.csv``: the mids in index order, ``mid -> display_name``."""
+    rows = _read_csv_rows(path)
+    header, body = rows[0][1], rows[1:]
+    cols = {name.strip().lower(): k for k, name in enumerate(header)}
+    missing = [c for c in ("index", "mid") if c not in cols]
+    if missing:
+        raise ManifestError(
+            f"{path}: line 1: missing column(s) {', '.join(missing)} "
+            f"(expected header index,mid,display_name)"
+        )
+    by_index: dict[int, tuple[str, str]] = {}
+    for line, row in body:
+        try:
+            index = int(row[cols["index"]])
+            mid = row[cols["mid"]].strip()
+        except (IndexError, ValueError):
+            raise ManifestError(f"{path}: line {line}: expected index,mid,display_name") from None
+        name = row[cols["display_name"]].strip() if "display_name" in cols else mid
+        if index in by_index:
+            raise ManifestError(f"{path}: line {line}: duplicate index {index}")
+        by_index[index] = (mid, name)
+    if not by_index:
+        raise ManifestError(f"{path}: no classes")
+    mids = [by_index[k][0] for k in sorted(by_index)]
+    if len(set(mids)) != len(mids):
+        dup = next(m for m, n in Counter(mids).items() if n > 1)
+        raise ManifestError(f"{path}: duplicate mid {dup!r}")
+    return mids, {mid: name for mid, name in by_index.values()}

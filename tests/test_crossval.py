@@ -8,16 +8,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ssamba.crossval import (
-    add_crossval_parser,
-    find_folds,
-    fold_result,
-    parse_folds,
-    run_crossval,
-)
-from ssamba.finetune import add_finetune_parser
+from ssamba.cli.train import add_crossval_parser, add_finetune_parser, fold_list, run_crossval
+from ssamba.crossval import find_folds, fold_result
+from ssamba.errors import TrainingError
 from ssamba.recipes.prepare import prepare
-from ssamba.training import TrainingError, read_metrics
+from ssamba.training import read_metrics
 
 CATS = {0: ("dog", 300.0), 1: ("rooster", 2000.0)}
 
@@ -113,10 +108,9 @@ def test_find_and_parse_folds(prepared, tmp_path):
     folds = find_folds(prepared)
     assert sorted(folds) == [1, 2, 3]
     assert folds[2][0].name == "fold2_train.csv" and folds[2][1].name == "fold2_eval.csv"
-    assert parse_folds("1,3") == [1, 3] and parse_folds("1-3,5") == [1, 2, 3, 5]
-    assert parse_folds(None) is None
-    with pytest.raises(ValueError, match="--folds"):
-        parse_folds("one")
+    assert fold_list("1,3") == [1, 3] and fold_list("1-3,5") == [1, 2, 3, 5]
+    with pytest.raises(argparse.ArgumentTypeError, match="not a list"):
+        fold_list("one")
     with pytest.raises(FileNotFoundError, match="no fold"):
         find_folds(tmp_path)
     with pytest.raises(FileNotFoundError, match="fold7"):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from ssamba.cli import main
 from ssamba.cli.train import add_crossval_parser, add_finetune_parser, fold_list, run_crossval
 from ssamba.crossval import find_folds, fold_result
 from ssamba.errors import TrainingError
@@ -99,6 +100,12 @@ def test_folds_run_average_and_resume(prepared, tmp_path, capsys, caplog):
     assert again["folds"]["3"]["last"] == result["folds"]["3"]["last"]
     assert "resumed from" in caplog.text
     print(capsys.readouterr().out)
+
+    # the recorded settings replay the cross-validation: the same settings, so every fold is done
+    replay = ["crossval", "--config", str(out / "crossval_config.json"), "-o", str(out)]
+    assert main(replay) == 0
+    assert "fold3" in capsys.readouterr().out
+    assert (out / "fold1" / "summary.json").stat().st_mtime_ns == done
 
     with pytest.raises(TrainingError, match="lr"):
         _cli([*argv, "--lr", "5e-4", "--folds", "1"])

@@ -249,7 +249,7 @@ def test_training_help_shows_defaults_and_loads_no_torch():
         "    out = io.StringIO()\n"
         "    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
         "        p.parse_args([cmd, '--help'])\n"
-        "    print(f'=== {cmd}', out.getvalue())\n"
+        "    print(f'=== {cmd}'); print(out.getvalue())\n"
         "print('torch loaded:', 'torch' in sys.modules)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(SRC)}

@@ -43,8 +43,7 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "crossval.json"
 CONFIG_FILE = "crossval_config.json"
 _FOLD_FILE = re.compile(r"^fold(\d+)_(train|eval)\.(csv|json)$")
-# per-fold or run-control settings, left out of the consistency check
-_PER_FOLD = {"train", "valid", "test", "out", "resume", "overwrite", "progress"} | RESUMABLE_CHANGES
+_PER_FOLD = {"train", "valid", "test", "out"}  # set for each fold
 
 
 def find_folds(prepared: str | os.PathLike) -> dict[int, tuple[Path, Path]]:
@@ -82,7 +81,8 @@ def recipe_from_prepared(prepared: str | os.PathLike) -> str | None:
 
 
 def _settings(cfg: FinetuneConfig) -> dict:
-    return {k: v for k, v in cfg.to_dict().items() if k not in _PER_FOLD}
+    """The template's settings (each a ``crossval`` option: the file replays the run)."""
+    return {k: v for k, v in cfg.settings().items() if k not in _PER_FOLD}
 
 
 def _finished(fold_dir: Path, cfg: FinetuneConfig) -> bool:
@@ -163,7 +163,11 @@ def _record_settings(template, prepared: Path, out: Path, recipe: str | None, ma
     config_file = out / CONFIG_FILE
     if config_file.is_file() and not template.overwrite:
         saved = json.loads(config_file.read_text())
-        changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        changed = sorted(
+            k
+            for k in set(saved) | set(settings)
+            if k not in RESUMABLE_CHANGES and saved.get(k) != settings.get(k)
+        )
         if changed:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed)
             raise TrainingError(

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from ssamba.configs import TrainConfig
 from ssamba.data import make_sampler
@@ -321,8 +322,6 @@ def progress_bar(total: int, initial: int, enabled: bool, minutes: float | None 
     with an ETA of hours), so the bar counts steps and names the budget instead."""
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     if minutes is not None:
         desc = f"{minutes:g} min budget"
         return tqdm(initial=initial, unit="step", desc=desc, dynamic_ncols=True)

@@ -6,13 +6,12 @@ concatenated (``"bands"``: keeps the spectral layout a global mean throws away);
 encoder is trained with Adam, the head at ``head_lr_mult`` times the learning rate, the
 learning rate multiplied by ``lr_decay`` every epoch from ``lr_decay_start`` on. Single-label
 tasks use cross-entropy (soft targets when mixup is on), multi-label tasks binary cross-entropy.
-The model with the best validation metric is kept in ``best/`` and evaluated on ``--test``.
+The model with the best validation metric is kept in ``best/`` and evaluated on ``test``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import torch
@@ -37,7 +36,6 @@ from ssamba.training import (
     load_chosen_model,
 )
 
-log = logging.getLogger(__name__)
 HEAD_PREFIX = "mlp_head."
 
 

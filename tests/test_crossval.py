@@ -8,16 +8,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ssamba.crossval import (
-    add_crossval_parser,
-    find_folds,
-    fold_result,
-    parse_folds,
-    run_crossval,
-)
-from ssamba.finetune import add_finetune_parser
+from ssamba.cli import main
+from ssamba.cli.train import add_crossval_parser, add_finetune_parser, fold_list, run_crossval
+from ssamba.crossval import find_folds, fold_result
+from ssamba.errors import TrainingError
 from ssamba.recipes.prepare import prepare
-from ssamba.training import TrainingError, read_metrics
+from ssamba.training import read_metrics
 
 CATS = {0: ("dog", 300.0), 1: ("rooster", 2000.0)}
 
@@ -105,6 +101,12 @@ def test_folds_run_average_and_resume(prepared, tmp_path, capsys, caplog):
     assert "resumed from" in caplog.text
     print(capsys.readouterr().out)
 
+    # the recorded settings replay the cross-validation: the same settings, so every fold is done
+    replay = ["crossval", "--config", str(out / "crossval_config.json"), "-o", str(out)]
+    assert main(replay) == 0
+    assert "fold3" in capsys.readouterr().out
+    assert (out / "fold1" / "summary.json").stat().st_mtime_ns == done
+
     with pytest.raises(TrainingError, match="lr"):
         _cli([*argv, "--lr", "5e-4", "--folds", "1"])
 
@@ -113,10 +115,9 @@ def test_find_and_parse_folds(prepared, tmp_path):
     folds = find_folds(prepared)
     assert sorted(folds) == [1, 2, 3]
     assert folds[2][0].name == "fold2_train.csv" and folds[2][1].name == "fold2_eval.csv"
-    assert parse_folds("1,3") == [1, 3] and parse_folds("1-3,5") == [1, 2, 3, 5]
-    assert parse_folds(None) is None
-    with pytest.raises(ValueError, match="--folds"):
-        parse_folds("one")
+    assert fold_list("1,3") == [1, 3] and fold_list("1-3,5") == [1, 2, 3, 5]
+    with pytest.raises(argparse.ArgumentTypeError, match="not a list"):
+        fold_list("one")
     with pytest.raises(FileNotFoundError, match="no fold"):
         find_folds(tmp_path)
     with pytest.raises(FileNotFoundError, match="fold7"):

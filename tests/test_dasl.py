@@ -10,22 +10,22 @@ import soundfile as sf
 import torch
 
 import ssamba
+from ssamba.cli.dasl import add_dasl_build_parser, add_dasl_parser
 from ssamba.dasl import (
     IGNORE,
     DaslDataset,
     StepDecay,
-    add_dasl_build_parser,
-    add_dasl_parser,
     build_dasl_mixtures,
     chunk_assignment,
     chunk_labels,
     chunk_logits,
-    column_centres,
     dasl_metrics,
     pool_chunks,
     read_dasl_manifest,
 )
+from ssamba.errors import UsageError
 from ssamba.models.model import EncoderOutput
+from ssamba.models.patches import column_times
 
 FREQS = {"high": 3000.0, "low": 300.0, "mid": 1000.0}
 
@@ -87,7 +87,7 @@ def test_every_chunk_gets_columns_and_padding_columns_are_dropped():
         assert ((w > 0).sum(0) == 1).all()
     # a longer input than the chunks: trailing columns are left out
     w = chunk_assignment(384, 16, 60)  # 6144 frames (the reference's padding)
-    centres = column_centres(384, 16)
+    centres = column_times(384, 16)
     assert ((w > 0).sum(0)[centres >= 60] == 0).all()
     # chunks shorter than the column spacing borrow the nearest column
     w = chunk_assignment(10, 16, 16, chunk_seconds=0.1)
@@ -172,6 +172,12 @@ def test_builder_from_a_csv_and_class_list_conflicts(clips, tmp_path):
     assert _cli(["dasl-build", str(tmp_path / "clips.csv"), "-o", str(out), "-n", "2",
                  "--seconds", "3", "--name", "valid"]) == 0  # fmt: skip
     assert len(read_dasl_manifest(out / "valid.csv")[0]) == 2
+    again = ["dasl-build", str(tmp_path / "clips.csv"), "-o", str(out), "-n", "3", "--seconds",
+             "2", "--name", "valid"]  # fmt: skip
+    with pytest.raises(UsageError, match="exists; pass --overwrite"):
+        _cli(again)
+    assert _cli([*again, "--overwrite"]) == 0
+    assert len(read_dasl_manifest(out / "valid.csv")[0]) == 3
     only_two = ["path,label"] + [ln for ln in lines[1:] if not ln.endswith(",mid")]
     (tmp_path / "two.csv").write_text("\n".join(only_two) + "\n")
     with pytest.raises(ValueError, match="other classes"):
@@ -198,7 +204,7 @@ def test_tiny_model_learns_per_second_labels(clips, tmp_path):
             clips, tmp_path / "data", n, seconds=4, seed=seed, mode="crop", name=name
         )
     data, out = tmp_path / "data", tmp_path / "run"
-    argv = ["dasl", "--init", "none", "--depth", "2", "--train", str(data / "train.csv"),
+    argv = ["dasl", "--depth", "2", "--train", str(data / "train.csv"),
             "--valid", str(data / "valid.csv"), "--test", str(data / "test.csv"),
             "--out", str(out), "--batch-size", "4", "--epochs", "3", "--lr", "2e-3",
             "--fstride", "32", "--freqm", "8", "--timem", "20", "--no-progress"]  # fmt: skip

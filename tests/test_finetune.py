@@ -8,7 +8,10 @@ import soundfile as sf
 
 import ssamba
 from ssamba.cli import build_parser
-from ssamba.finetune import FinetuneConfig, FinetuneTask, config_from_args, finetune
+from ssamba.cli.train import finetune_config
+from ssamba.configs import FinetuneConfig
+from ssamba.errors import UsageError
+from ssamba.finetune import FinetuneTask, finetune
 from ssamba.training import LRSchedule
 
 FREQS = {"low": 300.0, "mid": 900.0, "high": 2700.0}
@@ -90,12 +93,27 @@ def test_recipe_then_explicit_options():
     args = parser.parse_args(
         ["finetune", "--recipe", "esc50", "--train", "t.csv", "--out", "o", "--lr", "0.5"]
     )
-    config = config_from_args(args)
+    config = finetune_config(args, args.recipe)
     assert (config.target_length, config.freqm, config.timem, config.noise) == (512, 24, 96, True)
     assert config.lr == 0.5 and config.batch_size == 48 and config.weight_decay == 5e-7
-    assert config.init is None and config.normalize == "esc50"
-    plain = config_from_args(parser.parse_args(["finetune", "--train", "t", "--out", "o"]))
+    assert config.checkpoint is None and config.normalize == "esc50"
+    plain = finetune_config(parser.parse_args(["finetune", "--train", "t", "-o", "o"]))
     assert (plain.lr, plain.weight_decay, plain.fstride, plain.epochs) == (1e-4, 5e-7, 10, 1)
+    # the old spelling of -c/--checkpoint still works; "none" means a fresh model
+    old = parser.parse_args(["finetune", "--train", "t", "-o", "o", "--init", "ckpt"])
+    assert finetune_config(old).checkpoint == "ckpt"
+    fresh = parser.parse_args(["finetune", "--train", "t", "-o", "o", "-c", "none"])
+    assert finetune_config(fresh).checkpoint is None
+
+
+def test_settings_are_checked_when_a_config_is_made():
+    with pytest.raises(UsageError, match="mixup"):
+        FinetuneConfig(out="x", mixup=1.5)
+    with pytest.raises(UsageError, match="batch_size"):
+        FinetuneConfig(out="x", batch_size=0)
+    with pytest.raises(UsageError, match="pass saved weights as checkpoint"):
+        FinetuneConfig(out="x", model="some/folder")
+    assert FinetuneConfig(out="x", init="old.pth").checkpoint == "old.pth"  # the old name
 
 
 def test_step_decay_and_head_learning_rate():

@@ -16,10 +16,13 @@ import torch
 
 import ssamba
 from ssamba.cli import main
-from ssamba.pretrain import MaskedPatchObjective, PretrainConfig, clip_masks, pretrain
-from ssamba.training import TrainingError, read_metrics
+from ssamba.configs import RUN_CONTROL, DaslConfig, FinetuneConfig, PretrainConfig
+from ssamba.errors import TrainingError
+from ssamba.pretrain import MaskedPatchObjective, clip_masks, pretrain
+from ssamba.training import progress_bar, read_metrics
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "official_ssamba_tiny_depth4"
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def chirps(folder: Path, n: int, seed: int) -> Path:
@@ -155,7 +158,7 @@ def test_output_folder_is_not_overwritten(audio, tmp_path, capsys):
 
 def test_continue_pretraining_from_an_official_checkpoint(audio, tmp_path):
     train, _ = audio
-    cfg = config(tmp_path / "run", train, model=str(GOLDEN / "pretrain_state_dict.pt"))
+    cfg = config(tmp_path / "run", train, checkpoint=str(GOLDEN / "pretrain_state_dict.pt"))
     cfg.model_overrides = {}
     cfg.max_steps = 2
     pretrain(cfg)
@@ -199,16 +202,88 @@ def test_torchrun_two_processes_match_a_single_process(audio, tmp_path):
 
 
 def test_progress_bar_under_a_time_budget_names_it_instead_of_a_step_total():
-    from ssamba.training import _progress_bar
-
-    assert _progress_bar(100, 0, enabled=False) is None
-    bar = _progress_bar(220_000, 3, enabled=True, minutes=3.0)
+    assert progress_bar(100, 0, enabled=False) is None
+    bar = progress_bar(220_000, 3, enabled=True, minutes=3.0)
     try:
         assert bar.total is None and bar.n == 3 and "3 min budget" in bar.desc
     finally:
         bar.close()
-    bar = _progress_bar(50, 0, enabled=True)
+    bar = progress_bar(50, 0, enabled=True)
     try:
         assert bar.total == 50
     finally:
         bar.close()
+
+
+def test_config_file_replays_a_run(audio, tmp_path, capsys):
+    """run.json holds the command-line settings: `--config run.json` reproduces them."""
+    train, _ = audio
+    args = ["pretrain", "--depth", "2", "--train", str(train), "-o", str(tmp_path / "a")]
+    args += ["--target-length", "64", "--batch-size", "8", "--max-steps", "1", "--no-progress"]
+    args += ["--lr", "5e-4", "--betas", "0.9", "0.99", "--mask-mode", "random", "--seed", "3"]
+    assert main(args) == 0
+    first = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert first["command"] == "pretrain" and first["model_overrides"] == {"depth": 2}
+    replay = ["pretrain", "--config", str(tmp_path / "a" / "run.json"), "-o", str(tmp_path / "b")]
+    assert main(replay + ["--no-progress"]) == 0
+    second = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert {**first, "out": None} == {**second, "out": None}
+    # flags given on the command line win over the file; an unknown setting is an error
+    assert main(replay[:-1] + [str(tmp_path / "c"), "--no-progress", "--seed", "4"]) == 0
+    assert json.loads((tmp_path / "c" / "run.json").read_text())["seed"] == 4
+    (tmp_path / "bad.json").write_text(json.dumps({**first, "learning_rate": 1}))
+    capsys.readouterr()
+    assert (
+        main(["pretrain", "--config", str(tmp_path / "bad.json"), "-o", str(tmp_path / "d")]) == 2
+    )
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def test_training_help_shows_defaults_and_loads_no_torch():
+    code = (
+        "import argparse, contextlib, io, sys\n"
+        "import ssamba.cli.dasl, ssamba.cli.train\n"
+        "p = argparse.ArgumentParser(prog='ssamba'); sub = p.add_subparsers()\n"
+        "ssamba.cli.train.register(sub); ssamba.cli.dasl.register(sub)\n"
+        "for cmd in ('pretrain', 'finetune', 'crossval', 'dasl', 'dasl-build'):\n"
+        "    out = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
+        "        p.parse_args([cmd, '--help'])\n"
+        "    print(f'=== {cmd}'); print(out.getvalue())\n"
+        "print('torch loaded:', 'torch' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("torch loaded: False")
+    helps = dict(part.split("\n", 1) for part in res.stdout.split("=== ")[1:])
+    flat = {cmd: " ".join(text.split()) for cmd, text in helps.items()}
+    assert "--lr LR learning rate (default: 0.0001)" in flat["pretrain"]
+    assert (
+        "--mpg-weight MPG_WEIGHT weight of the generative (MSE) loss (default: 10.0)"
+        in (flat["pretrain"])
+    )
+    assert "(default: 0.0, or the --recipe's)" in flat["finetune"]  # --mixup
+    assert (
+        "--seed SEED random seed (weights, data order, masks, augmentation) (default: 0)"
+        in (flat["dasl"])
+    )
+    assert "--lr-decay LR_DECAY learning rate factor at each decay (default: 0.85)" in flat["dasl"]
+    assert "(default: 60)" in flat["dasl-build"]
+
+
+@pytest.mark.parametrize(
+    "command, cls",
+    [("pretrain", PretrainConfig), ("finetune", FinetuneConfig), ("dasl", DaslConfig)],
+)
+def test_every_recorded_setting_is_an_option(command, cls):
+    """What run.json records must be settable on the command line (for --config run.json)."""
+    import argparse
+    import dataclasses
+
+    from ssamba.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    dests = {a.dest for a in sub.choices[command]._actions}
+    recorded = {f.name for f in dataclasses.fields(cls)} - RUN_CONTROL
+    assert recorded <= dests, recorded - dests

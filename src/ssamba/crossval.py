@@ -1,4 +1,4 @@
-"""K-fold cross-validation of fine-tuning (``ssamba crossval``), reported as the recipes say.
+"""K-fold cross-validation of fine-tuning, reported as the recipes say (``ssamba crossval``).
 
 A prepared dataset (``ssamba prepare esc50|urbansound8k|iemocap``) holds ``fold{k}_train`` and
 ``fold{k}_eval`` manifests (CSV, or SSAST JSON). For each fold ``k`` :func:`crossval` fine-tunes
@@ -11,8 +11,8 @@ Settings: defaults < recipe (``--recipe``, else the task named in ``prepare.json
 options, exactly as ``ssamba finetune``. Resumable: a fold whose ``summary.json`` shows it ran to
 the end is skipped; a fold that was interrupted continues from its last checkpoint (``fit``'s exact
 resume); the settings are stored in ``OUT/crossval_config.json`` and a rerun with other settings is
-refused (use another ``--out`` or ``--overwrite``). ``--folds 1,3`` runs a subset; the table and
-``OUT/crossval.json`` cover every finished fold in ``OUT``.
+refused (use another ``--out`` or ``--overwrite``). ``folds=[1, 3]`` runs a subset;
+``OUT/crossval.json`` covers every finished fold in ``OUT``.
 
 ``crossval.json``::
 
@@ -23,7 +23,6 @@ refused (use another ``--out`` or ``--overwrite``). ``--folds 1,3`` runs a subse
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -32,15 +31,19 @@ import os
 import re
 from pathlib import Path
 
-from ssamba.training import RESUMABLE_CHANGES, TrainingError, atomic_write_text
+from ssamba.configs import FinetuneConfig
+from ssamba.errors import RecipeError, TrainingError
+from ssamba.fileio import atomic_write_json
+from ssamba.finetune import finetune
+from ssamba.recipes import load_recipe, recipe_name
+from ssamba.training import METRICS, RESUMABLE_CHANGES, RUN_FILE, SUMMARY_FILE, read_metrics
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "crossval.json"
 CONFIG_FILE = "crossval_config.json"
 _FOLD_FILE = re.compile(r"^fold(\d+)_(train|eval)\.(csv|json)$")
-# per-fold or run-control settings, left out of the consistency check
-_PER_FOLD = {"train", "valid", "test", "out", "resume", "overwrite"} | RESUMABLE_CHANGES
+_PER_FOLD = {"train", "valid", "test", "out"}  # set for each fold
 
 
 def find_folds(prepared: str | os.PathLike) -> dict[int, tuple[Path, Path]]:
@@ -62,24 +65,6 @@ def find_folds(prepared: str | os.PathLike) -> dict[int, tuple[Path, Path]]:
     return folds
 
 
-def parse_folds(text: str | None) -> list[int] | None:
-    """``"1,3"`` or ``"1-3,5"`` -> [1, 3] / [1, 2, 3, 5]; None -> None (all folds)."""
-    if text is None or not str(text).strip():
-        return None
-    folds: list[int] = []
-    for part in str(text).split(","):
-        part = part.strip()
-        try:
-            if "-" in part:
-                a, b = (int(x) for x in part.split("-", 1))
-                folds.extend(range(a, b + 1))
-            else:
-                folds.append(int(part))
-        except ValueError:
-            raise ValueError(f"--folds: {text!r} is not a list like 1,2 or 1-3") from None
-    return sorted(set(folds))
-
-
 def recipe_from_prepared(prepared: str | os.PathLike) -> str | None:
     """The task ``ssamba prepare`` recorded in ``prepare.json`` (None if absent/unknown)."""
     report = Path(prepared) / "prepare.json"
@@ -89,22 +74,20 @@ def recipe_from_prepared(prepared: str | os.PathLike) -> str | None:
         task = json.loads(report.read_text()).get("task")
     except (OSError, json.JSONDecodeError):
         return None
-    from ssamba.recipes import RecipeError, recipe_name
-
     try:
         return recipe_name(task) if task else None
     except RecipeError:
         return None
 
 
-def _settings(cfg) -> dict:
-    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dataclasses.asdict(cfg)
-    return {k: v for k, v in d.items() if k not in _PER_FOLD}
+def _settings(cfg: FinetuneConfig) -> dict:
+    """The template's settings (each a ``crossval`` option: the file replays the run)."""
+    return {k: v for k, v in cfg.settings().items() if k not in _PER_FOLD}
 
 
-def _finished(fold_dir: Path, cfg) -> bool:
+def _finished(fold_dir: Path, cfg: FinetuneConfig) -> bool:
     """True when ``fold_dir/summary.json`` shows the run went to its planned end."""
-    path = fold_dir / "summary.json"
+    path = fold_dir / SUMMARY_FILE
     if not path.is_file():
         return False
     try:
@@ -119,15 +102,13 @@ def _finished(fold_dir: Path, cfg) -> bool:
 def fold_result(fold_dir: str | os.PathLike, metric: str) -> dict:
     """The evaluation-fold ``metric`` after the last epoch (the last validation record) and at
     the best epoch, read from ``fold_dir/metrics.jsonl`` and ``summary.json``."""
-    from ssamba.training import read_metrics
-
     fold_dir = Path(fold_dir)
-    valid = [r for r in read_metrics(fold_dir / "metrics.jsonl") if r.get("kind") == "valid"]
+    valid = [r for r in read_metrics(fold_dir / METRICS) if r.get("kind") == "valid"]
     if not valid or metric not in valid[-1]:
         raise TrainingError(f"{fold_dir}: no validation {metric!r} recorded")
     last = max(valid, key=lambda r: r["step"])
     best = max(valid, key=lambda r: (r.get(metric, -math.inf), -r["step"]))
-    summary = json.loads((fold_dir / "summary.json").read_text())
+    summary = json.loads((fold_dir / SUMMARY_FILE).read_text())
     return {
         "last": last[metric],
         "best": best[metric],
@@ -142,7 +123,7 @@ def fold_result(fold_dir: str | os.PathLike, metric: str) -> dict:
 
 
 def crossval(
-    template,
+    template: FinetuneConfig,
     prepared: str | os.PathLike,
     out: str | os.PathLike,
     folds: list[int] | None = None,
@@ -150,12 +131,9 @@ def crossval(
     recipe: str | None = None,
     device: str | None = None,
 ) -> dict:
-    """Run the folds of ``prepared`` with the settings of ``template`` (a
-    :class:`~ssamba.finetune.FinetuneConfig`; its train/valid/test/out are replaced per fold) and
-    return the results (also written to ``OUT/crossval.json``). ``recipe`` names the task whose
-    protocol text and expected fold count are reported."""
-    from ssamba.finetune import finetune
-
+    """Run the folds of ``prepared`` with the settings of ``template`` (its train/valid/test/out
+    are replaced per fold) and return the results (also written to ``OUT/crossval.json``).
+    ``recipe`` names the task whose protocol text and expected fold count are reported."""
     prepared, out = Path(prepared), Path(out)
     available = find_folds(prepared)
     chosen = sorted(available) if folds is None else folds
@@ -164,23 +142,32 @@ def crossval(
         raise FileNotFoundError(
             f"{prepared}: no fold{missing[0]}_train/_eval (folds: {sorted(available)})"
         )
-    info = {}
-    if recipe:
-        from ssamba.recipes import load_recipe
-
-        info = load_recipe(recipe)
-        n = info.get("folds")
-        if n and len(available) != n:
-            log.warning("%s has %d folds; the %s protocol has %d", prepared, len(available),
-                        info["name"], n)  # fmt: skip
+    info = load_recipe(recipe) if recipe else {}
+    if info.get("folds") and len(available) != info["folds"]:
+        log.warning("%s has %d folds; the %s protocol has %d", prepared, len(available),
+                    info["name"], info["folds"])  # fmt: skip
     main = int(os.environ.get("RANK", "0")) == 0
-    settings = {"recipe": info.get("name"), "prepared": str(prepared.resolve()),
-                **_settings(template)}  # fmt: skip
+    _record_settings(template, prepared, out, info.get("name"), main)
+    for k in chosen:
+        _run_fold(template, k, available[k], out / f"fold{k}", main, device)
+    summary = _summarise(template, prepared, out, available, info)
+    if main:
+        atomic_write_json(out / RESULT_FILE, summary)
+    return summary
+
+
+def _record_settings(template, prepared: Path, out: Path, recipe: str | None, main: bool) -> None:
+    """Refuse to mix folds of other settings into ``out`` (unless overwriting); record ours."""
+    settings = {"recipe": recipe, "prepared": str(prepared.resolve()), **_settings(template)}
     settings = json.loads(json.dumps(settings, default=str))
     config_file = out / CONFIG_FILE
     if config_file.is_file() and not template.overwrite:
         saved = json.loads(config_file.read_text())
-        changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        changed = sorted(
+            k
+            for k in set(saved) | set(settings)
+            if k not in RESUMABLE_CHANGES and saved.get(k) != settings.get(k)
+        )
         if changed:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in changed)
             raise TrainingError(
@@ -189,39 +176,43 @@ def crossval(
             )
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(config_file, json.dumps(settings, indent=2))
+        atomic_write_json(config_file, settings)
 
-    for k in chosen:
-        fold_dir = out / f"fold{k}"
-        if not template.overwrite and _finished(fold_dir, template):
-            log.info("fold %d: already done (%s), skipped", k, fold_dir)
-            continue
-        if template.overwrite and main:  # a stale summary would mark a crashed redo finished
-            (fold_dir / "summary.json").unlink(missing_ok=True)
-        resume = not template.overwrite and (fold_dir / "run.json").is_file()
-        train, held_out = available[k]
-        cfg = dataclasses.replace(
-            template, train=str(train), valid=str(held_out), test=None, out=str(fold_dir),
-            resume=resume or template.resume,
-        )  # fmt: skip
-        log.info("fold %d: train %s, evaluate %s%s", k, train.name, held_out.name,
-                 " (resuming)" if resume else "")  # fmt: skip
-        finetune(cfg, device=device)
 
+def _run_fold(template, k: int, manifests, fold_dir: Path, main: bool, device) -> None:
+    """Fine-tune fold ``k`` into ``fold_dir``: skipped when finished, resumed when interrupted."""
+    if not template.overwrite and _finished(fold_dir, template):
+        log.info("fold %d: already done (%s), skipped", k, fold_dir)
+        return
+    if template.overwrite and main:  # a stale summary would mark a crashed redo finished
+        (fold_dir / SUMMARY_FILE).unlink(missing_ok=True)
+    resume = not template.overwrite and (fold_dir / RUN_FILE).is_file()
+    train, held_out = manifests
+    cfg = dataclasses.replace(
+        template, train=str(train), valid=str(held_out), test=None, out=str(fold_dir),
+        resume=resume or template.resume,
+    )  # fmt: skip
+    log.info("fold %d: train %s, evaluate %s%s", k, train.name, held_out.name,
+             " (resuming)" if resume else "")  # fmt: skip
+    finetune(cfg, device=device)
+
+
+def _summarise(template, prepared: Path, out: Path, available: dict, info: dict) -> dict:
+    """The result over every finished fold in ``out`` (see the module docstring)."""
+    metric = template.metric
     results = {}
     for k in sorted(available):
         fold_dir = out / f"fold{k}"
         if _finished(fold_dir, template):
-            results[str(k)] = fold_result(fold_dir, template.metric)
+            results[str(k)] = fold_result(fold_dir, metric)
     lasts = [r["last"] for r in results.values()]
     mean = sum(lasts) / len(lasts) if lasts else None
     std = math.sqrt(sum((x - mean) ** 2 for x in lasts) / len(lasts)) if lasts else None
-    protocol_folds = info.get("folds") or len(available)
-    summary = {
+    return {
         "recipe": info.get("name"),
         "protocol": info.get("protocol")
         or "mean over folds of the evaluation-fold metric after the last epoch",
-        "metric": template.metric,
+        "metric": metric,
         "prepared": str(prepared),
         "folds": results,
         "mean": mean,
@@ -229,109 +220,15 @@ def crossval(
         "best_mean": sum(r["best"] for r in results.values()) / len(results) if results else None,
         "num_folds": len(results),
         "available_folds": len(available),
-        "protocol_folds": protocol_folds,
+        "protocol_folds": info.get("folds") or len(available),
         "complete": len(results) == len(available),
         "expected": info.get("expected"),
     }
-    if main:
-        atomic_write_text(out / RESULT_FILE, json.dumps(summary, indent=2))
-    return summary
-
-
-def format_table(summary: dict) -> str:
-    """The per-fold table (percent) with the mean, as ``ssamba crossval`` prints it."""
-    metric = summary["metric"]
-    name = summary.get("recipe") or "cross-validation"
-    lines = [
-        f"{name}: {metric} on each evaluation fold after the last epoch (percent)",
-        f"{'fold':>6}  {'last':>7}  {'best*':>7}  {'epochs':>6}",
-    ]
-    for k, r in summary["folds"].items():
-        lines.append(
-            f"{'fold' + k:>6}  {100 * r['last']:7.2f}  {100 * r['best']:7.2f}  {r['epochs']:>6}"
-        )
-    if summary["mean"] is not None:
-        lines.append(
-            f"{'mean':>6}  {100 * summary['mean']:7.2f}  {100 * summary['best_mean']:7.2f}"
-            f"  (std {100 * summary['std']:.2f})"
-        )
-    lines.append("* best epoch, chosen on the evaluation fold itself: optimistic, not the protocol")
-    if not summary["complete"]:
-        lines.append(
-            f"partial: {summary['num_folds']} of {summary['available_folds']} folds finished "
-            "(run the others with --folds)"
-        )
-    if summary["protocol_folds"] != summary["available_folds"]:
-        lines.append(
-            f"note: the {name} protocol has {summary['protocol_folds']} folds; this dataset has "
-            f"{summary['available_folds']}"
-        )
-    expected = summary.get("expected") or {}
-    known = {k: v for k, v in expected.items() if k.startswith("ss") and v is not None}
-    if known:
-        shown = ", ".join(f"{k} {v}" for k, v in known.items())
-        lines.append(f"published: {shown} ({expected.get('unit', '')})")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------- command line
-def add_crossval_parser(subparsers) -> None:
-    from ssamba.finetune import add_finetune_options
-
-    p = subparsers.add_parser(
-        "crossval",
-        help="k-fold cross-validation of fine-tuning on a prepared dataset",
-        description=(
-            "Fine-tune on each fold of a dataset prepared by `ssamba prepare` (fold{k}_train, "
-            "evaluated on fold{k}_eval) into OUT/fold{k}, then report each fold's accuracy after "
-            "the last epoch and their mean (the recipes' protocol) in OUT/crossval.json. "
-            "Finished folds are skipped on a rerun. Options as `ssamba finetune`."
-        ),
-    )
-    p.add_argument("--prepared", required=True, help="folder written by `ssamba prepare`")
-    p.add_argument("--folds", help="subset of folds, e.g. 1,2 or 1-3 (default: all)")
-    p.add_argument("--recipe", help="task recipe (default: the task in PREPARED/prepare.json)")
-    add_finetune_options(p)
-    p.set_defaults(func=run_crossval)
-
-
-def config_from_args(args):
-    """The fold template: ``finetune.config_from_args`` (defaults < recipe < explicit options)
-    with the recipe from ``--recipe`` or ``prepare.json``."""
-    from ssamba.finetune import config_from_args as finetune_config
-
-    recipe = args.recipe or recipe_from_prepared(args.prepared)
-    ns = argparse.Namespace(**vars(args))
-    ns.recipe, ns.train, ns.valid, ns.test = recipe, "", None, None
-    return finetune_config(ns), recipe
-
-
-def run_crossval(args) -> int:
-    from ssamba.training import configure_logging
-
-    configure_logging(int(os.environ.get("RANK", "0")) == 0)
-    template, recipe = config_from_args(args)
-    summary = crossval(
-        template,
-        args.prepared,
-        args.out,
-        parse_folds(args.folds),
-        recipe=recipe,
-        device=args.device,
-    )
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(format_table(summary))
-    return 0
 
 
 __all__ = [
-    "add_crossval_parser",
-    "config_from_args",
     "crossval",
     "find_folds",
     "fold_result",
-    "format_table",
-    "parse_folds",
     "recipe_from_prepared",
-    "run_crossval",
 ]

@@ -1,11 +1,408 @@
-"""``ssamba pretrain``, ``finetune``, ``crossval`` (moving here from the library)."""
+"""``ssamba pretrain``, ``finetune``, ``crossval``: the training commands.
+
+Their options are built from the config dataclasses of :mod:`ssamba.configs`: an option's
+destination is the field's name and its default the field's default. So the defaults have one
+home, ``--help`` shows them without loading torch, and ``--config RUN/run.json`` replays a run
+(run.json records the fields). The library is imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from typing import Any
+
+from ssamba.cli.common import (
+    add_checkpoint,
+    add_command,
+    add_config,
+    add_out,
+    add_overwrite,
+    add_progress,
+    add_workers,
+    fraction,
+    hidden_alias,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from ssamba.configs import (
+    BAD_FILE_POLICIES,
+    LOSSES,
+    MASK_MODES,
+    OBJECTIVES,
+    PRECISIONS,
+    SELECTION_METRICS,
+    FinetuneConfig,
+    PretrainConfig,
+    field_defaults,
+)
+from ssamba.errors import UsageError
+from ssamba.models.config import POOLS, list_models
+from ssamba.recipes import FINETUNE_FIELDS, list_recipes, load_recipe
 
 
 def register(subparsers) -> None:
-    from ssamba.crossval import add_crossval_parser
-    from ssamba.finetune import add_finetune_parser
-    from ssamba.pretrain import add_pretrain_parser
-
     add_pretrain_parser(subparsers)
     add_finetune_parser(subparsers)
     add_crossval_parser(subparsers)
+
+
+# ---------------------------------------------------------------------------- shared options
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list | tuple):
+        return " ".join(map(str, value))
+    return "none" if value is None else str(value)
+
+
+class ConfigOptions:
+    """Adds options for fields of a config class: destination = the field's name, default = the
+    field's default. Fields in ``from_recipe`` may come from ``--recipe``: their options have no
+    default of their own (absent from the parsed arguments unless given), and their help names
+    both."""
+
+    def __init__(self, cls, from_recipe=()):
+        self.defaults = field_defaults(cls)
+        self.from_recipe = set(from_recipe)
+
+    def add(self, parser, name: str, help: str, *flags: str, **kw) -> None:
+        flags = flags or (f"--{name.replace('_', '-')}",)
+        default = self.defaults[name]
+        if name in self.from_recipe:
+            help = f"{help} (default: {_shown(default)}, or the --recipe's)"
+            kw["default"] = argparse.SUPPRESS
+        elif kw.get("required"):
+            kw["default"] = None  # (a --config file may set it)
+        else:
+            if default == 0 and not isinstance(default, bool):
+                help = f"{help} (default: 0)"  # the shared formatter skips falsy defaults
+            kw["default"] = default
+        parser.add_argument(*flags, dest=name, help=help, **kw)
+
+
+def add_model_options(p, options: ConfigOptions, drop_path: bool = False) -> None:
+    """``--model PRESET``, ``-c/--checkpoint`` and the model config overrides."""
+    options.add(p, "model", f"the preset to build ({', '.join(list_models())})", metavar="PRESET",
+                choices=list_models())  # fmt: skip
+    p.add_argument(
+        "--depth", type=positive_int, help="override the preset's depth (default: the preset's)"
+    )
+    if drop_path:
+        p.add_argument(
+            "--drop-path",
+            type=fraction,
+            help="override the stochastic depth rate (default: the preset's)",
+        )
+    shortcuts = "--depth and --drop-path win" if drop_path else "--depth wins"
+    options.add(
+        p,
+        "model_overrides",
+        f"model config fields to override, as a JSON object, e.g. '{{\"depth\": 4}}' "
+        f"(default: none; {shortcuts})",
+        metavar="JSON",
+    )
+
+
+def add_train_options(p, options: ConfigOptions) -> None:
+    """The options of every training command (:class:`~ssamba.configs.TrainConfig`'s fields)."""
+    g = p.add_argument_group("optimisation")
+    add = options.add
+    add(g, "batch_size", "global batch (all ranks together)", type=positive_int, metavar="N")
+    add(g, "accum_steps", "gradient accumulation steps", type=positive_int, metavar="N")
+    add(g, "lr", "learning rate", type=positive_float)
+    add(g, "weight_decay", "weight decay", type=non_negative_float)
+    add(g, "betas", "Adam betas", type=fraction, nargs=2, metavar=("B1", "B2"))
+    add(g, "warmup_steps", "steps of linear learning-rate warm-up", type=non_negative_int,
+        metavar="N")  # fmt: skip
+    add(g, "epochs", "epochs to train", type=positive_int, metavar="N")
+    add(g, "max_steps", "stop after N steps (default: --epochs decides)", type=positive_int,
+        metavar="N")  # fmt: skip
+    add(g, "max_minutes", "also stop (and save) after this much training time (default: no "
+        "limit)", type=positive_float, metavar="MIN")  # fmt: skip
+    add(g, "grad_clip", "clip the gradient norm to this value (default: no clipping)",
+        type=positive_float)  # fmt: skip
+    add(g, "precision", "fp32, or bf16 autocast", choices=PRECISIONS)
+    g = p.add_argument_group("run")
+    add_out(g, help="output folder (run.json, metrics, checkpoints, best/ and final/ models)")
+    add(g, "seed", "random seed (weights, data order, masks, augmentation)",
+        type=non_negative_int)  # fmt: skip
+    add(g, "eval_every", "evaluate every N steps; 0: every epoch", type=non_negative_int,
+        metavar="N")  # fmt: skip
+    add(g, "save_every", "checkpoint every N steps; 0: every epoch", type=non_negative_int,
+        metavar="N")  # fmt: skip
+    add(g, "keep", "checkpoints to keep besides best/ and final/", type=positive_int, metavar="N")
+    add(g, "log_every", "steps between metric lines", type=positive_int, metavar="N")
+    add_workers(g, default=options.defaults["workers"], what="load training data")
+    g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_overwrite(g)
+    add_progress(g)
+    add_config(p)
+
+
+def _model_overrides(args) -> dict:
+    value = getattr(args, "model_overrides", None) or {}
+    if isinstance(value, str):  # from the command line; a --config file gives a table
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"--model-overrides: not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"--model-overrides must be a JSON object, got {value!r}")
+    value = dict(value)
+    for name in ("depth", "drop_path"):
+        if getattr(args, name, None) is not None:
+            value[name] = getattr(args, name)
+    return value
+
+
+def config_values(args, cls) -> dict[str, Any]:
+    """The values of ``cls``'s fields in the parsed ``args`` (fields not in ``args`` left out)."""
+    values = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
+    }
+    values["model_overrides"] = _model_overrides(args)
+    values["progress"] = not args.no_progress
+    if str(values.get("checkpoint")).lower() == "none":  # the old `--init none`: a fresh model
+        values["checkpoint"] = None
+    return values
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (or no torchrun): the process that prints."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# ---------------------------------------------------------------------------- pretrain
+def add_pretrain_parser(subparsers) -> None:
+    p = add_command(
+        subparsers,
+        "pretrain",
+        help="self-supervised pretraining (masked spectrogram patch modelling)",
+        description=(
+            "Pretrain SSAMBA or SSAST on unlabeled audio with the joint discriminative (InfoNCE) "
+            "and generative (MSE) masked-patch objective (docs/pretraining.md). Runs under "
+            "torchrun for several processes/nodes (DDP). `--config RUN/run.json` replays a run."
+        ),
+    )
+    options = ConfigOptions(PretrainConfig)
+    g = p.add_argument_group("model and data")
+    add_model_options(g, options, drop_path=True)
+    add_checkpoint(
+        g,
+        required=False,
+        help="saved weights to continue pretraining from: save_pretrained folder or official "
+        ".pth (default: none: a fresh --model)",
+    )
+    options.add(g, "train", "audio folder, list or manifest", required=True)
+    options.add(g, "valid", "held-out audio for masked-patch accuracy (default: none: no "
+                "validation, no best/)")  # fmt: skip
+    options.add(g, "target_length", "frames per clip (10 ms each)", type=positive_int,
+                metavar="FRAMES")  # fmt: skip
+    options.add(g, "normalize", "fbank normalisation: a preset, 'MEAN,STD', a stats JSON (`ssamba "
+                "stats`) or none")  # fmt: skip
+    options.add(g, "mask_patch", "masked patches per clip (default: 400 of 512, scaled to "
+                "--target-length)", type=positive_int, metavar="N")  # fmt: skip
+    options.add(g, "mask_mode", "cluster masks (SSAST), random patches or whole frames",
+                choices=MASK_MODES)  # fmt: skip
+    options.add(g, "objective", "joint: InfoNCE + weighted MSE; mpc or mpg: one of them",
+                choices=OBJECTIVES)  # fmt: skip
+    options.add(g, "mpg_weight", "weight of the generative (MSE) loss", type=non_negative_float)
+    options.add(g, "on_bad_file", "an unreadable audio file stops the run, or is skipped",
+                choices=BAD_FILE_POLICIES)  # fmt: skip
+    add_train_options(p, options)
+    p.set_defaults(func=run_pretrain)
+
+
+def run_pretrain(args) -> int:
+    from ssamba.pretrain import pretrain
+    from ssamba.training import configure_logging
+
+    configure_logging(is_main_process())
+    cfg = PretrainConfig(**config_values(args, PretrainConfig))
+    summary = pretrain(cfg, device=args.device)
+    print(
+        f"pretraining done: {summary['steps']} steps in {summary['seconds']} s -> {cfg.out}/final"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------- finetune
+def add_finetune_parser(subparsers) -> None:
+    p = add_command(
+        subparsers,
+        "finetune",
+        help="fine-tune a (pretrained or random) model on a labelled task",
+        description=(
+            "Fine-tune SSAMBA or SSAST on labelled audio. Settings: defaults < --recipe (a "
+            "task's reference settings, see `ssamba prepare`) < --config file < options given. "
+            "`--config RUN/run.json` replays a run."
+        ),
+    )
+    p.add_argument(
+        "--recipe", help="task recipe: " + ", ".join(list_recipes()) + " (default: none)"
+    )
+    g = p.add_argument_group("data")
+    options = ConfigOptions(FinetuneConfig, from_recipe=FINETUNE_FIELDS)
+    options.add(g, "train", "labelled manifest (CSV, SSAST JSON or a folder per class)",
+                required=True)  # fmt: skip
+    options.add(g, "valid", "manifest that selects the best epoch (default: none: final/ is used)")
+    options.add(g, "test", "manifest the chosen model is evaluated on (default: none)")
+    add_finetune_options(p, options)
+    p.set_defaults(func=run_finetune)
+
+
+def add_finetune_options(p, options: ConfigOptions) -> None:
+    """The model, augmentation and optimisation options (shared with ``ssamba crossval``)."""
+    g = p.add_argument_group("model")
+    add_checkpoint(
+        g,
+        required=False,
+        help="weights to start from: save_pretrained folder or official .pth (default: none: a "
+        "random --model)",
+    )
+    hidden_alias(g, "--init", dest="checkpoint")
+    add_model_options(g, options)
+    add = options.add
+    add(g, "target_length", "frames per clip (10 ms each)", type=positive_int, metavar="FRAMES")
+    add(g, "normalize", "fbank normalisation: a preset, 'MEAN,STD', a stats JSON or none")
+    add(g, "fstride", "patch stride in frequency", type=positive_int)
+    add(g, "tstride", "patch stride in time", type=positive_int)
+    add(g, "pool", "head input: mean patch token, class token(s), or per-band means", choices=POOLS)
+    g = p.add_argument_group("augmentation and loss")
+    add(g, "freqm", "SpecAugment: largest frequency mask (mel bins)", type=non_negative_int)
+    add(g, "timem", "SpecAugment: largest time mask (frames)", type=non_negative_int)
+    add(g, "mixup", "probability of mixing two clips (mixup)", type=fraction)
+    add(g, "noise", "add noise and shift in time", action=argparse.BooleanOptionalAction)
+    add(g, "loss", "ce: single-label; bce: multi-label", choices=LOSSES)
+    add(g, "metric", "the validation metric that selects the best epoch", choices=SELECTION_METRICS)
+    add(g, "balanced", "class-balanced sampling", action=argparse.BooleanOptionalAction)
+    add(g, "on_bad_file", "an unreadable audio file stops the run, or is skipped",
+        choices=BAD_FILE_POLICIES)  # fmt: skip
+    g = p.add_argument_group("learning rate")
+    add(g, "head_lr_mult", "the head's learning rate over the body's", type=positive_float)
+    add(g, "lr_decay", "learning rate factor per epoch from --lr-decay-start on",
+        type=positive_float)  # fmt: skip
+    add(g, "lr_decay_start", "first epoch of the decay", type=non_negative_int)
+    add_train_options(p, options)
+
+
+def finetune_config(args, recipe: str | None = None, **fixed) -> FinetuneConfig:
+    """The settings of ``ssamba finetune``: defaults < recipe < --config file < options given
+    (an option given or set by the file is in ``args``), then ``fixed``."""
+    values = dict(load_recipe(recipe)["finetune"]) if recipe else {}
+    values.update(config_values(args, FinetuneConfig))
+    values.update(fixed)
+    return FinetuneConfig(**values)
+
+
+def run_finetune(args) -> int:
+    from ssamba.finetune import finetune
+    from ssamba.training import configure_logging
+
+    configure_logging(is_main_process())
+    cfg = finetune_config(args, args.recipe)
+    summary = finetune(cfg, device=args.device)
+    best = summary.get("best_metric")
+    line = f"fine-tuning done: {summary['steps']} steps"
+    if best is not None:
+        line += f", best validation {cfg.metric} {best:.4f} at step {summary['best_step']}"
+    if "test" in summary:
+        line += f"; test {cfg.metric} {summary['test'].get(cfg.metric, float('nan')):.4f}"
+    print(line)
+    return 0
+
+
+# ---------------------------------------------------------------------------- crossval
+def fold_list(text: str) -> list[int]:
+    """``"1,3"`` or ``"1-3,5"`` -> [1, 3] / [1, 2, 3, 5] (an argparse type)."""
+    folds: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                a, b = (int(x) for x in part.split("-", 1))
+                folds.extend(range(a, b + 1))
+            else:
+                folds.append(int(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a list like 1,2 or 1-3") from None
+    return sorted(set(folds))
+
+
+def add_crossval_parser(subparsers) -> None:
+    p = add_command(
+        subparsers,
+        "crossval",
+        help="k-fold cross-validation of fine-tuning on a prepared dataset",
+        description=(
+            "Fine-tune on each fold of a dataset prepared by `ssamba prepare` (fold{k}_train, "
+            "evaluated on fold{k}_eval) into OUT/fold{k}, then report each fold's accuracy after "
+            "the last epoch and their mean (the recipes' protocol) in OUT/crossval.json. "
+            "Finished folds are skipped on a rerun. Options as `ssamba finetune`; "
+            "`--config OUT/crossval_config.json` replays a cross-validation."
+        ),
+    )
+    p.add_argument("--prepared", required=True, help="folder written by `ssamba prepare`")
+    p.add_argument(
+        "--folds", type=fold_list, help="subset of folds, e.g. 1,2 or 1-3 (default: all)"
+    )
+    p.add_argument("--recipe", help="task recipe (default: the task in PREPARED/prepare.json)")
+    add_finetune_options(p, ConfigOptions(FinetuneConfig, from_recipe=FINETUNE_FIELDS))
+    p.set_defaults(func=run_crossval)
+
+
+def run_crossval(args) -> int:
+    from ssamba.crossval import crossval, recipe_from_prepared
+    from ssamba.training import configure_logging
+
+    configure_logging(is_main_process())
+    recipe = args.recipe or recipe_from_prepared(args.prepared)
+    template = finetune_config(args, recipe, train="", valid=None, test=None)
+    summary = crossval(
+        template, args.prepared, args.out, args.folds, recipe=recipe, device=args.device
+    )
+    if is_main_process():
+        print(format_table(summary))
+    return 0
+
+
+def format_table(summary: dict) -> str:
+    """The per-fold table (percent) with the mean, as ``ssamba crossval`` prints it."""
+    metric = summary["metric"]
+    name = summary.get("recipe") or "cross-validation"
+    lines = [
+        f"{name}: {metric} on each evaluation fold after the last epoch (percent)",
+        f"{'fold':>6}  {'last':>7}  {'best*':>7}  {'epochs':>6}",
+    ]
+    for k, r in summary["folds"].items():
+        lines.append(
+            f"{'fold' + k:>6}  {100 * r['last']:7.2f}  {100 * r['best']:7.2f}  {r['epochs']:>6}"
+        )
+    if summary["mean"] is not None:
+        lines.append(
+            f"{'mean':>6}  {100 * summary['mean']:7.2f}  {100 * summary['best_mean']:7.2f}"
+            f"  (std {100 * summary['std']:.2f})"
+        )
+    lines.append("* best epoch, chosen on the evaluation fold itself: optimistic, not the protocol")
+    if not summary["complete"]:
+        lines.append(
+            f"partial: {summary['num_folds']} of {summary['available_folds']} folds finished "
+            "(run the others with --folds)"
+        )
+    if summary["protocol_folds"] != summary["available_folds"]:
+        lines.append(
+            f"note: the {name} protocol has {summary['protocol_folds']} folds; this dataset has "
+            f"{summary['available_folds']}"
+        )
+    expected = summary.get("expected") or {}
+    known = {k: v for k, v in expected.items() if k.startswith("ss") and v is not None}
+    if known:
+        shown = ", ".join(f"{k} {v}" for k, v in known.items())
+        lines.append(f"published: {shown} ({expected.get('unit', '')})")
+    return "\n".join(lines)

@@ -1,0 +1,302 @@
+"""The settings of every training command, in one place: the one home of their defaults.
+
+:class:`TrainConfig` holds what every training job shares; :class:`PretrainConfig`,
+:class:`FinetuneConfig` and :class:`DaslConfig` add each task's own. The command line builds its
+options from these fields (an option's destination is the field's name, its default the field's
+default), and a run's ``run.json`` records :meth:`TrainConfig.settings`, so that
+``ssamba COMMAND --config RUN/run.json`` replays the run.
+
+Values are checked on construction (:class:`~ssamba.errors.UsageError` names the field). This
+module imports no torch, so ``ssamba COMMAND --help`` shows these defaults quickly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import InitVar, dataclass, field
+from typing import Any
+
+from ssamba.constants import FRAMES_PER_SECOND
+from ssamba.errors import UsageError
+from ssamba.models.config import POOLS, list_models
+
+PRECISIONS = ("fp32", "bf16")
+OBJECTIVES = ("joint", "mpc", "mpg")
+MASK_MODES = ("cluster", "random", "frame")
+BAD_FILE_POLICIES = ("error", "skip")
+LOSSES = ("ce", "bce")
+SELECTION_METRICS = ("acc", "map")
+MIXTURE_MODES = ("whole", "crop")
+# Actions on the output folder and cosmetics: they do not define the run, run.json leaves them out.
+RUN_CONTROL = frozenset({"resume", "overwrite", "progress"})
+
+
+def field_defaults(cls) -> dict[str, Any]:
+    """``{field name: default}`` of a config class (None for a field without one)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+        else:
+            out[f.name] = None
+    return out
+
+
+# ---------------------------------------------------------------------------- checks
+def _choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise UsageError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def _at_least(name: str, value, low, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= low:
+        raise UsageError(f"{name} must be a number >= {low}, got {value!r}")
+    if isinstance(value, float) and math.isinf(value):
+        raise UsageError(f"{name} must be finite, got {value!r}")
+
+
+def _positive(name: str, value, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    _at_least(name, value, 0)
+    if not value > 0:
+        raise UsageError(f"{name} must be > 0, got {value!r}")
+
+
+def _preset(value) -> None:
+    if value not in list_models():
+        raise UsageError(
+            f"model must be a preset ({', '.join(list_models())}), got {value!r}; "
+            "pass saved weights as checkpoint"
+        )
+
+
+# ---------------------------------------------------------------------------- shared settings
+@dataclass
+class TrainConfig:
+    """Settings shared by every training job (the tasks add their own)."""
+
+    out: str
+    batch_size: int = 64  # global: split across ranks, times accumulation steps
+    accum_steps: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 5e-8
+    betas: tuple[float, float] = (0.95, 0.999)
+    warmup_steps: int = 1000
+    max_steps: int | None = None  # None: run ``epochs`` epochs
+    max_minutes: float | None = None  # also stop (and save) once this much time has passed
+    epochs: int = 1
+    grad_clip: float | None = None
+    precision: str = "fp32"  # or "bf16" (autocast)
+    seed: int = 0
+    eval_every: int = 0  # steps; 0: at the end of every epoch
+    save_every: int = 0  # steps; 0: at the end of every epoch
+    keep: int = 2  # checkpoints kept besides best/ and final/
+    log_every: int = 10  # steps between metric lines
+    workers: int = 0  # data loading processes
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        _choice("precision", self.precision, PRECISIONS)
+        for name in ("batch_size", "accum_steps", "epochs", "keep", "log_every"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("warmup_steps", "eval_every", "save_every", "workers", "seed"):
+            _at_least(name, getattr(self, name), 0)
+        _at_least("weight_decay", self.weight_decay, 0)
+        _positive("lr", self.lr)
+        _at_least("max_steps", self.max_steps, 1, optional=True)
+        _positive("max_minutes", self.max_minutes, optional=True)
+        _positive("grad_clip", self.grad_clip, optional=True)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UsageError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+
+    def to_dict(self) -> dict:
+        """Every field, tuples as lists (JSON)."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+    def settings(self) -> dict:
+        """What run.json records: every field but :data:`RUN_CONTROL`, each the destination of
+        a command-line option (so ``--config run.json`` replays the run)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_CONTROL}
+
+
+# ---------------------------------------------------------------------------- pretraining
+@dataclass
+class PretrainConfig(TrainConfig):
+    """``ssamba pretrain``: masked spectrogram patch modelling (docs/pretraining.md)."""
+
+    model: str = "ssamba_tiny"  # the preset to build
+    checkpoint: str | None = None  # saved weights to continue from; None: a fresh ``model``
+    train: str = ""
+    valid: str | None = None
+    target_length: int = 1024
+    normalize: str | None = "audioset"  # preset, "mean,std", or a stats JSON from `ssamba stats`
+    mask_patch: int | None = None  # None: 400 of 512 patches, scaled to the input length
+    mask_mode: str = "cluster"  # "cluster" (SSAST), "random" or "frame"
+    objective: str = "joint"
+    mpg_weight: float = 10.0
+    on_bad_file: str = "error"
+    model_overrides: dict = field(default_factory=dict)  # e.g. {"depth": 4} for small tests
+
+    def __post_init__(self):
+        super().__post_init__()
+        _preset(self.model)
+        _choice("objective", self.objective, OBJECTIVES)
+        _choice("mask_mode", self.mask_mode, MASK_MODES)
+        _choice("on_bad_file", self.on_bad_file, BAD_FILE_POLICIES)
+        _at_least("target_length", self.target_length, 1)
+        _at_least("mask_patch", self.mask_patch, 1, optional=True)
+        _at_least("mpg_weight", self.mpg_weight, 0)
+
+
+# ---------------------------------------------------------------------------- fine-tuning
+class _ClassifierSettings:
+    """Checks shared by the two classifier configs (fine-tuning and DASL)."""
+
+    def _check_classifier(self):
+        _preset(self.model)
+        for name in ("fstride", "tstride"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("freqm", "timem", "lr_decay_start"):
+            _at_least(name, getattr(self, name), 0)
+        _positive("head_lr_mult", self.head_lr_mult)
+        _positive("lr_decay", self.lr_decay)
+
+
+@dataclass
+class FinetuneConfig(TrainConfig, _ClassifierSettings):
+    """``ssamba finetune``: a classification head on a (pretrained or random) encoder."""
+
+    checkpoint: str | None = None  # official .pth or our folder; None: a random ``model``
+    model: str = "ssamba_tiny"  # the preset used when checkpoint is None
+    train: str = ""
+    valid: str | None = None
+    test: str | None = None
+    target_length: int = 1024
+    normalize: str | None = "audioset"
+    fstride: int = 10
+    tstride: int = 10
+    freqm: int = 0
+    timem: int = 0
+    mixup: float = 0.0
+    noise: bool = False
+    loss: str = "ce"  # "ce" (single-label) or "bce" (multi-label, or the reference's SC recipe)
+    metric: str = "acc"  # "acc" or "map": selects the best epoch
+    head_lr_mult: float = 1.0
+    lr_decay: float = 1.0
+    lr_decay_start: int = 0
+    pool: str = "mean"
+    balanced: bool = False
+    on_bad_file: str = "error"
+    model_overrides: dict = field(default_factory=dict)
+    lr: float = 1e-4
+    weight_decay: float = 5e-7
+    warmup_steps: int = 0
+    init: InitVar[str | None] = None  # the old name of ``checkpoint``, kept for one release
+
+    def __post_init__(self, init=None):
+        if init is not None and self.checkpoint is None:
+            self.checkpoint = init
+        super().__post_init__()
+        self._check_classifier()
+        _choice("loss", self.loss, LOSSES)
+        _choice("metric", self.metric, SELECTION_METRICS)
+        _choice("pool", self.pool, POOLS)
+        _choice("on_bad_file", self.on_bad_file, BAD_FILE_POLICIES)
+        _at_least("target_length", self.target_length, 1)
+        if not 0 <= self.mixup <= 1:
+            raise UsageError(f"mixup must be between 0 and 1, got {self.mixup!r}")
+
+
+# ---------------------------------------------------------------------------- DASL
+@dataclass
+class DaslConfig(TrainConfig, _ClassifierSettings):
+    """``ssamba dasl``: one label per chunk of long recordings (defaults: the reference script)."""
+
+    checkpoint: str | None = None  # official .pth or our folder; None: a random ``model``
+    model: str = "ssamba_tiny"
+    train: str = ""
+    valid: str | None = None
+    test: str | None = None
+    chunk_seconds: float = 1.0
+    seconds: int | None = None  # recording length; None: the longest training recording
+    normalize: str | None = "audioset"
+    fstride: int = 16
+    tstride: int = 16
+    freqm: int = 48
+    timem: int = 192
+    head_lr_mult: float = 1.0
+    lr_decay: float = 0.85
+    lr_decay_start: int = 20
+    lr_decay_every: int = 10
+    model_overrides: dict = field(default_factory=dict)
+    batch_size: int = 5
+    epochs: int = 50
+    lr: float = 1e-4
+    weight_decay: float = 5e-7
+    warmup_steps: int = 0
+    init: InitVar[str | None] = None  # the old name of ``checkpoint``, kept for one release
+
+    def __post_init__(self, init=None):
+        if init is not None and self.checkpoint is None:
+            self.checkpoint = init
+        super().__post_init__()
+        self._check_classifier()
+        _positive("chunk_seconds", self.chunk_seconds)
+        _at_least("lr_decay_every", self.lr_decay_every, 1)
+        _at_least("seconds", self.seconds, 1, optional=True)
+
+    @property
+    def target_length(self) -> int:
+        if self.seconds is None:
+            raise UsageError("seconds is not set yet")
+        return int(self.seconds) * FRAMES_PER_SECOND
+
+
+@dataclass
+class DaslBuildConfig:
+    """``ssamba dasl-build``: how :func:`ssamba.dasl.build_dasl_mixtures` builds recordings."""
+
+    seconds: int = 60  # length of each recording
+    mode: str = "whole"  # "whole" clips back to back (reference) or a random 1-s "crop" a second
+    name: str = "mixtures"  # manifest and audio folder name
+    seed: int = 0
+    on_bad_file: str = "error"
+
+    def __post_init__(self):
+        _choice("mode", self.mode, MIXTURE_MODES)
+        _choice("on_bad_file", self.on_bad_file, BAD_FILE_POLICIES)
+        if isinstance(self.seconds, bool) or int(self.seconds) != self.seconds:
+            raise UsageError(f"seconds must be a whole number, got {self.seconds!r}")
+        _at_least("seconds", self.seconds, 1)
+        _at_least("seed", self.seed, 0)
+        if not self.name or any(ch in self.name for ch in "/\\") or self.name.startswith("."):
+            raise UsageError(f"invalid name {self.name!r}")
+
+
+__all__ = [
+    "BAD_FILE_POLICIES",
+    "LOSSES",
+    "MASK_MODES",
+    "MIXTURE_MODES",
+    "OBJECTIVES",
+    "PRECISIONS",
+    "RUN_CONTROL",
+    "SELECTION_METRICS",
+    "DaslBuildConfig",
+    "DaslConfig",
+    "FinetuneConfig",
+    "PretrainConfig",
+    "TrainConfig",
+    "field_defaults",
+]

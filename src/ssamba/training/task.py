@@ -1,0 +1,82 @@
+"""The contract between :func:`ssamba.training.fit` and a training task.
+
+The loop owns everything generic (devices, data order, accumulation, the optimiser step,
+evaluation timing, checkpoints); a task says what is trained and how it is scored. Pretraining
+(:class:`ssamba.pretrain.PretrainTask`), fine-tuning (:class:`ssamba.finetune.FinetuneTask`) and
+DASL (:class:`ssamba.dasl.DaslTask`) implement it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ssamba.training.distributed import Distributed
+from ssamba.training.schedule import LRSchedule
+
+
+class Task(Protocol):
+    """What :func:`~ssamba.training.fit` uses of a task: exactly the members below.
+
+    Attributes:
+
+    - ``command``: the command name run.json records (``"pretrain"``, ``"finetune"``, ...).
+    - ``model``: the :class:`~ssamba.models.model.AudioModel` being trained. It is what
+      checkpoints, ``best/`` and ``final/`` save and what ``--resume`` reloads.
+    - ``module``: the ``nn.Module`` that holds ``model`` and computes the loss; the loop moves it
+      to the device and wraps it in DistributedDataParallel (so its forward must run every
+      collective the loss needs).
+    - ``schedule``: the :class:`~ssamba.training.LRSchedule`; the loop applies it before every
+      step, feeds it each validation result (:meth:`LRSchedule.observe`) and every epoch's end.
+    - ``watch``: the key of :meth:`evaluate`'s result that selects ``best/`` (higher is better).
+    - ``optimizer_class``: built as ``optimizer_class(param_groups(), lr=, betas=,
+      weight_decay=)``; default AdamW.
+
+    Optional methods have the default behaviour written in their docstrings; a task that
+    subclasses ``Task`` explicitly inherits it.
+    """
+
+    command: str
+    model: nn.Module
+    module: nn.Module
+    schedule: LRSchedule
+    watch: str
+    optimizer_class: ClassVar[type[torch.optim.Optimizer]] = torch.optim.AdamW
+
+    def settings(self) -> dict[str, Any]:
+        """The run's settings for run.json, every key a command-line option of ``command`` (so
+        ``--config run.json`` replays the run); ``--resume`` refuses other settings."""
+        ...
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups (a group's own ``lr`` overrides the config's)."""
+        ...
+
+    def compute_loss(
+        self, module: nn.Module, batch: dict, step_seed: tuple[int, int, int]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Forward one micro-batch through ``module`` (maybe DDP-wrapped; under autocast).
+
+        ``batch`` is on the device; ``step_seed`` is ``(seed, step, micro-step)`` for any
+        randomness that must not depend on ranks or workers. Returns the loss to minimise (the
+        loop scales it by the accumulation and calls backward) and scalar metrics to log."""
+        ...
+
+    def evaluate(self, loader: DataLoader, dist: Distributed) -> dict[str, float]:
+        """Metrics on this rank's share of the validation set (``loader``, in order), reduced
+        over ranks (every rank returns the same dict, which holds ``watch``). Leave the model in
+        training mode."""
+        ...
+
+    def sampling(self) -> dict[str, Any]:
+        """Keyword arguments for the training sampler (:func:`ssamba.data.make_sampler`), e.g.
+        ``{"balanced": True}``. Default: none."""
+        return {}
+
+    def extra_files(self) -> dict[str, str]:
+        """Files (name -> text) written into every saved model folder, e.g. the class list; a
+        checkpoint resumed must hold the same. Default: none."""
+        return {}

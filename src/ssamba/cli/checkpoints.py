@@ -87,8 +87,12 @@ def _register_convert(subparsers) -> None:
             "random input are identical. Prints the model's configuration."
         ),
     )
-    add_checkpoint(p, required=False, help="official state_dict file (.pth) to convert")
-    add_out(p, required=False, help="folder to write")
+    add_checkpoint(
+        p,
+        required=False,
+        help="official state_dict file (.pth) to convert (required)",
+    )
+    add_out(p, required=False, help="folder to write (required)")
     # the old spelling `ssamba convert OFFICIAL.pth OUT_DIR`, kept for one release
     p.add_argument("source", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("target", nargs="?", help=argparse.SUPPRESS)
@@ -190,7 +194,8 @@ def _register_average(subparsers) -> None:
         p,
         required=False,
         action="append",
-        help="a model folder to average (repeatable; the same as a CKPT argument)",
+        help="a model folder to average (repeatable; the same as a CKPT argument; no default: "
+        "give folders or --run)",
     )
     p.add_argument(
         "--run",

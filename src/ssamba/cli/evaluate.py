@@ -161,7 +161,9 @@ def _register_evaluate(subparsers) -> None:
         ),
     )
     add_checkpoint(
-        p, required=False, help="fine-tuned model: save_pretrained folder or official .pth"
+        p,
+        required=False,
+        help="fine-tuned model: save_pretrained folder or official .pth (required)",
     )
     # the old spelling `ssamba evaluate CKPT MANIFEST`, kept for one release
     p.add_argument("legacy_checkpoint", nargs="?", help=argparse.SUPPRESS)

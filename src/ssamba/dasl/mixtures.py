@@ -35,7 +35,7 @@ import soundfile as sf
 from ssamba.audio import load_audio
 from ssamba.configs import DaslBuildConfig
 from ssamba.constants import CLASS_LABELS_FILE, SAMPLE_RATE
-from ssamba.data import Manifest, read_class_labels, read_manifest
+from ssamba.data import Manifest, read_class_list, read_manifest
 from ssamba.errors import AudioError, ManifestError, UsageError
 from ssamba.fileio import atomic_write, atomic_write_json
 
@@ -111,7 +111,7 @@ def build_dasl_mixtures(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     class_file = out / CLASS_LABELS_FILE
-    if class_file.exists() and read_class_labels(class_file)[0] != list(src.classes):
+    if class_file.exists() and read_class_list(class_file)[0] != list(src.classes):
         raise ManifestError(
             f"{class_file} lists other classes than {src.source}: build into another folder "
             "or pass the same class list"

@@ -28,7 +28,6 @@ from ssamba.data.manifest import (
     Example,
     Manifest,
     ManifestWarning,
-    read_class_labels,
     read_class_list,
     read_manifest,
 )
@@ -59,7 +58,6 @@ __all__ = [
     "make_loader",
     "make_sampler",
     "map_files",
-    "read_class_labels",
     "read_class_list",
     "read_manifest",
     "set_epoch",

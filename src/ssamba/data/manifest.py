@@ -427,10 +427,6 @@ def read_class_list(path: str | os.PathLike) -> tuple[list[str], dict[str, str]]
     return list(manifest.classes), dict(manifest.display_names)
 
 
-#: The old name of :func:`read_class_list` (which reads the same files and more).
-read_class_labels = read_class_list
-
-
 def _json_class_names(path: Path) -> list[str] | None:
     """The names of a ``classes.json``, or None when the JSON is something else (a manifest)."""
     try:

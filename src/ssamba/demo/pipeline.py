@@ -184,7 +184,7 @@ def finetune_model(init, arch, task_name, task, stats, out: Path, plan: DemoPlan
     run = out / "runs" / f"finetune_{task_name}_{arch}_{'pretrained' if init else 'random'}"
     cfg = FinetuneConfig(
         out=str(run),
-        init=str(init) if init else None,
+        checkpoint=str(init) if init else None,
         model=name,
         train=str(task["train"]),
         valid=str(task["valid"]),

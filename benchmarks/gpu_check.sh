@@ -9,7 +9,8 @@
 #   GPU_CHECK_DEVICE=cpu GPU_CHECK_QUICK=1 bash benchmarks/gpu_check.sh   # plumbing test on a CPU
 #
 # Stages (limits in seconds): env (30), the CUDA tests (90: tests/test_scan_gpu.py, every scan
-# backend against the reference, values and gradients), the scan kernel throughput (120:
+# backend against the reference, values and gradients; tests/test_training_gpu.py, fused AdamW
+# and bf16/fp16 training on CUDA), the scan kernel throughput (120:
 # benchmarks/bench_scan_gpu.py), `ssamba bench --device cuda` (150: SSAMBA-tiny vs SSAST-tiny
 # with sdpa/flash and with explicit attention, 512..32k tokens, time and max_memory_allocated),
 # pretraining throughput (90: bf16, batch 64, 10-s clips, SSAMBA-tiny vs SSAST-tiny), summary.
@@ -107,7 +108,7 @@ if [ ! -f tests/test_scan_gpu.py ]; then
   record tests "missing: tests/test_scan_gpu.py" 0 "" ""
 else
   # On a CPU the file's CUDA tests skip themselves: running it still checks that it imports.
-  stage tests 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_scan_gpu.py
+  stage tests 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_scan_gpu.py tests/test_training_gpu.py
 fi
 
 # ---------------------------------------------------------------------------- (c) scan kernels

@@ -21,7 +21,7 @@ from ssamba.constants import FRAMES_PER_SECOND
 from ssamba.errors import UsageError
 from ssamba.models.config import POOLS, list_models
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 OBJECTIVES = ("joint", "mpc", "mpg")
 MASK_MODES = ("cluster", "random", "frame")
 BAD_FILE_POLICIES = ("error", "skip")
@@ -92,7 +92,7 @@ class TrainConfig:
     max_minutes: float | None = None  # also stop (and save) once this much time has passed
     epochs: int = 1
     grad_clip: float | None = None
-    precision: str = "fp32"  # or "bf16" (autocast)
+    precision: str = "fp32"  # "bf16" autocast, or "fp16" autocast with dynamic loss scaling
     seed: int = 0
     eval_every: int = 0  # steps; 0: at the end of every epoch
     save_every: int = 0  # steps; 0: at the end of every epoch

@@ -31,6 +31,7 @@ from ssamba.training import (
     Distributed,
     LRSchedule,
     Task,
+    ends_process_group,
     eval_loader,
     fit,
     load_chosen_model,
@@ -149,6 +150,7 @@ def build_model(cfg, num_classes: int, stats, pool: str = "mean"):
     return load_model(cfg.checkpoint or cfg.model, **overrides).train()
 
 
+@ends_process_group
 def finetune(cfg: FinetuneConfig, device: str | None = None) -> dict:
     """Fine-tune, select the best epoch on ``valid``, evaluate it on ``test``; returns a summary.
 

@@ -20,7 +20,7 @@ from ssamba.checkpoints import load_model
 from ssamba.configs import OBJECTIVES, PretrainConfig
 from ssamba.data import AudioDataset, read_manifest
 from ssamba.models.patches import check_mask_size, draw_mask_index
-from ssamba.training import Distributed, LRSchedule, Task, fit
+from ssamba.training import Distributed, LRSchedule, Task, ends_process_group, fit
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class PretrainTask(Task):
         self.mask_patch = cfg.mask_patch or default_mask_patch(grid[0] * grid[1])
         check_mask_size(grid[0] * grid[1], self.mask_patch)
         self.module = MaskedPatchObjective(model, cfg.objective, cfg.mpg_weight)
+        self.unused_parameters = cfg.objective != "joint"  # one head is idle
         self.schedule = LRSchedule(cfg.warmup_steps, mode="plateau", factor=0.5, patience=2)
 
     def settings(self) -> dict:
@@ -121,6 +122,7 @@ def build_model(cfg: PretrainConfig, stats):
     return load_model(cfg.checkpoint or cfg.model, **overrides).train()
 
 
+@ends_process_group
 def pretrain(cfg: PretrainConfig, device: str | None = None) -> dict:
     """Run (or resume) a pretraining job; returns the summary."""
     dist = Distributed.from_env(device)

@@ -126,7 +126,12 @@ def add_train_options(p, options: ConfigOptions) -> None:
         "limit)", type=positive_float, metavar="MIN")  # fmt: skip
     add(g, "grad_clip", "clip the gradient norm to this value (default: no clipping)",
         type=positive_float)  # fmt: skip
-    add(g, "precision", "fp32, or bf16 autocast", choices=PRECISIONS)
+    add(
+        g,
+        "precision",
+        "fp32; bf16 autocast; or fp16 autocast with dynamic loss scaling",
+        choices=PRECISIONS,
+    )
     g = p.add_argument_group("run")
     add_out(g, help="output folder (run.json, metrics, checkpoints, best/ and final/ models)")
     add(g, "seed", "random seed (weights, data order, masks, augmentation)",

@@ -30,6 +30,7 @@ from ssamba.training import (
     SUMMARY_FILE,
     Distributed,
     LRSchedule,
+    ends_process_group,
     eval_loader,
     fit,
     load_chosen_model,
@@ -114,6 +115,7 @@ class DaslTask(ClassifierTask):
         return {k: m[k] for k in ("acc", "clip_acc", "balanced_acc")}
 
 
+@ends_process_group
 def train_dasl(cfg: DaslConfig, device: str | None = None) -> dict:
     """Train on ``cfg.train``, keep the best model on ``cfg.valid``, evaluate it on ``cfg.test``.
 

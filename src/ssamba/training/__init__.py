@@ -15,7 +15,7 @@ imports no torch. docs/training.md describes a run's output folder.
 
 from ssamba.configs import TrainConfig
 from ssamba.errors import TrainingError
-from ssamba.training.distributed import Distributed
+from ssamba.training.distributed import Distributed, ends_process_group
 from ssamba.training.loaders import ResumableSampler, epoch_loader, eval_loader, to_device
 from ssamba.training.loop import configure_logging, fit, progress_bar
 from ssamba.training.run_folder import (
@@ -44,6 +44,7 @@ __all__ = [
     "SUMMARY_FILE",
     "TRAINER_STATE",
     "Distributed",
+    "ends_process_group",
     "LRSchedule",
     "Progress",
     "ResumableSampler",

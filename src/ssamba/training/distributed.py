@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as torch_dist
+
+
+def ends_process_group(fn):
+    """Decorator for a job that joins torchrun's process group (:meth:`Distributed.from_env`):
+    the group it started is destroyed when it returns or fails (NCCL warns about, and can hang
+    on, a group left open at exit). A group that existed before the call is the caller's."""
+
+    @functools.wraps(fn)
+    def job(*args, **kwargs):
+        existed = torch_dist.is_available() and torch_dist.is_initialized()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if not existed and torch_dist.is_available() and torch_dist.is_initialized():
+                torch_dist.destroy_process_group()
+
+    return job
 
 
 @dataclass

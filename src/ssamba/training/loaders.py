@@ -23,8 +23,12 @@ class ResumableSampler(Sampler[int]):
         return max(0, len(self.sampler) - self.start)
 
 
-def epoch_loader(dataset, sampler, batch_size, start_batch, workers, seed, epoch) -> DataLoader:
-    """A loader over one epoch's shard, skipping ``start_batch`` batches already consumed."""
+def epoch_loader(
+    dataset, sampler, batch_size, start_batch, workers, seed, epoch, pin_memory: bool = False
+) -> DataLoader:
+    """A loader over one epoch's shard, skipping ``start_batch`` batches already consumed.
+
+    ``pin_memory`` (on CUDA) lets :func:`to_device` copy batches without blocking the host."""
     dataset.set_epoch(epoch)
     sampler.set_epoch(epoch)
     # A dedicated generator: the loader's worker seeds must not consume the global torch RNG.
@@ -36,6 +40,7 @@ def epoch_loader(dataset, sampler, batch_size, start_batch, workers, seed, epoch
         num_workers=workers,
         drop_last=True,
         generator=gen,
+        pin_memory=pin_memory,
     )
     set_epoch(loader, epoch)
     return loader
@@ -47,7 +52,13 @@ def eval_loader(dataset, dist: Distributed, batch_size: int, workers: int = 0) -
     The shards are padded with repeats to equal length (as DistributedSampler does): a caller
     that gathers predictions keeps each ``index`` once."""
     sampler = make_sampler(len(dataset), 0, 0, dist.rank, dist.world_size, shuffle=False)
-    return DataLoader(dataset, batch_size=max(1, batch_size), sampler=sampler, num_workers=workers)
+    return DataLoader(
+        dataset,
+        batch_size=max(1, batch_size),
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=dist.device.type == "cuda",
+    )
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

@@ -2,8 +2,12 @@
 
 One loop serves every task (:class:`~ssamba.training.task.Task`): distributed set-up
 (torchrun + DDP: gloo on CPU, NCCL on GPU), deterministic data order per (seed, epoch, rank),
-gradient accumulation and clipping, bf16 autocast, the learning-rate schedule, atomic
-checkpoints and exact ``--resume``, NaN guards, metrics as JSON lines and a progress bar.
+gradient accumulation and clipping, mixed precision (bf16 autocast; fp16 autocast with dynamic
+loss scaling), the learning-rate schedule, atomic checkpoints and exact ``--resume``, NaN guards,
+metrics as JSON lines and a progress bar.
+
+On CUDA: fused AdamW, pinned host memory with non-blocking copies, NCCL, and DDP that looks for
+unused parameters only when the task says some are (:attr:`Task.unused_parameters`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from tqdm.auto import tqdm
 from ssamba.configs import TrainConfig
 from ssamba.data import make_sampler
 from ssamba.errors import TrainingError
+from ssamba.ops import resolve_backend
 from ssamba.training.distributed import Distributed
 from ssamba.training.loaders import epoch_loader, eval_loader, to_device
 from ssamba.training.run_folder import RunFolder
@@ -39,21 +44,26 @@ def fit(task: Task, cfg: TrainConfig, dist: Distributed, train_set, valid_set=No
     run = open_run(task, cfg, dist)
     seed_everything(cfg.seed + dist.rank)
     model = task.model.to(dist.device)
-    optimizer = make_optimizer(task, cfg)
-    progress = resume(run, model, optimizer, task.schedule, dist) if cfg.resume else Progress()
-    module = distribute(task.module.to(dist.device), dist)
+    optimizer = make_optimizer(task, cfg, dist.device)
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=cfg.precision == "fp16")
+    progress = Progress()
+    if cfg.resume:
+        progress = resume(run, model, optimizer, task.schedule, dist, scaler)
+    module = distribute(task.module.to(dist.device), dist, task.unused_parameters)
     plan = plan_steps(cfg, dist, train_set, task.sampling())
     meter = Meter(cfg, plan.max_steps, progress.step, dist.is_main)
     metrics: dict[str, float] = {}
     while progress.step < plan.max_steps:
         start = progress.batch_in_epoch * cfg.accum_steps
-        batches = iter(
-            epoch_loader(
-                train_set, plan.sampler, plan.per_rank, start, cfg.workers, cfg.seed, progress.epoch
-            )
-        )
+        loader = epoch_loader(
+            train_set, plan.sampler, plan.per_rank, start, cfg.workers, cfg.seed, progress.epoch,
+            pin_memory=dist.device.type == "cuda",
+        )  # fmt: skip
+        batches = iter(loader)
         while progress.step < plan.max_steps:
-            metrics = train_step(task, module, optimizer, batches, cfg, dist, progress, meter, run)
+            metrics = train_step(
+                task, module, optimizer, scaler, batches, cfg, dist, progress, meter, run
+            )
             if meter.budget_spent(dist):
                 plan.max_steps = progress.step  # the time budget is spent: finish this step
             log_step(run, meter, progress, optimizer, metrics, plan.max_steps)
@@ -62,7 +72,7 @@ def fit(task: Task, cfg: TrainConfig, dist: Distributed, train_set, valid_set=No
             if end_of_epoch:
                 task.schedule.end_epoch(progress.epoch)
                 progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
-            maybe_save(run, task, optimizer, progress, plan, dist, cfg.keep, end_of_epoch)
+            maybe_save(run, task, optimizer, scaler, progress, plan, dist, cfg.keep, end_of_epoch)
             if end_of_epoch:
                 break  # a new loader for the next epoch's order
     return finish(run, model, progress, meter, metrics, dist)
@@ -72,6 +82,8 @@ def fit(task: Task, cfg: TrainConfig, dist: Distributed, train_set, valid_set=No
 def open_run(task: Task, cfg: TrainConfig, dist: Distributed) -> RunFolder:
     """Check the output folder on every rank, then (main rank) create it and write run.json."""
     settings = {"command": task.command, **task.settings(), "world_size": dist.world_size}
+    if task.model.config.arch == "ssamba":  # which selective-scan kernel this run uses
+        settings["scan_backend"] = resolve_backend(dist.device)
     run = RunFolder(cfg.out, settings, cfg.resume, cfg.overwrite, dist.is_main, task.extra_files())
     dist.barrier()  # every rank has checked the folder before rank 0 changes it
     if dist.is_main:
@@ -80,18 +92,20 @@ def open_run(task: Task, cfg: TrainConfig, dist: Distributed) -> RunFolder:
     return run
 
 
-def make_optimizer(task: Task, cfg: TrainConfig) -> torch.optim.Optimizer:
-    optimizer = task.optimizer_class(
-        task.param_groups(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
-    )
+def make_optimizer(task: Task, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """The task's optimiser; AdamW on CUDA is the fused kernel (one launch for all parameters)."""
+    options = dict(lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if device.type == "cuda" and task.optimizer_class is torch.optim.AdamW:
+        options["fused"] = True
+    optimizer = task.optimizer_class(task.param_groups(), **options)
     for group in optimizer.param_groups:
         group["base_lr"] = group["lr"]  # what the schedule scales
     return optimizer
 
 
-def resume(run: RunFolder, model, optimizer, schedule, dist: Distributed) -> Progress:
+def resume(run: RunFolder, model, optimizer, schedule, dist: Distributed, scaler) -> Progress:
     """Continue from the run's latest checkpoint (weights, optimiser, schedule, data position,
-    RNG states); from scratch when it has none yet."""
+    RNG states, the fp16 loss scale); from scratch when it has none yet."""
     ckpt = run.latest_checkpoint()
     if ckpt is None:
         if dist.is_main:
@@ -99,19 +113,23 @@ def resume(run: RunFolder, model, optimizer, schedule, dist: Distributed) -> Pro
         return Progress()
     state = run.load_checkpoint(ckpt, model)
     progress = restore_trainer_state(state, optimizer, schedule, dist)
+    if scaler.is_enabled() and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     if dist.is_main:
         run.truncate_metrics(progress.step)
         log.info("resumed from %s (step %d)", ckpt, progress.step)
     return progress
 
 
-def distribute(module: torch.nn.Module, dist: Distributed) -> torch.nn.Module:
+def distribute(module: torch.nn.Module, dist: Distributed, unused: bool) -> torch.nn.Module:
+    """DDP across ranks. Searching the graph for parameters without gradients costs a traversal
+    every step, so only a task that leaves some unused (one pretraining head) asks for it."""
     if not dist.enabled:
         return module
     return torch.nn.parallel.DistributedDataParallel(
         module,
         device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
-        find_unused_parameters=True,  # each pretraining pass uses one of the two heads
+        find_unused_parameters=unused,
     )
 
 
@@ -152,13 +170,16 @@ def plan_steps(cfg: TrainConfig, dist: Distributed, train_set, sampling: dict) -
 
 # ---------------------------------------------------------------------------- one step
 def train_step(
-    task: Task, module, optimizer, batches, cfg, dist, progress: Progress, meter, run
+    task: Task, module, optimizer, scaler, batches, cfg, dist, progress: Progress, meter, run
 ) -> dict[str, float]:
     """One optimiser step: ``accum_steps`` micro-batches forward and backward, then the update.
-    Returns the step's metrics averaged over micro-batches and ranks."""
+    Returns the step's metrics averaged over micro-batches and ranks.
+
+    With fp16 the loss is scaled before backward; the scaler unscales the gradients before
+    clipping and skips the update (lowering the scale) when they overflowed."""
     module.train()
     task.schedule.apply(optimizer, progress.step)
-    sums = accumulate_gradients(task, module, batches, cfg, dist, progress.step, meter)
+    sums = accumulate_gradients(task, module, batches, cfg, dist, progress.step, meter, scaler)
     if not dist.all_true(all(math.isfinite(v) for v in sums.values())):
         raise TrainingError(
             f"the loss became NaN/inf at step {progress.step} ({sums}); the last good "
@@ -166,19 +187,23 @@ def train_step(
             "--grad-clip, or fp32."
         )
     if cfg.grad_clip:
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(task.model.parameters(), cfg.grad_clip)
-    optimizer.step()
+    scaler.step(optimizer)  # a plain optimizer.step() when the scaler is disabled
+    scaler.update()
     optimizer.zero_grad(set_to_none=True)
     progress.step += 1
     progress.batch_in_epoch += 1
     return dist.mean(sums)
 
 
-def accumulate_gradients(task: Task, module, batches, cfg, dist, step: int, meter):
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def accumulate_gradients(task: Task, module, batches, cfg, dist, step: int, meter, scaler):
     """Forward and backward ``accum_steps`` micro-batches; the mean of their metrics."""
-    autocast = torch.autocast(
-        dist.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"
-    )
+    dtype = AUTOCAST_DTYPES.get(cfg.precision)
+    autocast = torch.autocast(dist.device.type, dtype=dtype, enabled=dtype is not None)
     sums: dict[str, float] = {}
     for micro in range(cfg.accum_steps):
         batch = to_device(next(batches), dist.device)
@@ -188,7 +213,7 @@ def accumulate_gradients(task: Task, module, batches, cfg, dist, step: int, mete
         with _maybe_no_sync(module, sync):  # gradients are all-reduced on the last micro-step
             with autocast:
                 loss, parts = task.compute_loss(module, batch, (cfg.seed, step, micro))
-            (loss / cfg.accum_steps).backward()
+            scaler.scale(loss / cfg.accum_steps).backward()
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + float(v) / cfg.accum_steps
     return sums
@@ -232,6 +257,7 @@ def maybe_evaluate(task: Task, valid_set, cfg, dist, run: RunFolder, progress, p
     if valid_set is None or not _due(progress.step, plan.eval_every, plan.max_steps):
         return
     loader = eval_loader(valid_set, dist, cfg.batch_size // dist.world_size, cfg.workers)
+    # evaluation runs in fp32 whatever the training precision: metrics comparable across runs
     result = task.evaluate(loader, dist)  # already reduced over ranks
     watched = result[task.watch]
     task.schedule.observe(watched)
@@ -245,12 +271,14 @@ def maybe_evaluate(task: Task, valid_set, cfg, dist, run: RunFolder, progress, p
         log.info("step %d validation: %s", progress.step, shown)
 
 
-def maybe_save(run, task: Task, optimizer, progress, plan, dist, keep, end_of_epoch) -> None:
+def maybe_save(run, task: Task, optimizer, scaler, progress, plan, dist, keep, end_of_epoch):
     """A checkpoint every ``save_every`` steps, at every epoch's end and at the end."""
     if not (end_of_epoch or _due(progress.step, plan.save_every, plan.max_steps)):
         return
     state = trainer_state(optimizer, task.schedule, progress, dist)
     if dist.is_main:
+        if scaler.is_enabled():
+            state["scaler"] = scaler.state_dict()
         run.save_checkpoint(task.model, state, progress.step, keep)
     dist.barrier()
 

@@ -33,6 +33,7 @@ RESUMABLE_CHANGES = {
     "keep",
     "workers",
     "log_every",
+    "scan_backend",  # the same maths on another kernel (e.g. resumed on a GPU)
 }
 # run.json keys of older versions: renamed ones, and ones no longer recorded (the model config
 # and class list are now checked against the checkpoint itself, see RunFolder.load_checkpoint).

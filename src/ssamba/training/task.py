@@ -33,7 +33,10 @@ class Task(Protocol):
       step, feeds it each validation result (:meth:`LRSchedule.observe`) and every epoch's end.
     - ``watch``: the key of :meth:`evaluate`'s result that selects ``best/`` (higher is better).
     - ``optimizer_class``: built as ``optimizer_class(param_groups(), lr=, betas=,
-      weight_decay=)``; default AdamW.
+      weight_decay=)``; default AdamW (fused on CUDA).
+    - ``unused_parameters``: True when a step leaves some of ``module``'s parameters without a
+      gradient (pretraining with one objective leaves the other head unused); DDP then searches
+      for them every step. Default False.
 
     Optional methods have the default behaviour written in their docstrings; a task that
     subclasses ``Task`` explicitly inherits it.
@@ -45,6 +48,7 @@ class Task(Protocol):
     schedule: LRSchedule
     watch: str
     optimizer_class: ClassVar[type[torch.optim.Optimizer]] = torch.optim.AdamW
+    unused_parameters: bool = False
 
     def settings(self) -> dict[str, Any]:
         """The run's settings for run.json, every key a command-line option of ``command`` (so

@@ -223,3 +223,18 @@ def test_repository_cites_nothing_outside_it():
                 if pattern_spec in text or pattern_path in text or "shared/" in text:
                     offenders.append(str(path.relative_to(ROOT)))
     assert offenders == [], offenders
+
+
+def test_no_long_functions_outside_the_kernels():
+    """A function over 80 lines is a sequence of steps that deserve names (kernels excepted:
+    ops/ keeps a kernel's loop nest whole, where splitting it would cost speed)."""
+    long = []
+    for path in PKG.rglob("*.py"):
+        if "ops" in path.relative_to(PKG).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 80:
+                    long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({lines})")
+    assert long == [], long

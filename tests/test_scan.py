@@ -9,33 +9,11 @@ import re
 import pytest
 import torch
 
+from scan_cases import NAMES, make_inputs, rel_err
 from ssamba.ops import scan as scan_mod
 from ssamba.ops.scan import selective_scan, selective_scan_ref
 
 scan_cpu = pytest.importorskip("ssamba.ops.scan_cpu")
-NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-
-
-def make_inputs(batch, length, chans, n_state, dtype=torch.float32, seed=0, with_d=True,
-                with_z=True, with_bias=True, softplus=True):  # fmt: skip
-    """Realistic magnitudes: A negative (as -exp(A_log)), delta around softplus's knee (or,
-    without the softplus, already positive, as a time step must be)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=g, dtype=dtype)
-
-    u = randn(batch, length, chans)
-    delta = randn(batch, length, chans) * 0.5 - 1.0
-    if not softplus:
-        delta = torch.nn.functional.softplus(delta) + 0.5  # + bias (|bias| ~ 0.3) stays > 0
-    A = -torch.exp(randn(chans, n_state) * 0.5)
-    B = randn(batch, length, n_state)
-    C = randn(batch, length, n_state)
-    D = randn(chans) if with_d else None
-    z = randn(batch, length, chans) if with_z else None
-    bias = randn(chans) * 0.3 if with_bias else None
-    return [u, delta, A, B, C, D, z, bias]
 
 
 def naive_scan(u, delta, A, B, C, D, z, bias, softplus):
@@ -73,10 +51,6 @@ def test_reference_matches_naive_loop(softplus, optional):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-def _rel_err(got, want):
-    return ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
-
-
 CASES = [
     # (length, chans, with_d, with_z, with_bias, softplus)
     (1, 16, True, True, True, True),
@@ -97,7 +71,7 @@ def test_cpu_matches_reference_fp32(length, chans, with_d, with_z, with_bias, so
     y = scan_cpu.selective_scan_cpu(*leaves, delta_softplus=softplus)
     y_ref = selective_scan_ref(*ref_leaves, delta_softplus=softplus)
     assert y.dtype == torch.float32 and y.shape == args[0].shape
-    assert _rel_err(y, y_ref) < 1e-5
+    assert rel_err(y, y_ref) < 1e-5
     grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(7))
     y.backward(grad)
     y_ref.backward(grad.double())
@@ -105,7 +79,7 @@ def test_cpu_matches_reference_fp32(length, chans, with_d, with_z, with_bias, so
         if got is None:
             continue
         assert got.grad is not None and got.grad.dtype == torch.float32, name
-        assert _rel_err(got.grad, want.grad) < 2e-5, name
+        assert rel_err(got.grad, want.grad) < 2e-5, name
 
 
 @pytest.mark.parametrize("softplus", [True, False])
@@ -115,7 +89,7 @@ def test_cpu_values_long_wide_fp32(softplus):
     with torch.no_grad():
         got = scan_cpu.selective_scan_cpu(*args, delta_softplus=softplus)
         want = selective_scan_ref(*[a.double() for a in args], delta_softplus=softplus)
-    assert _rel_err(got, want) < 1e-5
+    assert rel_err(got, want) < 1e-5
 
 
 def test_cpu_no_grad_matches_and_noncontiguous():
@@ -126,7 +100,7 @@ def test_cpu_no_grad_matches_and_noncontiguous():
     with torch.no_grad():
         got = scan_cpu.selective_scan_cpu(u_t, *args[1:])
     want = selective_scan_ref(*[a.double() if a is not None else None for a in args])
-    assert _rel_err(got, want) < 1e-5
+    assert rel_err(got, want) < 1e-5
 
 
 @pytest.mark.parametrize(
@@ -158,8 +132,8 @@ def test_cpu_long_sequence_crosses_many_chunks():
     u_ref = args[0].double().requires_grad_()
     y_ref = selective_scan_ref(u_ref, *[a.double() if a is not None else None for a in args[1:]])
     y_ref.sum().backward()
-    assert _rel_err(y, y_ref) < 1e-5
-    assert _rel_err(u.grad, u_ref.grad) < 1e-5
+    assert rel_err(y, y_ref) < 1e-5
+    assert rel_err(u.grad, u_ref.grad) < 1e-5
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
@@ -210,13 +184,13 @@ def test_cpu_reverse_matches_flipped_reference(length):
     y = scan_cpu.selective_scan_cpu(*leaves, reverse=True)
     flipped = [t.flip(1) if i in (0, 1, 3, 4, 6) else t for i, t in enumerate(ref)]
     y_ref = selective_scan_ref(*flipped).flip(1)
-    assert _rel_err(y, y_ref) < 1e-5
-    assert _rel_err(selective_scan(*args, backend="reference", reverse=True), y_ref) < 1e-5
+    assert rel_err(y, y_ref) < 1e-5
+    assert rel_err(selective_scan(*args, backend="reference", reverse=True), y_ref) < 1e-5
     grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
     y.backward(grad)
     y_ref.backward(grad.double())
     for name, got, want in zip(NAMES, leaves, ref, strict=True):
-        assert _rel_err(got.grad, want.grad) < 2e-5, name
+        assert rel_err(got.grad, want.grad) < 2e-5, name
 
 
 def test_cpu_threads_give_identical_results():
@@ -342,4 +316,4 @@ def test_selective_scan_many_matches_single_calls():
             outs = scan_mod.selective_scan_many(scans, backend=backend)
         for out, s in zip(outs, scans, strict=True):
             want = selective_scan_ref(*[t.double() for t in s[:8]], reverse=s[9])
-            assert _rel_err(out, want) < 1e-5, backend
+            assert rel_err(out, want) < 1e-5, backend

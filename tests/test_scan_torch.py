@@ -7,39 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from scan_cases import NAMES, make_inputs, rel_err
 from ssamba.models import mamba as mamba_mod
 from ssamba.ops import scan_torch
 from ssamba.ops.scan import selective_scan, selective_scan_ref
 from ssamba.ops.scan_torch import selective_scan_torch
-
-NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-
-
-def make_inputs(batch, length, chans, n_state, dtype=torch.float32, seed=0, with_d=True,
-                with_z=True, with_bias=True, softplus=True):  # fmt: skip
-    """As tests/test_scan.py: A negative, delta around softplus's knee (or positive without it)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=g, dtype=dtype)
-
-    u = randn(batch, length, chans)
-    delta = randn(batch, length, chans) * 0.5 - 1.0
-    if not softplus:
-        delta = torch.nn.functional.softplus(delta) + 0.5
-    A = -torch.exp(randn(chans, n_state) * 0.5)
-    B = randn(batch, length, n_state)
-    C = randn(batch, length, n_state)
-    D = randn(chans) if with_d else None
-    z = randn(batch, length, chans) if with_z else None
-    bias = randn(chans) * 0.3 if with_bias else None
-    return [u, delta, A, B, C, D, z, bias]
-
-
-def _rel(got, want):
-    """max |got - want| / max |want| (norm-relative: no per-element division by tiny values)."""
-    want = want.double()
-    return ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
 
 
 def _check_against_reference(args, softplus, reverse, tol_y, tol_g, **kw):
@@ -48,7 +20,7 @@ def _check_against_reference(args, softplus, reverse, tol_y, tol_g, **kw):
     y = selective_scan_torch(*leaves, delta_softplus=softplus, reverse=reverse, **kw)
     y_ref = selective_scan_ref(*ref, delta_softplus=softplus, reverse=reverse)
     assert y.dtype == args[0].dtype and y.shape == args[0].shape
-    assert _rel(y, y_ref) <= tol_y
+    assert rel_err(y, y_ref) <= tol_y
     grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(y.dtype)
     y.backward(grad)
     y_ref.backward(grad.double())
@@ -56,7 +28,7 @@ def _check_against_reference(args, softplus, reverse, tol_y, tol_g, **kw):
         if got is None:
             continue
         assert got.grad is not None and got.grad.dtype == got.dtype, name
-        assert _rel(got.grad, want.grad) <= tol_g, name
+        assert rel_err(got.grad, want.grad) <= tol_g, name
 
 
 # (batch, length, chans, n_state, reverse, with_d, with_z, with_bias, softplus, chunk)
@@ -113,7 +85,7 @@ def test_torch_scan_long_sequence_is_stable(reverse):
         got = selective_scan_torch(*args, reverse=reverse)
         want = selective_scan_ref(*[a.double() for a in args], reverse=reverse)
     assert torch.isfinite(got).all()
-    assert _rel(got, want) < 1e-5
+    assert rel_err(got, want) < 1e-5
 
 
 def test_torch_scan_empty_sequence():
@@ -128,9 +100,9 @@ def test_dispatcher_runs_torch_backend(monkeypatch):
                         lambda *a: calls.append(1) or real(*a))  # fmt: skip
     args = make_inputs(1, 9, 8, 4, seed=2)
     want = selective_scan_ref(*args, reverse=True)
-    assert _rel(selective_scan(*args, backend="torch", reverse=True), want) < 1e-5
+    assert rel_err(selective_scan(*args, backend="torch", reverse=True), want) < 1e-5
     monkeypatch.setenv("SSAMBA_SCAN", "torch")
-    assert _rel(selective_scan(*args), selective_scan_ref(*args)) < 1e-5
+    assert rel_err(selective_scan(*args), selective_scan_ref(*args)) < 1e-5
     assert calls == [1, 1]
 
 
@@ -172,4 +144,4 @@ def test_training_step_torch_backend_matches_cpu(monkeypatch):
     assert abs(loss_t.item() - loss_cpu.item()) <= 1e-5 * abs(loss_cpu.item())
     assert grads_t.keys() == grads_cpu.keys()
     for n, g in grads_cpu.items():
-        assert _rel(grads_t[n], g) < 1e-5, n
+        assert rel_err(grads_t[n], g) < 1e-5, n

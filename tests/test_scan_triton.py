@@ -18,6 +18,8 @@ import sys
 import pytest
 import torch
 
+from scan_cases import NAMES, make_inputs, rel_err
+
 _SET_INTERPRET = "triton" not in sys.modules and not torch.cuda.is_available()
 _OLD_INTERPRET = os.environ.get("TRITON_INTERPRET")
 if _SET_INTERPRET:
@@ -55,35 +57,6 @@ if not (_SET_INTERPRET or scan_triton.interpreted()):
     pytest.skip("Triton kernels are compiled here: see tests/test_scan_gpu.py",
                 allow_module_level=True)  # fmt: skip
 
-NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-
-
-def make_inputs(batch, length, chans, n_state, dtype=torch.float32, seed=0, with_d=True,
-                with_z=True, with_bias=True, softplus=True):  # fmt: skip
-    """As tests/test_scan.py: A negative, delta around softplus's knee (or positive without it)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=g, dtype=dtype)
-
-    u = randn(batch, length, chans)
-    delta = randn(batch, length, chans) * 0.5 - 1.0
-    if not softplus:
-        delta = torch.nn.functional.softplus(delta) + 0.5
-    A = -torch.exp(randn(chans, n_state) * 0.5)
-    B = randn(batch, length, n_state)
-    C = randn(batch, length, n_state)
-    D = randn(chans) if with_d else None
-    z = randn(batch, length, chans) if with_z else None
-    bias = randn(chans) * 0.3 if with_bias else None
-    return [u, delta, A, B, C, D, z, bias]
-
-
-def _rel(got, want):
-    """max |got - want| / max |want| (norm-relative: no per-element division by tiny values)."""
-    want = want.double()
-    return ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
-
 
 def _check_against_reference(args, softplus, reverse, tol_y, tol_g, block_d):
     leaves = [a.clone().requires_grad_() if a is not None else None for a in args]
@@ -91,7 +64,7 @@ def _check_against_reference(args, softplus, reverse, tol_y, tol_g, block_d):
     y = selective_scan_triton(*leaves, delta_softplus=softplus, reverse=reverse, block_d=block_d)
     y_ref = selective_scan_ref(*ref, delta_softplus=softplus, reverse=reverse)
     assert y.dtype == args[0].dtype and y.shape == args[0].shape
-    assert _rel(y, y_ref) <= tol_y
+    assert rel_err(y, y_ref) <= tol_y
     grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(y.dtype)
     y.backward(grad)
     y_ref.backward(grad.double())
@@ -99,7 +72,7 @@ def _check_against_reference(args, softplus, reverse, tol_y, tol_g, block_d):
         if got is None:
             continue
         assert got.grad is not None and got.grad.dtype == got.dtype, name
-        assert _rel(got.grad, want.grad) <= tol_g, name
+        assert rel_err(got.grad, want.grad) <= tol_g, name
 
 
 # Paired rather than a full product (the interpreter runs ~20 ms per step and program):
@@ -147,7 +120,7 @@ def test_triton_scan_strided_views_and_no_grad():
     assert not args[6].is_contiguous() and not args[3].is_contiguous()
     with torch.no_grad():
         got = selective_scan_triton(*args, block_d=8)
-    assert _rel(got, selective_scan_ref(*[a.double() for a in args])) < 1e-5
+    assert rel_err(got, selective_scan_ref(*[a.double() for a in args])) < 1e-5
 
 
 @pytest.mark.parametrize(("reverse", "length"), [(False, 1), (True, 5), (False, 70), (True, 70)])
@@ -163,18 +136,18 @@ def test_triton_conv_silu_values_and_grads(reverse, length):
     got = conv1d_silu_triton(x, w, b, reverse)
     x2, w2, b2 = (t.detach().double().requires_grad_() for t in (x, w, b))
     want = torch.nn.functional.silu(causal_depthwise_conv1d(x2, w2, b2, reverse))
-    assert _rel(got_view, want) < 1e-6 and _rel(got, want) < 1e-6
+    assert rel_err(got_view, want) < 1e-6 and rel_err(got, want) < 1e-6
     gout = torch.randn(want.shape, generator=g)
     got.backward(gout)
     want.backward(gout.double())
     for a, c in ((x, x2), (w, w2), (b, b2)):
-        assert _rel(a.grad, c.grad) < 1e-5
+        assert rel_err(a.grad, c.grad) < 1e-5
 
 
 def test_dispatcher_forced_triton_on_cpu(monkeypatch):
     args = make_inputs(1, 9, 8, 4, seed=2)
     want = selective_scan_ref(*[a.double() for a in args], reverse=True)
-    assert _rel(selective_scan(*args, backend="triton", reverse=True), want) < 1e-5
+    assert rel_err(selective_scan(*args, backend="triton", reverse=True), want) < 1e-5
     monkeypatch.setenv("SSAMBA_SCAN", "triton")
     assert resolve_backend(torch.device("cpu")) == "triton"
     assert scan_backends("cpu")["selected"] == "triton"
@@ -224,4 +197,4 @@ def test_training_step_triton_backend_matches_cpu(monkeypatch):
     assert abs(loss_t.item() - loss_cpu.item()) <= 1e-5 * abs(loss_cpu.item())
     assert grads_t.keys() == grads_cpu.keys()
     for n, g in grads_cpu.items():
-        assert _rel(grads_t[n], g) < 1e-5, n
+        assert rel_err(grads_t[n], g) < 1e-5, n

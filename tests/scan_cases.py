@@ -1,0 +1,35 @@
+"""Inputs and error measures shared by the scan tests (every backend against the reference)."""
+
+from __future__ import annotations
+
+import torch
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def make_inputs(batch, length, chans, n_state, dtype=torch.float32, seed=0, with_d=True,
+                with_z=True, with_bias=True, softplus=True, device="cpu"):  # fmt: skip
+    """Realistic magnitudes: A negative (as -exp(A_log)), delta around softplus's knee (or,
+    without the softplus, already positive, as a time step must be)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype).to(device)
+
+    u = randn(batch, length, chans)
+    delta = randn(batch, length, chans) * 0.5 - 1.0
+    if not softplus:
+        delta = torch.nn.functional.softplus(delta) + 0.5  # + bias (|bias| ~ 0.3) stays > 0
+    A = -torch.exp(randn(chans, n_state) * 0.5)
+    B = randn(batch, length, n_state)
+    C = randn(batch, length, n_state)
+    D = randn(chans) if with_d else None
+    z = randn(batch, length, chans) if with_z else None
+    bias = randn(chans) * 0.3 if with_bias else None
+    return [u, delta, A, B, C, D, z, bias]
+
+
+def rel_err(got, want) -> float:
+    """max |got - want| / max |want| (norm-relative: no per-element division by tiny values)."""
+    want = want.double()
+    return ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()

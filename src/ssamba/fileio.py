@@ -61,8 +61,10 @@ def replace_folder(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:
     A folder cannot be swapped in one step: between the removal and the rename ``target`` is
     missing, never partial, so a reader that finds it finds it whole."""
     target = Path(target)
-    if target.exists():
+    if target.is_dir() and not target.is_symlink():
         shutil.rmtree(target)
+    elif target.exists() or target.is_symlink():
+        target.unlink()
     os.replace(tmp, target)
     return target
 

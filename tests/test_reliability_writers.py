@@ -467,3 +467,39 @@ def test_a_torn_last_metrics_line_is_left_out_and_damage_elsewhere_named(tmp_pat
     path.write_text('{"kind": "tra\n' + "".join(json.dumps(r) + "\n" for r in good))
     assert main(["plot", str(path), "--overwrite"]) == 2
     one_error_line(capsys.readouterr().err, f"{path}:1", "damaged")
+
+
+# ---------------------------------------------------------------------------- every other writer
+# (command line, the output it would replace): each is refused before any work, and nothing in
+# the folder changes. average, convert, embed and training runs are tested above and in their
+# own test files (test_pretrain.py::test_output_folder_is_not_overwritten).
+REFUSALS = {
+    "stats": (["stats", "audio", "-o", "out.json"], "out.json"),
+    "check-data": (["check-data", "audio", "-o", "out.json"], "out.json"),
+    "evaluate": (["evaluate", "audio", "-c", "model", "-o", "out"], "out/old.txt"),
+    "probe": (
+        ["probe", "-c", "model", "--train", "audio", "--valid", "audio", "-o", "out"],
+        "out/probe_results.json",
+    ),
+    "dasl-build": (["dasl-build", "audio", "-o", "out", "-n", "2", "--name", "mix"], "out/mix.csv"),
+    "prepare": (["prepare", "esc50", "audio", "-o", "out"], "out/old.txt"),
+    "demo": (["demo", "-o", "out"], "out/old.txt"),
+    "bench": (["bench", "-o", "out"], "out/old.txt"),
+    "plot": (["plot", "metrics.jsonl"], "curves.png"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(REFUSALS))
+def test_every_writer_refuses_an_existing_output(command, tmp_path, monkeypatch, capsys):
+    argv, existing = REFUSALS[command]
+    monkeypatch.chdir(tmp_path)
+    Path("audio").mkdir()
+    sf.write("audio/a.wav", np.zeros(8000), 16000)
+    Path("metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 1.0}\n')
+    Path(existing).parent.mkdir(parents=True, exist_ok=True)
+    Path(existing).write_text("earlier output")
+    before = snapshot(tmp_path)
+    assert main(argv) == 2
+    target = existing if "/" not in existing or command == "probe" else existing.split("/")[0]
+    one_error_line(capsys.readouterr().err, target, "exists", "--overwrite")
+    assert snapshot(tmp_path) == before

@@ -3,43 +3,51 @@
 Python::
 
     files = collect_inputs(["data/", "more.wav", "list.csv"])     # (file, base folder) pairs
-    store = EmbeddingStore("emb/", embedding_settings(model, "model/"), format="npz")
-    todo, keys = store.plan([f for f, _ in files], output_keys(files))
-    for batch in embed_files(model, [files[i][0] for i in todo]):
-        ...  # store.add(file, key, batch.embeddings, j) for each embedded file
-    store.save_index()
-    store.finish()
+    with EmbeddingStore("emb/", embedding_settings(model, "model/"), format="npz") as store:
+        todo, keys = store.plan([f for f, _ in files], output_keys(files))
+        for batch in embed_files(model, [files[i][0] for i in todo]):
+            ...  # store.add(file, key, batch.embeddings, j) for each embedded file
+        store.save_index()
+        store.finish()
 
 Layout of the folder:
 
 - ``index.json``: ``format``, ``settings`` (checkpoint, model SHA-256, layers, windows), ``files``
-  (input path -> its ``key``, ``seconds``, ``num_frames`` and where its arrays are) and
-  ``bad_files`` (path -> problem);
+  (input path -> its ``key``, ``seconds``, ``num_frames``, ``shapes`` of its arrays and where
+  they are) and ``bad_files`` (path -> problem);
+- ``.lock``: held (``flock``) by the process writing into the folder, so a second one is refused;
+- ``.entries.jsonl``: while a run goes, each file's entry is appended once its arrays are
+  complete on disk (``index.json`` takes them over when the run ends or is interrupted);
 - ``format="npy"``: ``KEY.npy`` per input (with frames also ``KEY.frames.npy`` and
   ``KEY.timestamps.npy``), the keys mirroring the inputs' names below their common folder;
 - ``npz`` / ``safetensors``: one ``embeddings.<format>`` with arrays ``clip/KEY`` (and
   ``frames/KEY``, ``timestamps/KEY``), staged in ``.parts/`` while the run goes, packed at the end.
 
 A folder made with other settings is refused unless ``overwrite`` (its outputs are then removed);
-one made with the same settings is resumed: a file whose arrays exist is not embedded again.
-Every file is written atomically (:mod:`ssamba.fileio`), so an interruption leaves whole files.
+one made with the same settings is resumed: a file whose entry is recorded and whose arrays are
+whole (readable, of the recorded shape) is not embedded again; any other is. Every file is
+written atomically (:mod:`ssamba.fileio`) and an entry only after its arrays, so a kill or a full
+disk at any moment leaves no entry without its metadata and no metadata without its arrays.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from ssamba.data import AUDIO_EXTENSIONS, read_manifest
 from ssamba.embeddings import Embeddings, model_fingerprint
 from ssamba.errors import UsageError
-from ssamba.fileio import atomic_write, atomic_write_json
+from ssamba.fileio import atomic_write, atomic_write_json, remove_temporaries
 
 __all__ = [
     "FORMATS",
@@ -52,6 +60,9 @@ __all__ = [
 
 INDEX_FILE = "index.json"
 PARTS_DIR = ".parts"
+LOCK_FILE = ".lock"  # held (flock) by the process writing into the folder
+JOURNAL_FILE = ".entries.jsonl"  # each embedded file's entry, appended once its arrays are whole
+ENTRY_FIELDS = ("key", "seconds", "num_frames")
 FORMATS = ("npy", "npz", "safetensors")
 
 
@@ -128,9 +139,12 @@ def embedding_settings(
 class EmbeddingStore:
     """An output folder of embeddings (see the module docstring), opened for writing.
 
-    Opening checks an earlier run's ``index.json``: other settings (or format) raise
-    :class:`~ssamba.errors.UsageError` unless ``overwrite``, which removes that run's outputs. So
-    does a folder that holds other files and no index (``overwrite``: write among them).
+    Opening locks the folder (a second writer gets :class:`~ssamba.errors.UsageError`), removes
+    the temporary files a killed run left, and checks an earlier run's ``index.json``: other
+    settings (or format) raise UsageError unless ``overwrite``, which removes that run's outputs.
+    So does a folder that holds other files and no index (``overwrite``: write among them). The
+    entries of an earlier run are verified (each array readable, of its recorded shape) and an
+    entry that fails is embedded again. Use it as a context manager, or call :meth:`close`.
     """
 
     def __init__(
@@ -151,18 +165,48 @@ class EmbeddingStore:
         self.single_file = self.out / f"embeddings.{format}" if self.single else None
         self.stage = self.out / PARTS_DIR if self.single else self.out
         self.out.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_folder(self.out)  # before anything in the folder is read or changed
+        self._journal = None
+        try:
+            self._open(overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, overwrite: bool) -> None:
+        remove_temporaries(self.out, recursive=True)
         previous = self._previous(overwrite)
         self.existing: dict[str, np.ndarray] = {}
         if self.single and self.single_file.is_file() and previous:
             self.existing = _read_single(self.single_file)
+        recorded = {**previous.get("files", {}), **_read_journal(self.out / JOURNAL_FILE)}
+        self.stale = {f: e for f, e in recorded.items() if not self._intact(e)}
         self.index: dict = {
-            "format": format,
-            "settings": settings,
-            "files": dict(previous.get("files", {})),
+            "format": self.format,
+            "settings": self.settings,
+            "files": {f: e for f, e in recorded.items() if f not in self.stale},
             "bad_files": {},
         }
         if self.single:
             self.index["file"] = self.single_file.name
+        # the folder is marked as ours, holding only verified entries, before any array is written
+        self._journal = open(self.out / JOURNAL_FILE, "a", encoding="utf-8")
+        self.save_index()
+
+    def __enter__(self) -> EmbeddingStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the folder (also done by the kernel when the process dies)."""
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the flock
+            self._lock = None
 
     @property
     def entries(self) -> dict[str, dict]:
@@ -178,7 +222,7 @@ class EmbeddingStore:
         replaced)."""
         path = self.out / INDEX_FILE
         if not path.is_file():
-            if any(self.out.iterdir()) and not overwrite:
+            if _other_files(self.out) and not overwrite:
                 raise UsageError(
                     f"{self.out}: the folder holds other files (no {INDEX_FILE}); use another "
                     "output folder or pass --overwrite to write into it"
@@ -202,63 +246,130 @@ class EmbeddingStore:
         _remove_outputs(self.out, previous)
         return {}
 
+    def _intact(self, entry: dict) -> bool:
+        """Whether an earlier run's entry is complete: its metadata, and every array readable
+        with the shape it was recorded with (a truncated .npy is not)."""
+        if not isinstance(entry, dict) or not all(k in entry for k in ENTRY_FIELDS):
+            return False
+        shapes = entry.get("shapes", {})
+        for kind, name in _npy_names(entry["key"], self.frames).items():
+            shape = shapes.get(kind)
+            packed = self.existing.get(f"{kind}/{entry['key']}")
+            if packed is not None and (shape is None or list(packed.shape) == shape):
+                continue
+            if not _intact_npy(self.stage / name, shape):
+                return False
+        return True
+
     def plan(self, files: Sequence[Path], keys: Sequence[str]) -> tuple[list[int], list[str]]:
         """The positions of ``files`` still to embed, and every file's key (a file embedded by an
-        earlier run keeps its key; a new key that is taken gets a ``~N`` suffix). Writes the
-        index, so that a run interrupted from here on is resumed."""
+        earlier run keeps its key; a new key that is taken gets a ``~N`` suffix)."""
         keys = list(keys)
-        used = {entry["key"] for entry in self.entries.values()}
+        known = {**self.stale, **self.entries}
+        used = {entry["key"] for entry in known.values() if isinstance(entry, dict)}
         todo: list[int] = []
         for i, file in enumerate(files):
-            if str(file) in self.entries:
-                keys[i] = self.entries[str(file)]["key"]
+            earlier = known.get(str(file))
+            if isinstance(earlier, dict) and "key" in earlier:
+                keys[i] = earlier["key"]
             elif keys[i] in used:
                 n = 1
                 while f"{keys[i]}~{n}" in used:
                     n += 1
                 keys[i] = f"{keys[i]}~{n}"
             used.add(keys[i])
-            if self._done(keys[i]):
-                self.entries.setdefault(str(file), {"key": keys[i]})
-            else:
+            if str(file) not in self.entries:
                 todo.append(i)
-        atomic_write_json(self.out / INDEX_FILE, self.index)
         return todo, keys
 
-    def _done(self, key: str) -> bool:
-        names = _npy_names(key, self.frames)
-        if all((self.stage / n).is_file() for n in names.values()):
-            return True
-        return self.single and all(f"{kind}/{key}" in self.existing for kind in names)
-
     def add(self, file: str | os.PathLike, key: str, emb: Embeddings, j: int) -> None:
-        """Write row ``j`` of ``emb`` as the arrays of ``file``."""
+        """Write row ``j`` of ``emb`` as the arrays of ``file``, then its entry.
+
+        The entry (metadata and array shapes) is appended to the journal only once every array
+        is complete on disk: a kill at any moment leaves no entry without its arrays, and arrays
+        without an entry are embedded again."""
         names = _npy_names(key, self.frames)
+        arrays = {"clip": emb.clip[j].numpy()}
         if self.frames:
-            _save_npy(self.stage / names["frames"], emb.frames[j].numpy())
-            _save_npy(self.stage / names["timestamps"], emb.timestamps[j].numpy())
-        _save_npy(self.stage / names["clip"], emb.clip[j].numpy())
-        self.entries[str(file)] = {
+            arrays["frames"] = emb.frames[j].numpy()
+            arrays["timestamps"] = emb.timestamps[j].numpy()
+        for kind, array in arrays.items():
+            _save_npy(self.stage / names[kind], array)
+        entry = {
             "key": key,
             "seconds": round(emb.durations[j], 6),
             "num_frames": int(emb.frames[j].shape[0]),
+            "shapes": {kind: list(array.shape) for kind, array in arrays.items()},
         }
+        if not self.single:
+            entry.update(names)
+        self._journal.write(json.dumps({"file": str(file), **entry}) + "\n")
+        self._journal.flush()  # in the kernel's hands: survives kill -9
+        self.entries[str(file)] = entry
 
     def add_bad(self, file: str | os.PathLike, problem: str) -> None:
         """Record a file that could not be embedded (listed in ``index.json``)."""
         self.bad_files[str(file)] = problem
 
     def save_index(self) -> None:
-        """Write ``index.json`` as things stand (also after an interruption)."""
-        for entry in self.entries.values():
-            if not self.single:
-                entry.update(_npy_names(entry["key"], self.frames))
+        """Write ``index.json`` as things stand (also after an interruption); it then holds every
+        journal entry, so the journal starts over."""
         atomic_write_json(self.out / INDEX_FILE, self.index)
+        if self._journal is not None:
+            self._journal.truncate(0)
 
     def finish(self) -> None:
         """Pack the staged arrays into the single file (npz / safetensors); nothing for npy."""
         if self.single:
             _pack_single(self.single_file, self.stage, self.existing, self.index, self.frames)
+            self.save_index()
+            if self.stage.exists():  # only once the index no longer needs the parts
+                shutil.rmtree(self.stage)
+
+
+def lock_folder(folder: Path) -> int:
+    """Take the folder's lock file (non-blocking); its descriptor. UsageError when another
+    process holds it. The kernel releases it when the process ends, also by ``kill -9``."""
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError(
+            f"{folder}: another process is writing embeddings into this folder (it holds "
+            f"{LOCK_FILE}); wait for it to finish or use another output folder"
+        ) from None
+    return fd
+
+
+def _other_files(folder: Path) -> bool:
+    """Whether ``folder`` holds anything but this module's own bookkeeping."""
+    return any(p.name not in (LOCK_FILE, JOURNAL_FILE) for p in folder.iterdir())
+
+
+def _read_journal(path: Path) -> dict[str, dict]:
+    """Input path -> entry, from the journal of a run that did not finish. A line cut short by
+    a kill is left out (that file is embedded again)."""
+    if not path.is_file():
+        return {}
+    entries = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("file"), str):
+            entries[record.pop("file")] = record
+    return entries
+
+
+def _intact_npy(path: Path, shape: list[int] | None) -> bool:
+    """Whether ``path`` is a whole .npy (of ``shape`` when given); reads only its header."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return False
+    return shape is None or list(array.shape) == list(shape)
 
 
 def _npy_names(key: str, frames: bool) -> dict[str, str]:
@@ -280,23 +391,30 @@ def _write_with(tmp: Path, save, *args, **kwargs) -> None:
 
 
 def _remove_outputs(out: Path, index: dict) -> None:
-    """Delete the outputs an earlier run listed in its index (before --overwrite)."""
+    """Delete the outputs an earlier run listed in its index and journal (before --overwrite)."""
     if (out / PARTS_DIR).exists():
         shutil.rmtree(out / PARTS_DIR)
     if index.get("file"):
         (out / index["file"]).unlink(missing_ok=True)
+    entries = [*index.get("files", {}).values(), *_read_journal(out / JOURNAL_FILE).values()]
+    (out / JOURNAL_FILE).unlink(missing_ok=True)
     if index.get("format") != "npy":
         return
-    for entry in index.get("files", {}).values():
-        for name in _npy_names(entry["key"], True).values():
-            (out / name).unlink(missing_ok=True)
+    for entry in entries:
+        if isinstance(entry, dict) and "key" in entry:
+            for name in _npy_names(entry["key"], True).values():
+                (out / name).unlink(missing_ok=True)
 
 
 def _read_single(path: Path) -> dict[str, np.ndarray]:
-    if path.suffix == ".npz":
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
-    return load_file(str(path))
+    """The arrays of an npz / safetensors file; none when it is damaged (they are redone)."""
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        return load_file(str(path))
+    except (OSError, ValueError, EOFError, SafetensorError, zipfile.BadZipFile):
+        return {}
 
 
 def _pack_single(path: Path, stage: Path, existing: dict, index: dict, frames: bool) -> None:
@@ -320,5 +438,3 @@ def _pack_single(path: Path, stage: Path, existing: dict, index: dict, frames: b
     for entry in index["files"].values():
         entry.update({kind: f"{kind}/{entry['key']}" for kind in _npy_names(entry["key"], frames)})
     atomic_write_json(path.parent / INDEX_FILE, index)
-    if stage.name == PARTS_DIR and stage.exists():
-        shutil.rmtree(stage)

@@ -3,7 +3,10 @@
 Every writer in ssamba goes through :func:`atomic_write`: the content goes to a temporary file in
 the same folder (so the final rename stays on one file system), is flushed to disk, and replaces
 the target in one ``os.replace``. A crash, a full disk or ``kill -9`` leaves either the old file or
-the new one, never a torn one; the temporary file is removed on failure.
+the new one, never a torn one; the temporary file is removed on failure. A folder is built the
+same way (:func:`staged_folder`). Temporary names are unique (``mkstemp`` / ``mkdtemp``), so two
+writers never share one; what a killed process leaves behind (``.NAME.XXXX.tmp`` files,
+``.tmp_NAME_XXXX`` folders) is removed by :func:`remove_temporaries` on the next run.
 """
 
 from __future__ import annotations
@@ -12,16 +15,20 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+TEMP_FILE_SUFFIX = ".tmp"  # atomic_write's temporary files: .NAME.XXXXXXXX.tmp
+TEMP_FOLDER_PREFIX = ".tmp_"  # staged_folder's temporary folders: .tmp_NAME_XXXXXXXX
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp_path)`` to produce the file, then move it onto ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_FILE_SUFFIX)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -54,7 +61,59 @@ def replace_folder(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:
     A folder cannot be swapped in one step: between the removal and the rename ``target`` is
     missing, never partial, so a reader that finds it finds it whole."""
     target = Path(target)
-    if target.exists():
+    if target.is_dir() and not target.is_symlink():
         shutil.rmtree(target)
+    elif target.exists() or target.is_symlink():
+        target.unlink()
     os.replace(tmp, target)
     return target
+
+
+@contextmanager
+def staged_folder(target: str | os.PathLike, prefix: str | None = None) -> Iterator[Path]:
+    """Build a folder in a temporary sibling, then move it onto ``target`` whole.
+
+    ``with staged_folder("out/best") as tmp: write files into tmp``. On success the folder
+    replaces ``target`` (:func:`replace_folder`); on any failure (a full disk, an exception in
+    the block) the temporary folder is removed and ``target`` is left as it was. ``prefix``
+    names the temporary folder (default ``.tmp_<name>_``)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix or temp_folder_prefix(target)))
+    try:
+        yield tmp
+        replace_folder(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def temp_folder_prefix(target: str | os.PathLike) -> str:
+    return f"{TEMP_FOLDER_PREFIX}{Path(target).name}_"
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named like a temporary file or folder of this module."""
+    name = Path(path).name
+    if name.startswith(TEMP_FOLDER_PREFIX):
+        return True
+    return name.startswith(".") and name.endswith(TEMP_FILE_SUFFIX) and name.count(".") >= 3
+
+
+def remove_temporaries(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Remove the temporary files and folders a killed writer left in ``folder`` (and below it
+    when ``recursive``); returns what was removed.
+
+    Call it only while no other process writes into ``folder`` (a run's own folder at its start,
+    an embedding folder under its lock): a live writer's temporary file looks the same."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = folder.rglob(".*") if recursive else folder.glob(".*")
+    removed = [p for p in found if is_temporary(p)]
+    for path in removed:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return removed

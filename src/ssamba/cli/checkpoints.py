@@ -20,7 +20,7 @@ from ssamba.cli.common import (
 )
 from ssamba.constants import CLASSES_FILE, PATCH
 from ssamba.errors import SsambaError, UsageError
-from ssamba.fileio import atomic_write_bytes
+from ssamba.fileio import atomic_write_bytes, staged_folder
 
 
 def register(subparsers) -> None:
@@ -144,11 +144,14 @@ def run_convert(args: argparse.Namespace) -> int:
         raise UsageError(f"{source}: no such checkpoint file")
     if not args.overwrite:
         prepare_output(out, False, "output folder")
+    if Path(out).resolve() == Path(source).resolve():
+        raise UsageError("the output folder must differ from the source")
     overrides = {k: getattr(args, k) for k in OVERRIDES}
-    with model_errors():
-        report = convert_checkpoint(
-            source, out, seed=args.seed, atol=args.atol, overwrite=args.overwrite, **overrides
-        )
+    # converted and checked in a temporary folder: the old output stays whole until then, and
+    # none of its files (a classes.json) outlives it
+    with model_errors(), staged_folder(out) as tmp:
+        report = convert_checkpoint(source, tmp, seed=args.seed, atol=args.atol, **overrides)
+    report["out_dir"] = str(out)
     print(config_summary(report))
     return 0
 
@@ -225,10 +228,11 @@ def run_average(args: argparse.Namespace) -> int:
         folders += run_folder_checkpoints(args.run, args.from_step)
     model = average_checkpoints(folders)
     classes = folders[0] / CLASSES_FILE
-    names = classes.read_bytes() if classes.is_file() else None  # before the output is cleared
-    prepare_output(out, args.overwrite, "output folder")
-    model.save_pretrained(out)
-    if names is not None:
-        atomic_write_bytes(out / CLASSES_FILE, names)
+    # written whole in a temporary folder, then swapped in: the old output (possibly one of the
+    # inputs) stays intact until then, and none of its files (a classes.json) outlives it
+    with staged_folder(out) as tmp:
+        model.save_pretrained(tmp)
+        if classes.is_file():
+            atomic_write_bytes(tmp / CLASSES_FILE, classes.read_bytes())
     print(f"averaged {len(folders)} checkpoints -> {out}")
     return 0

@@ -31,7 +31,8 @@ def register(subparsers) -> None:
             "Embed audio files with a checkpoint: one .npy per input file (mirroring the "
             "relative names), or a single .npz/.safetensors, plus index.json (settings and the "
             "file -> output mapping). Re-running into the same --out with the same settings "
-            "skips files already done."
+            "skips files already done (after checking their arrays are whole). One process at a "
+            "time writes into a folder: a second one is refused."
         ),
     )
     p.add_argument(
@@ -122,13 +123,15 @@ def run_embed(args: argparse.Namespace) -> int:
     model = load_checkpoint(args.checkpoint, args.device)
     resolve_layers(model, args.layers)
     settings = embedding_settings(model, args.checkpoint, args.layers, args.window, args.hop)
-    store = EmbeddingStore(args.out, settings, args.format, args.frames, args.overwrite)
-    todo, keys = store.plan([file for file, _ in files], output_keys(files))
-    n_done = len(files) - len(todo)
-    if n_done:
-        print(f"{n_done} of {len(files)} files already embedded in {args.out}: skipped")
-    embedded = _embed_into(store, model, [files[i][0] for i in todo], [keys[i] for i in todo], args)
-    store.finish()
+    # the folder stays locked against a second writer until the store is closed
+    with EmbeddingStore(args.out, settings, args.format, args.frames, args.overwrite) as store:
+        todo, keys = store.plan([file for file, _ in files], output_keys(files))
+        n_done = len(files) - len(todo)
+        if n_done:
+            print(f"{n_done} of {len(files)} files already embedded in {args.out}: skipped")
+        paths, todo_keys = [files[i][0] for i in todo], [keys[i] for i in todo]
+        embedded = _embed_into(store, model, paths, todo_keys, args)
+        store.finish()
     msg = f"embedded {embedded} files into {args.out}"
     if n_done:
         msg += f", {n_done} already done"

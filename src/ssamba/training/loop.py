@@ -104,14 +104,16 @@ def make_optimizer(task: Task, cfg: TrainConfig, device: torch.device) -> torch.
 
 
 def resume(run: RunFolder, model, optimizer, schedule, dist: Distributed, scaler) -> Progress:
-    """Continue from the run's latest checkpoint (weights, optimiser, schedule, data position,
-    RNG states, the fp16 loss scale); from scratch when it has none yet."""
-    ckpt = run.latest_checkpoint()
-    if ckpt is None:
+    """Continue from the run's newest intact checkpoint (weights, optimiser, schedule, data
+    position, RNG states, the fp16 loss scale); from scratch, with no metrics kept, when it has
+    none yet."""
+    found = run.resume_checkpoint(model)
+    if found is None:
         if dist.is_main:
+            run.truncate_metrics(None)  # what a run killed before its first checkpoint logged
             log.info("--resume: no checkpoint in %s yet, starting from scratch", run.path)
         return Progress()
-    state = run.load_checkpoint(ckpt, model)
+    ckpt, state = found
     progress = restore_trainer_state(state, optimizer, schedule, dist)
     if scaler.is_enabled() and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])

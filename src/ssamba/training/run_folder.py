@@ -3,22 +3,39 @@
 ``run.json`` (the settings), ``metrics.jsonl``, ``checkpoints/step_N`` (model + trainer state),
 ``latest`` (the newest checkpoint), ``best/`` and ``final/`` (model folders), ``summary.json``,
 ``tb/`` (TensorBoard, when installed). Every file and folder is replaced atomically
-(:mod:`ssamba.fileio`): a run killed at any moment leaves the previous version or the new one.
+(:mod:`ssamba.fileio`): a run killed at any moment leaves the previous version or the new one,
+and the temporary files it leaves are removed when the run is started again.
+
+``--resume`` continues from the newest intact checkpoint: one that cannot be read (a truncated
+``trainer_state.pt``, missing weights) is passed over with a warning; when checkpoints exist but
+none is intact the resume stops with an error (starting over silently would discard the run);
+when there is none yet the run starts from scratch. Either way ``metrics.jsonl`` is cut back to
+the step the run continues from (to nothing from scratch), so no step is logged twice.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import pickle
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
-from ssamba.errors import TrainingError
-from ssamba.fileio import atomic_write_json, atomic_write_text, replace_folder
+from ssamba.errors import CheckpointError, TrainingError
+from ssamba.fileio import (
+    atomic_write_json,
+    atomic_write_text,
+    remove_temporaries,
+    staged_folder,
+)
 from ssamba.models.saving import read_pretrained, save_pretrained
+
+log = logging.getLogger(__name__)
 
 CHECKPOINTS, LATEST, METRICS, RUN_FILE = "checkpoints", "latest", "metrics.jsonl", "run.json"
 TRAINER_STATE = "trainer_state.pt"
@@ -35,6 +52,8 @@ RESUMABLE_CHANGES = {
     "log_every",
     "scan_backend",  # the same maths on another kernel (e.g. resumed on a GPU)
 }
+# What a failed write raises: OSError, or safetensors' own error (a full disk shows as either).
+WRITE_ERRORS = (OSError, SafetensorError)
 # run.json keys of older versions: renamed ones, and ones no longer recorded (the model config
 # and class list are now checked against the checkpoint itself, see RunFolder.load_checkpoint).
 _RENAMED = {"task": "command", "init": "checkpoint", "num_workers": "workers"}
@@ -42,7 +61,27 @@ _DROPPED = {"resume", "overwrite", "progress", "model_config", "classes"}
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a metrics.jsonl. A torn last line (a run killed mid-write, a full disk) is
+    left out; a bad line anywhere else is damage, not a torn write: TrainingError names it."""
+    lines = [(i, ln) for i, ln in enumerate(Path(path).read_text().splitlines(), 1) if ln.strip()]
+    records = []
+    for n, (lineno, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            if n == len(lines) - 1:
+                break  # the torn last line of an interrupted write
+            raise TrainingError(f"{path}:{lineno}: not a JSON record (damaged metrics file)")
+        records.append(record)
+    return records
+
+
+def checkpoint_step(folder: Path) -> int | None:
+    """N of a ``step_N`` folder (None for any other name)."""
+    prefix, _, number = folder.name.partition("_")
+    return int(number) if prefix == "step" and number.isdigit() else None
 
 
 def chosen_model(out: str | Path) -> Path:
@@ -115,19 +154,27 @@ class RunFolder:
                 target = self.path / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         (self.path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        # what a run killed mid-write left: half-written checkpoints and models, temp files
+        for folder in (self.path, self.path / CHECKPOINTS):
+            for path in remove_temporaries(folder):
+                log.info("removed %s (left by an interrupted run)", path)
         atomic_write_json(self.path / RUN_FILE, self.settings, default=str)
 
     # ------------------------------------------------------------------------ models
     def _write_model(self, model, folder: Path) -> None:
         save_pretrained(model, folder)
         for name, text in self.extra_files.items():
-            (folder / name).write_text(text)
+            (folder / name).write_text(text)  # inside a staged folder: renamed whole
 
     def save_model(self, model, name: str) -> Path:
         """A complete model folder (best/, final/), replaced atomically."""
-        tmp = Path(tempfile.mkdtemp(dir=self.path, prefix=f".tmp_{name}_"))
-        self._write_model(model, tmp)
-        return replace_folder(tmp, self.path / name)
+        target = self.path / name
+        try:
+            with staged_folder(target) as tmp:
+                self._write_model(model, tmp)
+        except WRITE_ERRORS as err:
+            raise _save_error(target, err, f"{name}/ is as it was") from None
+        return target
 
     # ------------------------------------------------------------------------ checkpoints
     def latest_checkpoint(self) -> Path | None:
@@ -137,42 +184,91 @@ class RunFolder:
         target = self.path / pointer.read_text().strip()
         return target if (target / TRAINER_STATE).exists() else None
 
+    def checkpoints(self) -> list[Path]:
+        """The run's checkpoints/step_N folders, newest first."""
+        found = [p for p in (self.path / CHECKPOINTS).glob("step_*") if p.is_dir()]
+        found = [p for p in found if checkpoint_step(p) is not None]
+        return sorted(found, key=checkpoint_step, reverse=True)
+
     def save_checkpoint(self, model, trainer_state: dict, step: int, keep: int) -> Path:
-        """Write checkpoints/step_N atomically (temp folder + rename), then move ``latest``."""
+        """Write checkpoints/step_N atomically (temp folder + rename), then move ``latest``.
+
+        A failed write (a full disk) leaves no temporary folder, and the previous checkpoint and
+        ``latest`` as they were: TrainingError says so in one line."""
         final = self.path / CHECKPOINTS / f"step_{step:08d}"
-        tmp = Path(tempfile.mkdtemp(dir=self.path / CHECKPOINTS, prefix=".tmp_step_"))
-        self._write_model(model, tmp)
-        torch.save(trainer_state, tmp / TRAINER_STATE)
-        replace_folder(tmp, final)
-        atomic_write_text(self.path / LATEST, f"{CHECKPOINTS}/{final.name}\n")
-        old = sorted(p for p in (self.path / CHECKPOINTS).glob("step_*") if p != final)
-        for stale in old[: max(0, len(old) - (keep - 1))]:
+        try:
+            with staged_folder(final, prefix=".tmp_step_") as tmp:
+                self._write_model(model, tmp)
+                # through memory: torch.save hides a full disk in an obscure RuntimeError
+                buf = io.BytesIO()
+                torch.save(trainer_state, buf)
+                (tmp / TRAINER_STATE).write_bytes(buf.getvalue())
+            atomic_write_text(self.path / LATEST, f"{CHECKPOINTS}/{final.name}\n")
+        except WRITE_ERRORS as err:
+            intact = self.latest_checkpoint()
+            kept = f"{intact.relative_to(self.path)} is intact" if intact else "no earlier one"
+            raise _save_error(final, err, kept) from None
+        older = [p for p in self.checkpoints() if checkpoint_step(p) < step]
+        # newer ones belong to a run resumed from before them (they were damaged): superseded
+        newer = [p for p in self.checkpoints() if checkpoint_step(p) > step]
+        for stale in newer + older[max(0, keep - 1) :]:
             shutil.rmtree(stale, ignore_errors=True)
         return final
+
+    def resume_checkpoint(self, model) -> tuple[Path, dict] | None:
+        """Load the newest intact checkpoint's weights into ``model``; it and its trainer state.
+
+        None when the run has no checkpoint yet; a damaged one is passed over with a warning;
+        TrainingError when there are checkpoints and none is intact, or the newest intact one
+        holds another model (see :meth:`load_checkpoint`)."""
+        damaged = []
+        for ckpt in self.checkpoints():
+            try:
+                config, weights, state = _read_checkpoint(ckpt)
+            except CheckpointError as err:
+                log.warning("--resume: passing over %s: %s", ckpt.name, err)
+                damaged.append(ckpt.name)
+                continue
+            self._check_same_model(ckpt, config, model)
+            model.load_state_dict(weights)
+            if damaged:
+                log.warning("--resume: continuing from %s instead", ckpt.name)
+            return ckpt, state
+        if damaged:
+            raise TrainingError(
+                f"{self.path}: no intact checkpoint to resume from ({', '.join(damaged)} "
+                "damaged); start the run again without --resume"
+            )
+        return None
 
     def load_checkpoint(self, ckpt: Path, model) -> dict:
         """Load ``ckpt``'s weights into ``model`` and return its trainer state.
 
         The checkpoint must hold the same model (config) and the same extra files (e.g. the class
         list) as this run would write: anything else is another run's checkpoint."""
-        config, state = read_pretrained(ckpt)
+        config, weights, state = _read_checkpoint(ckpt)
+        self._check_same_model(ckpt, config, model)
+        model.load_state_dict(weights)
+        return state
+
+    def _check_same_model(self, ckpt: Path, config, model) -> None:
         if config != model.config:
             raise TrainingError(f"{ckpt}: --resume with a different model configuration")
         for name, text in self.extra_files.items():
             path = ckpt / name
             if not path.is_file() or path.read_text() != text:
                 raise TrainingError(f"{ckpt}: --resume with a different {name}")
-        model.load_state_dict(state)
-        return torch.load(ckpt / TRAINER_STATE, map_location="cpu", weights_only=True)
 
     # ------------------------------------------------------------------------ metrics
-    def truncate_metrics(self, step: int) -> None:
-        """Drop metric lines written after ``step`` (by a run killed after its last checkpoint)."""
+    def truncate_metrics(self, step: int | None) -> None:
+        """Drop metric lines written after ``step`` (by a run killed after its last checkpoint),
+        and a torn last line; ``None`` drops them all (a run resumed from scratch)."""
         path = self.path / METRICS
         if not path.exists():
             return
-        keep = [ln for ln in path.read_text().splitlines() if json.loads(ln).get("step", 0) <= step]
-        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+        records = [] if step is None else read_metrics(path)
+        keep = [r for r in records if r.get("step", 0) <= step]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def log_metrics(self, record: dict) -> None:
         if not self.main:
@@ -190,6 +286,32 @@ class RunFolder:
 
     def write_summary(self, summary: dict) -> None:
         atomic_write_json(self.path / SUMMARY_FILE, summary, default=str)
+
+
+def _read_checkpoint(ckpt: Path) -> tuple[Any, dict, dict]:
+    """A checkpoint's model config, weights and trainer state; CheckpointError when any of
+    them cannot be read (a truncated or missing file)."""
+    config, weights = read_pretrained(ckpt)
+    path = ckpt / TRAINER_STATE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise CheckpointError(f"{path}: unreadable ({reason[:200]})") from None
+    if not isinstance(state, dict) or "progress" not in state:
+        raise CheckpointError(f"{path}: not a trainer state")
+    return config, weights, state
+
+
+def _save_error(target: Path, err: Exception, kept: str) -> TrainingError:
+    """One line for a failed save: what, why (a full disk), and what is still intact."""
+    if isinstance(err, OSError) and err.strerror:
+        reason = err.strerror
+    elif "os error 28" in str(err):  # safetensors' wording of ENOSPC
+        reason = "No space left on device"
+    else:
+        reason = " ".join(str(err).split())[:200]
+    return TrainingError(f"could not save {target}: {reason}; {kept}")
 
 
 def _tensorboard(folder: Path):

@@ -6,6 +6,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ssamba.fileio import atomic_write
+
 _STYLES = ("-", "--", ":", "-.")
 
 
@@ -93,6 +95,6 @@ def plot(points: Sequence[dict], path: str | os.PathLike) -> Path:
     fig.suptitle(f"{mode} on {device}" + (f", batch {batches[0]}" if len(batches) == 1 else ""))
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format=Path(path).suffix[1:] or "png"))
     plt.close(fig)
     return path

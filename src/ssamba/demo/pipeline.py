@@ -29,7 +29,7 @@ from ssamba.data import compute_stats, read_manifest
 from ssamba.demo import builders
 from ssamba.embeddings import num_layers
 from ssamba.errors import UsageError
-from ssamba.fileio import atomic_write_json, atomic_write_text
+from ssamba.fileio import atomic_write, atomic_write_json, atomic_write_text
 from ssamba.finetune import FinetuneConfig, finetune
 from ssamba.models import create_model
 from ssamba.pretrain import PretrainConfig, pretrain
@@ -415,7 +415,9 @@ def write_plots(report: dict, pretrained: dict, out: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "pretraining_curves.png", dpi=110)
+    atomic_write(
+        out / "pretraining_curves.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png")
+    )
     plt.close(fig)
 
     fig, axes = plt.subplots(1, len(TASKS), figsize=(5 * len(TASKS), 3.6))
@@ -434,7 +436,7 @@ def write_plots(report: dict, pretrained: dict, out: Path) -> None:
         ax.set_title(f"{task}: test accuracy (%)")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=110)
+    atomic_write(out / "accuracy.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 

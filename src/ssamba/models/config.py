@@ -160,7 +160,8 @@ def list_models(pretrained: bool = False) -> list[str]:
     each one's size, masked patches, file name and source)."""
     if pretrained:
         return sorted(
-            RELEASES, key=lambda n: (list(SIZES).index(RELEASES[n].size), RELEASES[n].masked_patches)
+            RELEASES,
+            key=lambda n: (list(SIZES).index(RELEASES[n].size), RELEASES[n].masked_patches),
         )
     return sorted(PRESETS, key=lambda n: (n.split("_")[0], list(SIZES).index(n.split("_")[1])))
 

@@ -28,6 +28,7 @@ BAD_FILE_POLICIES = ("error", "skip")
 LOSSES = ("ce", "bce")
 SELECTION_METRICS = ("acc", "map")
 MIXTURE_MODES = ("whole", "crop")
+LOGGERS = ("jsonl", "tensorboard", "wandb")  # metric destinations (ssamba.training.loggers)
 # Actions on the output folder and cosmetics: they do not define the run, run.json leaves them out.
 RUN_CONTROL = frozenset({"resume", "overwrite", "progress"})
 
@@ -68,6 +69,12 @@ def _positive(name: str, value, optional: bool = False) -> None:
         raise UsageError(f"{name} must be > 0, got {value!r}")
 
 
+def _loggers(value) -> None:
+    names = [s.strip() for s in str(value).split(",") if s.strip()]
+    for name in names or [""]:
+        _choice("logger", name, LOGGERS)
+
+
 def _preset(value) -> None:
     if value not in list_models():
         raise UsageError(
@@ -102,9 +109,11 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
+    logger: str = "jsonl"  # comma-separated LOGGERS; metrics.jsonl is always written
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
+        _loggers(self.logger)
         _choice("precision", self.precision, PRECISIONS)
         for name in ("batch_size", "accum_steps", "epochs", "keep", "log_every"):
             _at_least(name, getattr(self, name), 1)
@@ -286,6 +295,7 @@ class DaslBuildConfig:
 
 __all__ = [
     "BAD_FILE_POLICIES",
+    "LOGGERS",
     "LOSSES",
     "MASK_MODES",
     "MIXTURE_MODES",

@@ -137,6 +137,9 @@ def add_train_options(p, options: ConfigOptions) -> None:
         metavar="N")  # fmt: skip
     add(g, "keep", "checkpoints to keep besides best/ and final/", type=positive_int, metavar="N")
     add(g, "log_every", "steps between metric lines", type=positive_int, metavar="N")
+    add(g, "logger", "where metrics go, comma-separated: jsonl (metrics.jsonl, always "
+        "written), tensorboard (tb/), wandb (wandb/; WANDB_MODE=offline keeps it local)",
+        metavar="LIST")  # fmt: skip
     add_workers(g, default=options.defaults["workers"], what="load training data")
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out")

@@ -2,8 +2,9 @@
 
 ``run.json`` (the settings), ``metrics.jsonl``, ``checkpoints/step_N`` (model + trainer state),
 ``latest`` (the newest checkpoint), ``best/`` and ``final/`` (model folders), ``summary.json``,
-``tb/`` (TensorBoard, when installed). Every file and folder is replaced atomically
-(:mod:`ssamba.fileio`): a run killed at any moment leaves the previous version or the new one.
+``tb/`` (``--logger tensorboard``), ``wandb/`` (``--logger wandb``). Every file and folder is
+replaced atomically (:mod:`ssamba.fileio`): a run killed at any moment leaves the previous
+version or the new one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from ssamba.errors import TrainingError
 from ssamba.fileio import atomic_write_json, atomic_write_text, replace_folder
 from ssamba.models.saving import read_pretrained, save_pretrained
+from ssamba.training.loggers import check_installed, open_trackers, parse_loggers
 
 CHECKPOINTS, LATEST, METRICS, RUN_FILE = "checkpoints", "latest", "metrics.jsonl", "run.json"
 TRAINER_STATE = "trainer_state.pt"
@@ -33,6 +35,7 @@ RESUMABLE_CHANGES = {
     "keep",
     "workers",
     "log_every",
+    "logger",
 }
 # run.json keys of older versions: renamed ones, and ones no longer recorded (the model config
 # and class list are now checked against the checkpoint itself, see RunFolder.load_checkpoint).
@@ -83,7 +86,9 @@ class RunFolder:
         self.main = main
         self.settings, self.replace = settings, False
         self.extra_files = dict(extra_files or {})
-        self.tb = None
+        self.loggers = parse_loggers(settings.get("logger"))
+        check_installed(self.loggers)  # a missing tracker stops the run before it starts
+        self.trackers = None
         run_file = self.path / RUN_FILE
         if run_file.exists() and not resume:
             if not overwrite:
@@ -110,7 +115,7 @@ class RunFolder:
     def start(self) -> None:
         """(Main rank) clear a replaced run, create the folder and write run.json."""
         if self.replace:
-            for name in (CHECKPOINTS, "best", "final", "tb", METRICS, LATEST, RUN_FILE):
+            for name in (CHECKPOINTS, "best", "final", "tb", "wandb", METRICS, LATEST, RUN_FILE):
                 target = self.path / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         (self.path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
@@ -176,26 +181,15 @@ class RunFolder:
     def log_metrics(self, record: dict) -> None:
         if not self.main:
             return
-        with open(self.path / METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is None:
-            self.tb = _tensorboard(self.path / "tb")
-        if self.tb:
-            for key, value in record.items():
-                if key not in ("step", "epoch", "kind") and isinstance(value, int | float):
-                    self.tb.add_scalar(
-                        f"{record.get('kind', 'train')}/{key}", value, record["step"]
-                    )
+        if self.trackers is None:
+            self.trackers = open_trackers(self.loggers, self.path, self.settings, METRICS)
+        self.trackers.log(record)
+
+    def close(self) -> None:
+        """Flush and close the trackers (TensorBoard, wandb) at the end of the run."""
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
 
     def write_summary(self, summary: dict) -> None:
         atomic_write_json(self.path / SUMMARY_FILE, summary, default=str)
-
-
-def _tensorboard(folder: Path):
-    """A SummaryWriter, or False when tensorboard (an optional dependency) is missing."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(folder))
-    except Exception:
-        return False

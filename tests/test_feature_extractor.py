@@ -88,3 +88,50 @@ def test_resamples_and_checks_its_input():
         FeatureExtractor.from_dict({"hop": 3})
     with pytest.raises(UsageError, match="AST"):
         FeatureExtractor.from_dict({"feature_extractor_type": "WhisperFeatureExtractor"})
+
+
+def test_training_defaults_to_the_checkpoints_statistics(saved):
+    from ssamba.checkpoints import model_stats
+    from ssamba.configs import FinetuneConfig, PretrainConfig
+
+    model, folder = saved
+    assert PretrainConfig(out="x", train="t").normalize == "auto"
+    assert FinetuneConfig(out="x", train="t").normalize == "auto"
+    assert model_stats("auto") is None  # before the model is built: keep what it was saved with
+    assert model_stats("auto", model) == (-6.5, 3.25)
+    assert model_stats("audioset", model) == (-4.2677393, 4.5689974)
+    assert model_stats("none", model) is None
+
+
+def test_finetune_from_the_checkpoint_uses_its_statistics(saved, tmp_path, monkeypatch, capsys):
+    """finetune with -c CKPT normalises its data as CKPT was trained (no audioset default), and
+    without -c warns on stderr that the weights are random."""
+    import soundfile as sf
+
+    from ssamba import finetune as finetune_module
+    from ssamba.cli import main
+
+    _, folder = saved
+    seen = {}
+    real = finetune_module.AudioDataset
+
+    def spy(manifest, target_length, stats, **kw):
+        seen["stats"] = stats
+        return real(manifest, target_length, stats, **kw)
+
+    monkeypatch.setattr(finetune_module, "AudioDataset", spy)
+    rows = ["path,label"]
+    for i in range(4):
+        sf.write(tmp_path / f"{i}.wav", tone(0.5, freq=300.0 + 200 * i).numpy(), 16000)
+        rows.append(f"{tmp_path / f'{i}.wav'},{'ab'[i % 2]}")
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    common = ["finetune", "--train", str(tmp_path / "train.csv"), "--target-length", "128",
+              "--max-steps", "1", "--batch-size", "2", "--no-progress", "--fstride", "16",
+              "--tstride", "16", "--depth", "2"]  # fmt: skip
+    assert main([*common, "-c", str(folder), "-o", str(tmp_path / "a")]) == 0
+    assert seen["stats"] == (-6.5, 3.25)
+    assert "RANDOM" not in capsys.readouterr().err
+    assert main([*common, "-o", str(tmp_path / "b")]) == 0
+    assert seen["stats"] == pytest.approx((-4.2677393, 4.5689974))  # a preset: AudioSet
+    err = capsys.readouterr().err
+    assert "warning: no -c/--checkpoint: fine-tuning starts from RANDOM weights" in err

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ssamba.audio import normalize_stats
 from ssamba.constants import PATCH
 from ssamba.errors import CheckpointError, UsageError
 from ssamba.models.config import (
@@ -46,6 +47,7 @@ __all__ = [
     "load_model",
     "load_official",
     "load_pretrained",
+    "model_stats",
     "official_config",
     "read_official",
     "released_checkpoint",
@@ -320,3 +322,13 @@ def load_model(path_or_name: str | Path, **overrides) -> AudioModel:
     if where.is_dir():
         return AudioModel.from_pretrained(where, **overrides)
     return load_official(where, **overrides)
+
+
+def model_stats(normalize, model: AudioModel | None = None) -> tuple[float, float] | None:
+    """The fbank (mean, std) a training run normalises with: what ``normalize`` names (see
+    :func:`ssamba.audio.normalize_stats`), or for ``"auto"`` the model's own statistics: those
+    it was saved with (AudioSet for a preset or an official .pth). ``"auto"`` gives None until
+    the model is built, so that building it keeps its statistics."""
+    if normalize != "auto":
+        return normalize_stats(normalize)
+    return None if model is None else (model.config.norm_mean, model.config.norm_std)

@@ -149,7 +149,9 @@ class PretrainConfig(TrainConfig):
     train: str = ""
     valid: str | None = None
     target_length: int = 1024
-    normalize: str | None = "audioset"  # preset, "mean,std", or a stats JSON from `ssamba stats`
+    # "auto": the checkpoint's own statistics (AudioSet for a preset or an official .pth); or a
+    # preset, "mean,std", a stats JSON from `ssamba stats`, or none
+    normalize: str | None = "auto"
     mask_patch: int | None = None  # None: 400 of 512 patches, scaled to the input length
     mask_mode: str = "cluster"  # "cluster" (SSAST), "random" or "frame"
     objective: str = "joint"
@@ -192,7 +194,7 @@ class FinetuneConfig(TrainConfig, _ClassifierSettings):
     valid: str | None = None
     test: str | None = None
     target_length: int = 1024
-    normalize: str | None = "audioset"
+    normalize: str | None = "auto"  # as PretrainConfig.normalize
     fstride: int = 10
     tstride: int = 10
     freqm: int = 0

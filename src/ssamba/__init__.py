@@ -7,7 +7,7 @@ The public surface is below. It is loaded on first use (PEP 562), so ``import ss
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -22,15 +22,21 @@ _PUBLIC = {
     "embed": "ssamba.embeddings",
     "fbank": "ssamba.audio",
     "load_audio": "ssamba.audio",
+    "FeatureExtractor": "ssamba.feature_extractor",
+    "RELEASES": "ssamba.models.config",
+    "export_model": "ssamba.export",
 }
 
 __all__ = [
+    "RELEASES",
     "AudioModel",
     "Embeddings",
+    "FeatureExtractor",
     "ModelConfig",
     "__version__",
     "create_model",
     "embed",
+    "export_model",
     "fbank",
     "list_models",
     "load_audio",
@@ -41,11 +47,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from ssamba.audio import fbank, load_audio
     from ssamba.checkpoints import load_model
     from ssamba.embeddings import Embeddings, embed
-    from ssamba.models.config import ModelConfig, list_models
+    from ssamba.export import export_model
+    from ssamba.feature_extractor import FeatureExtractor
+    from ssamba.models.config import RELEASES, ModelConfig, list_models
     from ssamba.models.model import AudioModel, create_model
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _PUBLIC:
         value = getattr(importlib.import_module(_PUBLIC[name]), name)
         globals()[name] = value  # later look-ups skip this function

@@ -6,14 +6,26 @@ Key mismatches are never ignored: a readable report lists missing, unexpected an
 
 from __future__ import annotations
 
+import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
 
+from ssamba.audio import normalize_stats
 from ssamba.constants import PATCH
-from ssamba.errors import CheckpointError
-from ssamba.models.config import SIZES, ModelConfig, patch_grid, preset_config
+from ssamba.errors import CheckpointError, UsageError
+from ssamba.models.config import (
+    PRESETS,
+    RELEASES,
+    SIZES,
+    ModelConfig,
+    Release,
+    list_models,
+    patch_grid,
+    preset_config,
+)
 from ssamba.models.model import AudioModel
 from ssamba.models.saving import (
     CONFIG_FILE,
@@ -25,15 +37,23 @@ from ssamba.models.saving import (
 
 __all__ = [
     "CONFIG_FILE",
+    "HOME_ENV",
     "WEIGHTS_FILE",
     "CheckpointError",
+    "RandomWeightsWarning",
     "convert_official",
+    "hub_download",
+    "is_hub_id",
     "load_model",
     "load_official",
     "load_pretrained",
+    "model_stats",
     "official_config",
     "read_official",
+    "released_checkpoint",
+    "resolve_checkpoint",
     "save_pretrained",
+    "ssamba_home",
 ]
 
 # Official keys that no forward pass uses (timm/Vim classifier heads): dropped on load.
@@ -178,19 +198,137 @@ def load_pretrained(folder: str | Path, **overrides) -> AudioModel:
     return AudioModel.from_pretrained(folder, **overrides)
 
 
-def load_model(path_or_name: str | Path, **overrides) -> AudioModel:
-    """A model from a preset name, a ``save_pretrained`` folder or an official ``.pth`` file.
+# ---------------------------------------------------------------------------- by name
+HOME_ENV = "SSAMBA_HOME"  # the folder released checkpoints are looked up in
+# A Hugging Face Hub repository id, "org/name", optionally "@revision".
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?$")
 
-    Official files: kind, size, depth and pretraining input size are read from the weights;
-    ``fstride``, ``tstride``, ``input_tdim``, ``num_classes``... may be overridden (the positional
-    embedding is resized to the new patch grid by the official rule).
-    """
-    path = Path(path_or_name)
-    if path.is_dir():
-        return AudioModel.from_pretrained(path, **overrides)
-    if path.is_file():
-        return load_official(path, **overrides)
-    name = str(path_or_name)
+
+class RandomWeightsWarning(UserWarning):
+    """A model was built from a preset name: its weights are random, its outputs meaningless."""
+
+
+def ssamba_home() -> Path:
+    """Where released checkpoints are looked for: ``$SSAMBA_HOME``, else ``~/.cache/ssamba``."""
+    return Path(os.environ.get(HOME_ENV) or Path.home() / ".cache" / "ssamba").expanduser()
+
+
+def released_checkpoint(name: str) -> Path:
+    """The local copy of a released official checkpoint (``list_models(pretrained=True)``):
+    ``<home>/<name>/`` (a converted folder) or ``<home>/<file name>``; else a CheckpointError
+    that says which file to put where."""
+    release: Release = RELEASES[name]
+    home = ssamba_home()
+    folder, file = home / name, home / release.filename
+    if (folder / CONFIG_FILE).is_file():
+        return folder
+    if file.is_file():
+        return file
+    raise CheckpointError(
+        f"{name}: the released checkpoint is not on this machine. Download {release.filename} "
+        f"({release.size}, {release.masked_patches} masked patches) and put it at {file} "
+        f"(set ${HOME_ENV} to use another folder); {release.source}"
+    )
+
+
+def is_hub_id(spec: str) -> bool:
+    """Whether ``spec`` reads as a Hugging Face Hub id (``org/name[@revision]``) rather than a
+    local path: one slash, no file suffix, nothing that exists on disk."""
+    name = spec.split("@", 1)[0]
+    return bool(_HUB_ID.match(spec)) and not Path(name).suffix and not Path(spec).exists()
+
+
+def hub_download(repo_id: str) -> Path:
+    """``org/name[@revision]`` from the Hugging Face Hub into its cache (the optional
+    ``huggingface_hub`` package; ``HF_HUB_OFFLINE=1`` uses the cache only); the local folder."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise UsageError(
+            f"{repo_id}: no such file or folder here; as a Hugging Face Hub id it needs the "
+            "optional huggingface_hub package: pip install 'ssamba[hub]'"
+        ) from None
+    repo, _, revision = repo_id.partition("@")
+    try:
+        return Path(snapshot_download(repo, revision=revision or None))
+    except Exception as err:  # offline without a cached copy, unknown repo, network errors...
+        message = " ".join(str(err).split())
+        raise CheckpointError(
+            f"{repo_id}: no such file or folder here, nor from the Hugging Face Hub ({message})"
+        ) from None
+
+
+def _weights_in(folder: Path, source: str) -> Path:
+    """The model a downloaded repository holds: our folder format, else its one .pth file."""
+    if (folder / CONFIG_FILE).is_file():
+        return folder
+    pth = sorted(folder.glob("*.pth")) + sorted(folder.glob("*.pt"))
+    if len(pth) == 1:
+        return pth[0]
+    raise CheckpointError(
+        f"{source}: expected {CONFIG_FILE} + {WEIGHTS_FILE} or one official .pth file, found "
+        f"{', '.join(sorted(p.name for p in folder.iterdir())) or 'nothing'}"
+    )
+
+
+def resolve_checkpoint(spec: str | Path) -> Path | str:
+    """Where the model ``spec`` names lives: an existing folder or file as given; a released
+    checkpoint's local copy; a Hub repository's cached folder (or its .pth); a preset name is
+    returned unchanged (it has no weights)."""
+    path = Path(spec)
+    if path.exists():
+        return path
+    name = str(spec)
+    if name in RELEASES:
+        return released_checkpoint(name)
+    if name in PRESETS:
+        return name
+    if is_hub_id(name):
+        return _weights_in(hub_download(name), name)
     if "/" not in name and "\\" not in name and not path.suffix:
-        return AudioModel(preset_config(name, **overrides))
+        raise CheckpointError(
+            f"unknown model {name!r}: not a file or folder, a preset ({', '.join(list_models())})"
+            f", a released checkpoint ({', '.join(list_models(pretrained=True))}) or a Hub id"
+        )
     raise CheckpointError(f"{path}: no such file or folder")
+
+
+def load_model(path_or_name: str | Path, **overrides) -> AudioModel:
+    """A model from a folder, an official ``.pth``, a released checkpoint, a Hub id or a preset.
+
+    - a ``save_pretrained`` folder (``config.json`` + ``model.safetensors``);
+    - an official ``.pth`` file: kind, size, depth and pretraining input size are read from the
+      weights;
+    - a released official checkpoint by name (``list_models(pretrained=True)``, e.g.
+      ``"ssamba_base_400"``), found in :func:`ssamba_home` (the error says where to put it);
+    - a Hugging Face Hub id ``org/name[@revision]`` (optional ``huggingface_hub``; downloaded
+      into its cache, ``HF_HUB_OFFLINE=1`` uses the cache alone);
+    - a preset name (``list_models()``): RANDOM weights, with a :class:`RandomWeightsWarning`.
+
+    ``overrides`` change non-structural settings: ``fstride``, ``tstride``, ``input_tdim``,
+    ``num_classes``... (the positional embedding is resized to the new patch grid by the
+    official rule).
+    """
+    where = resolve_checkpoint(path_or_name)
+    if isinstance(where, str):
+        warnings.warn(
+            RandomWeightsWarning(
+                f"{where!r} is a preset name: the model has RANDOM weights (pass a checkpoint "
+                "folder, an official .pth, a released name or a Hub id for trained ones)"
+            ),
+            stacklevel=2,
+        )
+        return AudioModel(preset_config(where, **overrides))
+    if where.is_dir():
+        return AudioModel.from_pretrained(where, **overrides)
+    return load_official(where, **overrides)
+
+
+def model_stats(normalize, model: AudioModel | None = None) -> tuple[float, float] | None:
+    """The fbank (mean, std) a training run normalises with: what ``normalize`` names (see
+    :func:`ssamba.audio.normalize_stats`), or for ``"auto"`` the model's own statistics: those
+    it was saved with (AudioSet for a preset or an official .pth). ``"auto"`` gives None until
+    the model is built, so that building it keeps its statistics."""
+    if normalize != "auto":
+        return normalize_stats(normalize)
+    return None if model is None else (model.config.norm_mean, model.config.norm_std)

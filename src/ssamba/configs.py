@@ -28,6 +28,7 @@ BAD_FILE_POLICIES = ("error", "skip")
 LOSSES = ("ce", "bce")
 SELECTION_METRICS = ("acc", "map")
 MIXTURE_MODES = ("whole", "crop")
+LOGGERS = ("jsonl", "tensorboard", "wandb")  # metric destinations (ssamba.training.loggers)
 # Actions on the output folder and cosmetics: they do not define the run, run.json leaves them out.
 RUN_CONTROL = frozenset({"resume", "overwrite", "progress"})
 
@@ -68,6 +69,12 @@ def _positive(name: str, value, optional: bool = False) -> None:
         raise UsageError(f"{name} must be > 0, got {value!r}")
 
 
+def _loggers(value) -> None:
+    names = [s.strip() for s in str(value).split(",") if s.strip()]
+    for name in names or [""]:
+        _choice("logger", name, LOGGERS)
+
+
 def _preset(value) -> None:
     if value not in list_models():
         raise UsageError(
@@ -102,9 +109,11 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
+    logger: str = "jsonl"  # comma-separated LOGGERS; metrics.jsonl is always written
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
+        _loggers(self.logger)
         _choice("precision", self.precision, PRECISIONS)
         for name in ("batch_size", "accum_steps", "epochs", "keep", "log_every"):
             _at_least(name, getattr(self, name), 1)
@@ -140,7 +149,9 @@ class PretrainConfig(TrainConfig):
     train: str = ""
     valid: str | None = None
     target_length: int = 1024
-    normalize: str | None = "audioset"  # preset, "mean,std", or a stats JSON from `ssamba stats`
+    # "auto": the checkpoint's own statistics (AudioSet for a preset or an official .pth); or a
+    # preset, "mean,std", a stats JSON from `ssamba stats`, or none
+    normalize: str | None = "auto"
     mask_patch: int | None = None  # None: 400 of 512 patches, scaled to the input length
     mask_mode: str = "cluster"  # "cluster" (SSAST), "random" or "frame"
     objective: str = "joint"
@@ -183,7 +194,7 @@ class FinetuneConfig(TrainConfig, _ClassifierSettings):
     valid: str | None = None
     test: str | None = None
     target_length: int = 1024
-    normalize: str | None = "audioset"
+    normalize: str | None = "auto"  # as PretrainConfig.normalize
     fstride: int = 10
     tstride: int = 10
     freqm: int = 0
@@ -286,6 +297,7 @@ class DaslBuildConfig:
 
 __all__ = [
     "BAD_FILE_POLICIES",
+    "LOGGERS",
     "LOSSES",
     "MASK_MODES",
     "MIXTURE_MODES",

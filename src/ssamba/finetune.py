@@ -18,8 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ssamba.audio import normalize_stats
-from ssamba.checkpoints import load_model
+from ssamba.checkpoints import load_model, model_stats
 from ssamba.configs import FinetuneConfig
 from ssamba.constants import CLASSES_FILE
 from ssamba.data import AudioDataset, read_manifest
@@ -156,7 +155,7 @@ def finetune(cfg: FinetuneConfig, device: str | None = None) -> dict:
 
     The test metrics also go to ``test_metrics.json`` and into ``summary.json``."""
     dist = Distributed.from_env(device)
-    stats = normalize_stats(cfg.normalize)
+    stats = model_stats(cfg.normalize)
     train_manifest = read_manifest(cfg.train)
     if not train_manifest.labeled:
         raise UsageError(f"{cfg.train}: fine-tuning needs labels")
@@ -165,6 +164,7 @@ def finetune(cfg: FinetuneConfig, device: str | None = None) -> dict:
         raise UsageError(f"{cfg.train} is multi-label: use --loss bce (and --metric map)")
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, len(classes), stats, pool=cfg.pool)
+    stats = stats or model_stats(cfg.normalize, model)  # "auto": the checkpoint's own
 
     def dataset(manifest, train):
         return AudioDataset(

@@ -15,10 +15,10 @@ import random
 import torch
 import torch.nn as nn
 
-from ssamba.audio import normalize_stats
-from ssamba.checkpoints import load_model
+from ssamba.checkpoints import load_model, model_stats
 from ssamba.configs import OBJECTIVES, PretrainConfig
 from ssamba.data import AudioDataset, read_manifest
+from ssamba.models.model import create_model
 from ssamba.models.patches import check_mask_size, draw_mask_index
 from ssamba.training import Distributed, LRSchedule, Task, ends_process_group, fit
 
@@ -119,16 +119,19 @@ def build_model(cfg: PretrainConfig, stats):
     overrides.update(input_tdim=cfg.target_length, pretrain_heads=True, fstride=16, tstride=16)
     if stats is not None:
         overrides.update(norm_mean=stats[0], norm_std=stats[1])
-    return load_model(cfg.checkpoint or cfg.model, **overrides).train()
+    if cfg.checkpoint is None:  # from scratch: random weights are the point, no warning
+        return create_model(cfg.model, **overrides).train()
+    return load_model(cfg.checkpoint, **overrides).train()
 
 
 @ends_process_group
 def pretrain(cfg: PretrainConfig, device: str | None = None) -> dict:
     """Run (or resume) a pretraining job; returns the summary."""
     dist = Distributed.from_env(device)
-    stats = normalize_stats(cfg.normalize)
+    stats = model_stats(cfg.normalize)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg, stats)
+    stats = stats or model_stats(cfg.normalize, model)
 
     def dataset(path):
         manifest = read_manifest(path, ignore_labels=True)

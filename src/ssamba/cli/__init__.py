@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "evaluate",
     "embed",
     "checkpoints",
+    "export",
     "bench",
     "plot",
 )

@@ -52,16 +52,15 @@ def load_checkpoint(spec: str, device: str | None = None, **overrides):
 
     A preset name builds a model with random weights: said on stderr, since its outputs mean
     nothing."""
-    from ssamba.checkpoints import load_model
+    import warnings
 
-    with model_errors():
+    from ssamba.checkpoints import RandomWeightsWarning, load_model
+
+    with model_errors(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RandomWeightsWarning)
         model = load_model(spec, **overrides)
-    if not Path(spec).exists():
-        print(
-            f"warning: {spec!r} is a preset name: the model has RANDOM weights "
-            "(pass a checkpoint folder or .pth for trained ones)",
-            file=sys.stderr,
-        )
+    for w in caught:  # the library's warning (a preset: random weights), as one plain line
+        print(f"warning: {w.message}", file=sys.stderr)
     return model.to(device or default_device()).eval()
 
 

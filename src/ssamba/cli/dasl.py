@@ -25,6 +25,7 @@ from ssamba.cli.train import (
     add_train_options,
     config_values,
     is_main_process,
+    warn_if_random,
 )
 from ssamba.configs import BAD_FILE_POLICIES, MIXTURE_MODES, DaslBuildConfig, DaslConfig
 
@@ -84,7 +85,8 @@ def run_dasl(args) -> int:
 
     configure_logging(is_main_process())
     cfg = DaslConfig(**config_values(args, DaslConfig))
-    summary = train_dasl(cfg, device=args.device)
+    with warn_if_random(cfg.checkpoint, cfg.model, "DASL training"):
+        summary = train_dasl(cfg, device=args.device)
     line = f"DASL training done: {summary['steps']} steps"
     if summary.get("best_metric") is not None:
         line += f", best validation per-chunk acc {summary['best_metric']:.4f}"

@@ -9,9 +9,12 @@ home, ``--help`` shows them without loading torch, and ``--config RUN/run.json``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import sys
+import warnings
 from typing import Any
 
 from ssamba.cli.common import (
@@ -142,6 +145,9 @@ def add_train_options(p, options: ConfigOptions) -> None:
         metavar="N")  # fmt: skip
     add(g, "keep", "checkpoints to keep besides best/ and final/", type=positive_int, metavar="N")
     add(g, "log_every", "steps between metric lines", type=positive_int, metavar="N")
+    add(g, "logger", "where metrics go, comma-separated: jsonl (metrics.jsonl, always "
+        "written), tensorboard (tb/), wandb (wandb/; WANDB_MODE=offline keeps it local)",
+        metavar="LIST")  # fmt: skip
     add_workers(g, default=options.defaults["workers"], what="load training data")
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -178,6 +184,20 @@ def config_values(args, cls) -> dict[str, Any]:
     return values
 
 
+@contextlib.contextmanager
+def warn_if_random(checkpoint: str | None, model: str, what: str):
+    """Without -c/--checkpoint, say on stderr that ``what`` starts from random weights (as
+    embed and probe do), in place of the library's RandomWeightsWarning."""
+    from ssamba.checkpoints import RandomWeightsWarning
+
+    if checkpoint is None and is_main_process():
+        print(f"warning: no -c/--checkpoint: {what} starts from RANDOM weights (a fresh "
+              f"{model})", file=sys.stderr)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        yield
+
+
 def is_main_process() -> bool:
     """Rank 0 under torchrun (or no torchrun): the process that prints."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -209,8 +229,9 @@ def add_pretrain_parser(subparsers) -> None:
                 "validation, no best/)")  # fmt: skip
     options.add(g, "target_length", "frames per clip (10 ms each)", type=positive_int,
                 metavar="FRAMES")  # fmt: skip
-    options.add(g, "normalize", "fbank normalisation: a preset, 'MEAN,STD', a stats JSON (`ssamba "
-                "stats`) or none")  # fmt: skip
+    options.add(g, "normalize", "fbank normalisation: auto (the checkpoint's own statistics; "
+                "AudioSet for a preset), a preset, 'MEAN,STD', a stats JSON (`ssamba stats`) or "
+                "none")  # fmt: skip
     options.add(g, "mask_patch", "masked patches per clip (default: 400 of 512, scaled to "
                 "--target-length)", type=positive_int, metavar="N")  # fmt: skip
     options.add(g, "mask_mode", "cluster masks (SSAST), random patches or whole frames",
@@ -275,7 +296,8 @@ def add_finetune_options(p, options: ConfigOptions) -> None:
     add_model_options(g, options)
     add = options.add
     add(g, "target_length", "frames per clip (10 ms each)", type=positive_int, metavar="FRAMES")
-    add(g, "normalize", "fbank normalisation: a preset, 'MEAN,STD', a stats JSON or none")
+    add(g, "normalize", "fbank normalisation: auto (the checkpoint's own statistics; AudioSet "
+        "for a preset), a preset, 'MEAN,STD', a stats JSON or none")  # fmt: skip
     add(g, "fstride", "patch stride in frequency", type=positive_int)
     add(g, "tstride", "patch stride in time", type=positive_int)
     add(g, "pool", "head input: mean patch token, class token(s), or per-band means", choices=POOLS)
@@ -312,7 +334,8 @@ def run_finetune(args) -> int:
 
     configure_logging(is_main_process())
     cfg = finetune_config(args, args.recipe)
-    summary = finetune(cfg, device=args.device)
+    with warn_if_random(cfg.checkpoint, cfg.model, "fine-tuning"):
+        summary = finetune(cfg, device=args.device)
     best = summary.get("best_metric")
     line = f"fine-tuning done: {summary['steps']} steps"
     if best is not None:

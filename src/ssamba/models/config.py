@@ -119,8 +119,50 @@ def _presets() -> dict[str, Preset]:
 PRESETS = _presets()
 
 
-def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`."""
+# Where the released weights are published; nothing is downloaded at run time.
+RELEASE_SOURCE = (
+    "the official SSAMBA repository's README (github.com/SiavashShams/ssamba) links the "
+    "released checkpoints"
+)
+
+
+@dataclass(frozen=True)
+class Release:
+    """One released official SSAMBA checkpoint (pretrained on AudioSet + LibriSpeech)."""
+
+    name: str  # e.g. "ssamba_base_400": what load_model accepts
+    size: str  # "tiny", "small" or "base"
+    masked_patches: int  # patches masked per clip in pretraining (250, 300 or 400)
+    filename: str  # the official file name, e.g. "ssamba_base_400.pth"
+    source: str = RELEASE_SOURCE
+
+    @property
+    def preset(self) -> str:
+        """The preset with the same architecture (``ssamba_<size>``)."""
+        return f"ssamba_{self.size}"
+
+
+def _releases() -> dict[str, Release]:
+    out = {}
+    for size in SIZES:
+        for masked in (250, 300, 400):
+            name = f"ssamba_{size}_{masked}"
+            out[name] = Release(name, size, masked, f"{name}.pth")
+    return out
+
+
+RELEASES = _releases()
+
+
+def list_models(pretrained: bool = False) -> list[str]:
+    """Names accepted by :func:`create_model` (random weights); with ``pretrained=True``, the
+    released official checkpoints that ``load_model`` finds by name (see :data:`RELEASES` for
+    each one's size, masked patches, file name and source)."""
+    if pretrained:
+        return sorted(
+            RELEASES,
+            key=lambda n: (list(SIZES).index(RELEASES[n].size), RELEASES[n].masked_patches),
+        )
     return sorted(PRESETS, key=lambda n: (n.split("_")[0], list(SIZES).index(n.split("_")[1])))
 
 

@@ -301,6 +301,7 @@ def finish(run: RunFolder, model, progress: Progress, meter, metrics, dist) -> d
     if dist.is_main:
         run.save_model(model, "final")
         run.write_summary(summary)
+        run.close()
         if meter.skipped_files:
             log.warning(
                 "%d bad audio files were skipped (see the warnings above)", meter.skipped_files

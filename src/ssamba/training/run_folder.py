@@ -2,9 +2,10 @@
 
 ``run.json`` (the settings), ``metrics.jsonl``, ``checkpoints/step_N`` (model + trainer state),
 ``latest`` (the newest checkpoint), ``best/`` and ``final/`` (model folders), ``summary.json``,
-``tb/`` (TensorBoard, when installed). Every file and folder is replaced atomically
-(:mod:`ssamba.fileio`): a run killed at any moment leaves the previous version or the new one,
-and the temporary files it leaves are removed when the run is started again.
+``tb/`` (``--logger tensorboard``), ``wandb/`` (``--logger wandb``). Every file and folder is
+replaced atomically (:mod:`ssamba.fileio`): a run killed at any moment leaves the previous
+version or the new one, and the temporary files it leaves are removed when the run is started
+again.
 
 ``--resume`` continues from the newest intact checkpoint: one that cannot be read (a truncated
 ``trainer_state.pt``, missing weights) is passed over with a warning; when checkpoints exist but
@@ -34,6 +35,7 @@ from ssamba.fileio import (
     staged_folder,
 )
 from ssamba.models.saving import read_pretrained, save_pretrained
+from ssamba.training.loggers import check_installed, open_trackers, parse_loggers
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ RESUMABLE_CHANGES = {
     "workers",
     "log_every",
     "scan_backend",  # the same maths on another kernel (e.g. resumed on a GPU)
+    "logger",
 }
 # What a failed write raises: OSError, or safetensors' own error (a full disk shows as either).
 WRITE_ERRORS = (OSError, SafetensorError)
@@ -123,7 +126,9 @@ class RunFolder:
         self.main = main
         self.settings, self.replace = settings, False
         self.extra_files = dict(extra_files or {})
-        self.tb = None
+        self.loggers = parse_loggers(settings.get("logger"))
+        check_installed(self.loggers)  # a missing tracker stops the run before it starts
+        self.trackers = None
         run_file = self.path / RUN_FILE
         if run_file.exists() and not resume:
             if not overwrite:
@@ -150,7 +155,7 @@ class RunFolder:
     def start(self) -> None:
         """(Main rank) clear a replaced run, create the folder and write run.json."""
         if self.replace:
-            for name in (CHECKPOINTS, "best", "final", "tb", METRICS, LATEST, RUN_FILE):
+            for name in (CHECKPOINTS, "best", "final", "tb", "wandb", METRICS, LATEST, RUN_FILE):
                 target = self.path / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         (self.path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
@@ -273,16 +278,15 @@ class RunFolder:
     def log_metrics(self, record: dict) -> None:
         if not self.main:
             return
-        with open(self.path / METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is None:
-            self.tb = _tensorboard(self.path / "tb")
-        if self.tb:
-            for key, value in record.items():
-                if key not in ("step", "epoch", "kind") and isinstance(value, int | float):
-                    self.tb.add_scalar(
-                        f"{record.get('kind', 'train')}/{key}", value, record["step"]
-                    )
+        if self.trackers is None:
+            self.trackers = open_trackers(self.loggers, self.path, self.settings, METRICS)
+        self.trackers.log(record)
+
+    def close(self) -> None:
+        """Flush and close the trackers (TensorBoard, wandb) at the end of the run."""
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
 
     def write_summary(self, summary: dict) -> None:
         atomic_write_json(self.path / SUMMARY_FILE, summary, default=str)
@@ -312,13 +316,3 @@ def _save_error(target: Path, err: Exception, kept: str) -> TrainingError:
     else:
         reason = " ".join(str(err).split())[:200]
     return TrainingError(f"could not save {target}: {reason}; {kept}")
-
-
-def _tensorboard(folder: Path):
-    """A SummaryWriter, or False when tensorboard (an optional dependency) is missing."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(folder))
-    except Exception:
-        return False

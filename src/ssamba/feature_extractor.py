@@ -1,0 +1,200 @@
+"""A feature extractor object, as transformers users know it (``ASTFeatureExtractor``).
+
+Python::
+
+    fe = ssamba.FeatureExtractor.from_pretrained("runs/ft/best")   # the model's own statistics
+    batch = fe([wave_a, wave_b], sampling_rate=44100)              # resampled to 16 kHz
+    batch["input_values"]        # (2, max_length, 128) normalised fbank, padded
+    batch["lengths"]             # (2,) real frames of each clip
+    model(batch["input_values"])
+
+Its settings are those of ``preprocessor_config.json`` (written beside every saved model by
+:func:`ssamba.models.saving.save_pretrained`), with the field names of transformers' AST feature
+extractor: ``sampling_rate``, ``num_mel_bins``, ``max_length``, ``mean``, ``std``,
+``do_normalize``, ``padding_value``, ``return_attention_mask``. The features are exactly those of
+:func:`ssamba.fbank` followed by the model's normalisation ``(fbank - mean) / (2 * std)``, with
+padding added before the normalisation, as the reference data loader and ``ssamba.embed`` do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ssamba.audio import fbank, num_frames, pad_or_cut, resample
+from ssamba.checkpoints import official_config, read_official, resolve_checkpoint
+from ssamba.constants import NUM_MEL_BINS, SAMPLE_RATE
+from ssamba.errors import CheckpointError, UsageError
+from ssamba.fileio import atomic_write_json
+from ssamba.models.config import ModelConfig, preset_config
+from ssamba.models.saving import CONFIG_FILE, PREPROCESSOR_FILE, preprocessor_config
+
+__all__ = ["PADDINGS", "FeatureExtractor"]
+
+PADDINGS = ("max_length", "longest")
+_TYPE = "ASTFeatureExtractor"  # what transformers reads in feature_extractor_type
+
+
+@dataclass
+class FeatureExtractor:
+    """Waveforms -> a normalised fbank batch with lengths (see the module docstring)."""
+
+    sampling_rate: int = SAMPLE_RATE
+    num_mel_bins: int = NUM_MEL_BINS
+    max_length: int = 1024  # frames every clip is padded or cut to (padding="max_length")
+    mean: float = -4.2677393  # AudioSet statistics unless the model was trained with others
+    std: float = 4.5689974
+    do_normalize: bool = True
+    padding_value: float = 0.0  # the fbank value of padding frames, before normalisation
+    return_attention_mask: bool = False
+    feature_size: int = 1  # transformers' field: one channel of audio
+
+    def __post_init__(self):
+        if self.sampling_rate != SAMPLE_RATE:
+            raise UsageError(
+                f"sampling_rate must be {SAMPLE_RATE} (the models' rate; other input rates are "
+                f"resampled), got {self.sampling_rate}"
+            )
+        if self.max_length < 1 or self.num_mel_bins < 1:
+            raise UsageError("max_length and num_mel_bins must be positive")
+        if not self.std > 0:
+            raise UsageError(f"std must be > 0, got {self.std}")
+
+    # ------------------------------------------------------------------ configuration
+    def to_dict(self) -> dict[str, Any]:
+        """The ``preprocessor_config.json`` contents."""
+        return {"feature_extractor_type": _TYPE, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureExtractor:
+        """From ``preprocessor_config.json`` contents; fields of other extractors are refused."""
+        data = dict(data)
+        kind = data.pop("feature_extractor_type", _TYPE)
+        if kind != _TYPE:
+            raise UsageError(f"not an AST feature extractor config: feature_extractor_type={kind}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"unknown feature extractor fields: {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> FeatureExtractor:
+        """The front end a model config expects (its input length and statistics)."""
+        return cls.from_dict(preprocessor_config(config))
+
+    @classmethod
+    def from_model(cls, model) -> FeatureExtractor:
+        """The front end an :class:`~ssamba.models.AudioModel` expects."""
+        return cls.from_config(model.config)
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path) -> FeatureExtractor:
+        """From a model folder's ``preprocessor_config.json`` (else its ``config.json``), an
+        official ``.pth`` (its input size; AudioSet statistics, which the released models use),
+        or any name :func:`ssamba.load_model` accepts (released checkpoint, Hub id, preset)."""
+        where = resolve_checkpoint(source)
+        if isinstance(where, str):  # a preset: its default front end
+            return cls.from_config(preset_config(where))
+        if where.is_dir():
+            return cls._from_folder(where)
+        state = read_official(where)
+        return cls.from_config(official_config(state, str(where))[0])
+
+    @classmethod
+    def _from_folder(cls, folder: Path) -> FeatureExtractor:
+        for name in (PREPROCESSOR_FILE, CONFIG_FILE):
+            path = folder / name
+            if not path.is_file():
+                continue
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise CheckpointError(f"{path}: unreadable ({err})") from None
+            if name == PREPROCESSOR_FILE:
+                return cls.from_dict(data)
+            return cls.from_config(ModelConfig.from_dict(data))
+        raise CheckpointError(f"{folder}: neither {PREPROCESSOR_FILE} nor {CONFIG_FILE} found")
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``preprocessor_config.json`` into ``folder`` (atomically); its path."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / PREPROCESSOR_FILE, self.to_dict())
+        return folder / PREPROCESSOR_FILE
+
+    # ------------------------------------------------------------------ features
+    def __call__(
+        self,
+        raw_speech: Any,
+        sampling_rate: int | None = None,
+        *,
+        padding: str = "max_length",
+        return_attention_mask: bool | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Features of one waveform (1-D), a batch ``(n, samples)`` or a list of waveforms.
+
+        ``padding="max_length"`` pads or cuts every clip to ``max_length`` frames (what the
+        model was trained on); ``"longest"`` pads to the longest clip and cuts nothing.
+        Returns ``input_values`` (B, T, num_mel_bins) float32, ``lengths`` (B,) real frames per
+        clip, and ``attention_mask`` (B, T) of 1s on real frames when asked for."""
+        if padding not in PADDINGS:
+            raise UsageError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+        waves = self._waves(raw_speech, sampling_rate)
+        feats = [self._fbank(w) for w in waves]
+        lengths = [f.shape[0] for f in feats]
+        target = self.max_length if padding == "max_length" else max(max(lengths), 1)
+        values = torch.stack([self._pad(f, target) for f in feats])
+        if self.do_normalize:
+            values = (values - self.mean) / (2.0 * self.std)
+        out = {
+            "input_values": values,
+            "lengths": torch.tensor([min(n, target) for n in lengths], dtype=torch.long),
+        }
+        if self.return_attention_mask if return_attention_mask is None else return_attention_mask:
+            frames = torch.arange(target)
+            out["attention_mask"] = (frames[None, :] < out["lengths"][:, None]).long()
+        return out
+
+    def _fbank(self, wave: torch.Tensor) -> torch.Tensor:
+        if num_frames(wave.shape[-1]) == 0:  # shorter than one frame: all padding
+            return wave.new_zeros(0, self.num_mel_bins)
+        return fbank(wave, num_mel_bins=self.num_mel_bins)
+
+    def _pad(self, feats: torch.Tensor, target: int) -> torch.Tensor:
+        if self.padding_value == 0.0 or feats.shape[0] >= target:
+            return pad_or_cut(feats, target)
+        fill = feats.new_full((target - feats.shape[0], feats.shape[1]), self.padding_value)
+        return torch.cat([feats, fill])
+
+    def _waves(self, raw: Any, sampling_rate: int | None) -> list[torch.Tensor]:
+        if sampling_rate is None:
+            raise UsageError(
+                "pass the waveforms' sampling_rate (e.g. fe(wave, sampling_rate=16000)); "
+                "other rates are resampled to 16 kHz"
+            )
+        if isinstance(raw, (torch.Tensor, np.ndarray)) and raw.ndim == 2:
+            raw = list(raw)
+        elif not isinstance(raw, Sequence) or isinstance(raw, str):
+            raw = [raw]
+        if not raw:
+            raise UsageError("no audio given (empty list)")
+        return [self._one(w, int(sampling_rate), i) for i, w in enumerate(raw)]
+
+    @staticmethod
+    def _one(wave: Any, rate: int, index: int) -> torch.Tensor:
+        tensor = wave if isinstance(wave, torch.Tensor) else torch.as_tensor(np.asarray(wave))
+        if tensor.dim() != 1 or not tensor.is_floating_point():
+            raise UsageError(
+                f"waveform {index}: expected a 1-D float waveform, got {tuple(tensor.shape)} "
+                f"{tensor.dtype}"
+            )
+        tensor = tensor.detach().to(torch.float32)
+        return resample(tensor, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else tensor

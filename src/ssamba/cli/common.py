@@ -26,6 +26,19 @@ from ssamba.errors import ConfigError, UsageError
 RECORDED_ONLY = frozenset({"command", "version", "scan_backend", "torch", "world_size", "git"})
 
 
+class ArgumentError(UsageError):
+    """An option argparse rejected (unknown, missing, or a value its type refuses)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: it raises :class:`ArgumentError` (the
+    command line prints ``error: ...`` and exits 2) instead of printing the usage and exiting.
+    Sub-command parsers are of the same class (argparse makes them with ``type(parent)``)."""
+
+    def error(self, message: str):
+        raise ArgumentError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Shows ``(default: X)`` after every option whose help does not already state its default.
 

@@ -19,6 +19,7 @@ from ssamba.audio import normalize_stats
 from ssamba.checkpoints import load_model
 from ssamba.configs import OBJECTIVES, PretrainConfig
 from ssamba.data import AudioDataset, read_manifest
+from ssamba.errors import UsageError
 from ssamba.models.patches import check_mask_size, draw_mask_index
 from ssamba.training import Distributed, LRSchedule, Task, fit
 
@@ -69,8 +70,15 @@ class PretrainTask(Task):
     def __init__(self, cfg: PretrainConfig, model):
         self.cfg, self.model = cfg, model
         grid = model.grid
-        self.mask_patch = cfg.mask_patch or default_mask_patch(grid[0] * grid[1])
-        check_mask_size(grid[0] * grid[1], self.mask_patch)
+        num_patches = grid[0] * grid[1]
+        self.mask_patch = cfg.mask_patch or default_mask_patch(num_patches)
+        if not 1 <= self.mask_patch <= num_patches - 2:  # patch 0 is never masked
+            raise UsageError(
+                f"mask_patch {self.mask_patch}: a clip of {cfg.target_length} frames has "
+                f"{num_patches} patches, of which at most {max(num_patches - 2, 0)} can be "
+                "masked; lower --mask-patch or raise --target-length"
+            )
+        check_mask_size(num_patches, self.mask_patch)
         self.module = MaskedPatchObjective(model, cfg.objective, cfg.mpg_weight)
         self.schedule = LRSchedule(cfg.warmup_steps, mode="plateau", factor=0.5, patience=2)
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ssamba.constants import PATCH
 from ssamba.errors import ConfigError, UsageError
 
 # Keys a run.json records that are not command-line settings: ignored when it is replayed.
@@ -138,6 +139,16 @@ def non_negative_int(text: str) -> int:
     value = _number(text, int, "an integer")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def target_frames(text: str) -> int:
+    """A clip length in frames: at least one patch (16 frames)."""
+    value = _number(text, int, "an integer")
+    if value < PATCH:
+        raise argparse.ArgumentTypeError(
+            f"must be >= {PATCH} frames (one patch), got {value}"
+        )
     return value
 
 

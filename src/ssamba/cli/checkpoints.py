@@ -57,7 +57,7 @@ def check_device(spec: str | None) -> str | None:
     try:
         device = torch.device(spec)
     except (RuntimeError, ValueError):
-        raise UsageError(f"--device {spec!r}: not a device (expected cpu, cuda or cuda:N)") from None
+        raise UsageError(f"--device {spec!r}: expected cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch is built without CUDA" if torch.version.cuda is None else (

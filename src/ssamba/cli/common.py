@@ -146,9 +146,7 @@ def target_frames(text: str) -> int:
     """A clip length in frames: at least one patch (16 frames)."""
     value = _number(text, int, "an integer")
     if value < PATCH:
-        raise argparse.ArgumentTypeError(
-            f"must be >= {PATCH} frames (one patch), got {value}"
-        )
+        raise argparse.ArgumentTypeError(f"must be >= {PATCH} frames (one patch), got {value}")
     return value
 
 

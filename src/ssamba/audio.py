@@ -380,7 +380,11 @@ def normalize_stats(normalize: Any) -> tuple[float, float] | None:
         return None
     if isinstance(normalize, str) and normalize.count(",") == 1 and not Path(normalize).exists():
         mean, std = normalize.split(",")  # "MEAN,STD" as given on a command line
-        return _check_stats(mean.strip(), std.strip(), f"normalize {normalize!r}")
+        try:
+            pair = float(mean), float(std)
+        except ValueError:
+            raise UsageError(f"normalize {normalize!r}: expected MEAN,STD numbers") from None
+        return _check_stats(*pair, f"normalize {normalize!r}")
     if isinstance(normalize, (str, os.PathLike)):
         path = Path(normalize)
         if path.suffix.lower() == ".json" or path.is_file():

@@ -363,6 +363,10 @@ def _cut(
     raw = _fbank_raw(wave, device)
     n_samples = int(wave.shape[-1])
     n = raw.shape[0]
+    if n == 0:  # the embedding would be of padding alone
+        raise UsageError(
+            f"clip {i}: {n_samples} samples is shorter than one 25 ms fbank frame: nothing to embed"
+        )
     total = _columns(n, n_samples, cfg)
     if windows is None or n <= windows.frames:
         return [_Segment(i, raw, n_samples, 0)], total
@@ -536,7 +540,13 @@ def _file_batches(model, paths: list, batch_size: int, on_bad_file: str, options
         waves, ok, bad = [], [], {}
         for i in chunk:
             try:
-                waves.append(load_audio(paths[i]))
+                wave = load_audio(paths[i])
+                if num_frames(wave.shape[-1]) == 0:
+                    raise AudioError(
+                        paths[i],
+                        f"too short: {wave.shape[-1]} samples make no 25 ms fbank frame",
+                    )
+                waves.append(wave)
                 ok.append(i)
             except AudioError as err:
                 if on_bad_file == "error":

@@ -18,8 +18,8 @@ import torch.nn as nn
 from ssamba.audio import normalize_stats
 from ssamba.checkpoints import load_model
 from ssamba.configs import OBJECTIVES, PretrainConfig
-from ssamba.data import AudioDataset, read_manifest
-from ssamba.errors import UsageError
+from ssamba.data import AudioDataset, drop_bad, read_manifest
+from ssamba.errors import ManifestError, UsageError
 from ssamba.models.patches import check_mask_size, draw_mask_index
 from ssamba.training import Distributed, LRSchedule, Task, fit
 
@@ -108,6 +108,9 @@ class PretrainTask(Task):
         self.model.eval()
         totals, count = {}, 0
         for batch in loader:
+            batch = drop_bad(batch)
+            if batch is None:
+                continue
             fbank = batch["fbank"].to(dist.device)
             mask_c, mask_g = self.masks(batch, fbank, "cluster", f"valid:{self.cfg.seed}")
             acc, nce = self.model.forward_pretrain(fbank, "mpc", mask_index=mask_c)
@@ -117,6 +120,8 @@ class PretrainTask(Task):
                 totals[k] = totals.get(k, 0.0) + float(v) * n
             count += n
         self.model.train()
+        if not dist.enabled and count == 0:
+            raise ManifestError("no clip to validate on: every file of --valid is bad")
         return dist.weighted_mean(totals, count)
 
 
@@ -136,7 +141,7 @@ def pretrain(cfg: PretrainConfig, device: str | None = None) -> dict:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg, stats)
 
-    def dataset(path):
+    def dataset(path, train: bool):
         manifest = read_manifest(path, ignore_labels=True)
         return AudioDataset(
             manifest,
@@ -145,10 +150,11 @@ def pretrain(cfg: PretrainConfig, device: str | None = None) -> dict:
             train=False,  # pretraining uses no augmentation
             seed=cfg.seed,
             on_bad_file=cfg.on_bad_file,
+            substitute=train,  # validation leaves bad clips out instead
         )
 
-    train_set = dataset(cfg.train)
-    valid_set = dataset(cfg.valid) if cfg.valid else None
+    train_set = dataset(cfg.train, True)
+    valid_set = dataset(cfg.valid, False) if cfg.valid else None
     if valid_set is None and dist.is_main:
         log.warning("no --valid set: the learning rate is never halved and best/ is not written")
     return fit(PretrainTask(cfg, model), cfg, dist, train_set, valid_set)

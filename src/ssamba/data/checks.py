@@ -229,15 +229,23 @@ def _inspect_file(path: Path, sample_rate: int) -> tuple[int, int | None, str | 
     if declared is not None and native:
         expected = declared * sample_rate / native
         if n < expected - max(1.0, 0.001 * expected):
-            return n, native, (
-                f"truncated: the header declares {declared / native:.3f} s, the data holds "
-                f"{n / sample_rate:.3f} s"
+            return (
+                n,
+                native,
+                (
+                    f"truncated: the header declares {declared / native:.3f} s, the data holds "
+                    f"{n / sample_rate:.3f} s"
+                ),
             )
     frames = audio.num_frames(n, sample_rate)
     if frames < PATCH:
-        return n, native, (
-            f"too short: {n / sample_rate:.3f} s makes {frames} fbank frame(s), less than one "
-            f"{PATCH}-frame patch (training would see padding)"
+        return (
+            n,
+            native,
+            (
+                f"too short: {n / sample_rate:.3f} s makes {frames} fbank frame(s), less than one "
+                f"{PATCH}-frame patch (training would see padding)"
+            ),
         )
     return n, native, None
 

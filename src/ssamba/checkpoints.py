@@ -6,6 +6,7 @@ Key mismatches are never ignored: a readable report lists missing, unexpected an
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 
@@ -67,6 +68,17 @@ def official_to_ours(key: str) -> str:
     return key
 
 
+def _refusal(err: Exception) -> str:
+    """Why a weights-only load refused the file, without torch's advice to load it unsafely
+    (``weights_only=False`` runs whatever code the pickle holds)."""
+    found = re.search(r"(?:unsupported|Unsupported) (?:global: )?GLOBAL ([\w.]+)", str(err))
+    what = f" (it references {found.group(1)})" if found else ""
+    return (
+        f"refused: the file holds pickled Python objects, not only tensors{what}; ssamba loads "
+        "plain state_dicts only, since unpickling objects can run code"
+    )
+
+
 def read_official(path: str | Path) -> dict[str, torch.Tensor]:
     """An official state_dict (DataParallel 'module.' prefix or not), safely unpickled."""
     path = Path(path)
@@ -74,8 +86,11 @@ def read_official(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # a pickle of more than tensors (maybe of code)
+        raise CheckpointError(f"{path}: {_refusal(err)}") from None
     except Exception as err:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"{path}: not a readable PyTorch state_dict ({err})") from None
+        reason = " ".join(str(err).split())
+        raise CheckpointError(f"{path}: not a readable PyTorch state_dict ({reason})") from None
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

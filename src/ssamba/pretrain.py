@@ -140,6 +140,7 @@ def pretrain(cfg: PretrainConfig, device: str | None = None) -> dict:
     stats = normalize_stats(cfg.normalize)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg, stats)
+    task = PretrainTask(cfg, model)  # checks the mask size before any data is read
 
     def dataset(path, train: bool):
         manifest = read_manifest(path, ignore_labels=True)
@@ -157,7 +158,7 @@ def pretrain(cfg: PretrainConfig, device: str | None = None) -> dict:
     valid_set = dataset(cfg.valid, False) if cfg.valid else None
     if valid_set is None and dist.is_main:
         log.warning("no --valid set: the learning rate is never halved and best/ is not written")
-    return fit(PretrainTask(cfg, model), cfg, dist, train_set, valid_set)
+    return fit(task, cfg, dist, train_set, valid_set)
 
 
 __all__ = [

@@ -285,6 +285,22 @@ def _register_average(subparsers) -> None:
     p.set_defaults(func=run_average)
 
 
+def _run_checkpoints(run: str, from_step: int, find) -> list[Path]:
+    """The kept checkpoints of ``run`` from ``from_step`` on; an error naming what is there
+    when there are none."""
+    if not Path(run).is_dir():
+        raise UsageError(f"--run {run}: no such folder")
+    everything = find(run, 0)
+    if not everything:
+        raise UsageError(f"--run {run}: no kept checkpoints (checkpoints/step_N) in it")
+    found = find(run, from_step)
+    if not found:
+        steps = ", ".join(p.name.split("_")[1] for p in everything)
+        raise UsageError(f"--from-step {from_step}: {run} has no checkpoint from that step on "
+                         f"(steps: {steps})")  # fmt: skip
+    return found
+
+
 def run_average(args: argparse.Namespace) -> int:
     from ssamba.averaging import average_checkpoints, run_folder_checkpoints
 
@@ -293,7 +309,11 @@ def run_average(args: argparse.Namespace) -> int:
         prepare_output(out, False, "output folder")
     folders = [Path(c) for c in (args.checkpoint or []) + args.checkpoints]
     if args.run:
-        folders += run_folder_checkpoints(args.run, args.from_step)
+        folders += _run_checkpoints(args.run, args.from_step, run_folder_checkpoints)
+    elif args.from_step:
+        raise UsageError("--from-step needs --run")
+    if not folders:
+        raise UsageError("nothing to average: give model folders (CKPT, -c) or --run DIR")
     model = average_checkpoints(folders)
     classes = folders[0] / CLASSES_FILE
     names = classes.read_bytes() if classes.is_file() else None  # before the output is cleared

@@ -61,8 +61,8 @@ class AudioDataset(Dataset):
     process only). ``"error"`` (default) raises AudioError naming the file. With
     ``substitute=False`` (the default for ``train=False``: validation and evaluation) a bad file
     is not replaced: its item is a placeholder of zeros with ``item["bad"]`` True (every item of
-    such a dataset has ``"bad"``), which metrics must leave out (a stand-in clip would count
-    another file's prediction as this one's).
+    such a dataset has ``"bad"``: ``flags_bad``), which metrics must leave out (a stand-in clip
+    would count another file's prediction as this one's).
     """
 
     def __init__(
@@ -100,6 +100,9 @@ class AudioDataset(Dataset):
         self.sample_rate = sample_rate
         self.max_substitutions = max_substitutions
         self.substitute = train if substitute is None else bool(substitute)
+        self._num_files = len({ex.path for ex in self.manifest.examples})
+        # items carry "bad" when a bad file yields a placeholder (skip mode, no substitution)
+        self.flags_bad = on_bad_file == "skip" and not self.substitute
         self.skipped = 0
         self.bad_files: dict[Path, str] = {}
 
@@ -138,6 +141,11 @@ class AudioDataset(Dataset):
             self.skipped += 1
             if not self.substitute:
                 return i, None, skipped
+            if len(self.bad_files) >= self._num_files:
+                raise ManifestError(
+                    f"{self.manifest.source}: every one of its {self._num_files} audio files is "
+                    "bad: nothing to substitute (check the data with `ssamba check-data`)"
+                )
             if len(self.manifest) < 2:
                 break
             g = item_generator(self.seed, self.epoch, i, 1000 + salt, attempt)
@@ -168,7 +176,7 @@ class AudioDataset(Dataset):
         item = {"fbank": fb.to(torch.float32).contiguous(), "index": index, "skipped": skipped}
         if target is not None:
             item["target"] = target.to(torch.float32)
-        if not self.substitute:
+        if self.flags_bad:
             item["bad"] = False
         return item
 

@@ -470,3 +470,19 @@ def test_no_traceback_without_debug(capsys, monkeypatch):
 
 def test_unknown_option_is_one_line(capsys):
     one_error(capsys, ["stats", "x.txt", "--colour"], 2, "--colour", "unrecognized")
+
+
+@pytest.mark.parametrize(
+    "key, value, names",
+    [("batch_size", 0, ["finetune.batch_size", ">= 1"]), ("target_length", 8, ["target_length"])],
+)
+def test_recipe_values_checked(key, value, names):
+    from ssamba.errors import RecipeError
+    from ssamba.recipes import load_recipe, validate_recipe
+
+    recipe = load_recipe("esc50")
+    validate_recipe(recipe)  # the shipped recipe is valid
+    recipe["finetune"][key] = value
+    with pytest.raises(RecipeError) as err:
+        validate_recipe(recipe, "esc50.json")
+    assert all(name in str(err.value) for name in names), err.value

@@ -486,3 +486,13 @@ def test_recipe_values_checked(key, value, names):
     with pytest.raises(RecipeError) as err:
         validate_recipe(recipe, "esc50.json")
     assert all(name in str(err.value) for name in names), err.value
+
+
+def test_unreadable_pth_message_has_no_unsafe_hint(data, tmp_path, capsys):
+    bogus = tmp_path / "bogus.pth"
+    bogus.write_bytes(b"not a checkpoint")
+    out = tmp_path / "emb"
+    argv = ["embed", data / "list.txt", "-c", bogus, "-o", out, "--device", "cpu"]
+    line = one_error(capsys, argv, 2, str(bogus), "not a readable PyTorch state_dict")
+    assert "weights_only" not in line and "Unsupported operand" in line
+    assert not out.exists()

@@ -68,15 +68,23 @@ def official_to_ours(key: str) -> str:
     return key
 
 
-def _refusal(err: Exception) -> str:
-    """Why a weights-only load refused the file, without torch's advice to load it unsafely
-    (``weights_only=False`` runs whatever code the pickle holds)."""
-    found = re.search(r"(?:unsupported|Unsupported) (?:global: )?GLOBAL ([\w.]+)", str(err))
-    what = f" (it references {found.group(1)})" if found else ""
-    return (
-        f"refused: the file holds pickled Python objects, not only tensors{what}; ssamba loads "
-        "plain state_dicts only, since unpickling objects can run code"
-    )
+def _load_failure(err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in one line and without torch's advice to
+    retry with ``weights_only=False`` (that runs whatever code the pickle holds)."""
+    text = str(err)
+    if not (isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text):
+        return f"not a readable PyTorch state_dict ({' '.join(text.split())})"
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:  # a reference to a class or function: objects beyond tensors, maybe code
+        return (
+            f"refused: the file holds pickled Python objects, not only tensors (it references "
+            f"{found.group(1)}); ssamba loads plain state_dicts only, since unpickling objects "
+            "can run code"
+        )
+    detail = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", text,
+                       re.S)  # fmt: skip
+    reason = " ".join(detail.group(1).split()) if detail else "not a pickle of tensors"
+    return f"not a readable PyTorch state_dict ({reason})"
 
 
 def read_official(path: str | Path) -> dict[str, torch.Tensor]:
@@ -86,11 +94,8 @@ def read_official(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:  # a pickle of more than tensors (maybe of code)
-        raise CheckpointError(f"{path}: {_refusal(err)}") from None
     except Exception as err:  # torch raises several types for corrupt or unsafe files
-        reason = " ".join(str(err).split())
-        raise CheckpointError(f"{path}: not a readable PyTorch state_dict ({reason})") from None
+        raise CheckpointError(f"{path}: {_load_failure(err)}") from None
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

@@ -363,10 +363,6 @@ def _cut(
     raw = _fbank_raw(wave, device)
     n_samples = int(wave.shape[-1])
     n = raw.shape[0]
-    if n == 0:  # the embedding would be of padding alone
-        raise UsageError(
-            f"clip {i}: {n_samples} samples is shorter than one 25 ms fbank frame: nothing to embed"
-        )
     total = _columns(n, n_samples, cfg)
     if windows is None or n <= windows.frames:
         return [_Segment(i, raw, n_samples, 0)], total

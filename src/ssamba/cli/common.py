@@ -24,7 +24,9 @@ from ssamba.constants import PATCH
 from ssamba.errors import ConfigError, UsageError
 
 # Keys a run.json records that are not command-line settings: ignored when it is replayed.
-RECORDED_ONLY = frozenset({"command", "version", "scan_backend", "torch", "world_size", "git"})
+RECORDED_ONLY = frozenset(
+    {"command", "version", "scan_backend", "torch", "world_size", "git", "debug"}
+)
 
 
 class ArgumentError(UsageError):

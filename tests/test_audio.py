@@ -269,7 +269,7 @@ def test_normalize_forms(tmp_path):
     (tmp_path / "bad.json").write_text('{"mu": 1}')
     with pytest.raises(ValueError, match="'mean' and 'std'"):
         normalize_stats(tmp_path / "bad.json")
-    with pytest.raises(ValueError, match="positive std"):
+    with pytest.raises(ValueError, match="positive finite std"):
         normalize_stats((0.0, 0.0))
 
     wave = torch.from_numpy(_signals()["white_noise"][:SR].astype(np.float32))

@@ -474,7 +474,7 @@ def test_bad_file_policies(tone_folder, write_corrupt, caplog):
         strict[k]
     assert strict[k + 1]["skipped"] == 0
 
-    ds = AudioDataset(m, target_length=32, on_bad_file="skip", seed=5)
+    ds = AudioDataset(m, target_length=32, on_bad_file="skip", seed=5, substitute=True)
     with caplog.at_level(logging.WARNING, logger="ssamba.data"):
         item = ds[k]
         again = ds[k]
@@ -485,8 +485,12 @@ def test_bad_file_policies(tone_folder, write_corrupt, caplog):
     sub = [j for j in range(len(m)) if j != k and torch.equal(ds[j]["fbank"], item["fbank"])]
     assert len(sub) == 1 and torch.equal(item["target"], m.targets(sub[0]))
     # deterministic across instances (a fresh process would choose the same substitute)
-    fresh = AudioDataset(m, target_length=32, on_bad_file="skip", seed=5)
+    fresh = AudioDataset(m, target_length=32, on_bad_file="skip", seed=5, substitute=True)
     assert torch.equal(fresh[k]["fbank"], item["fbank"])
+    # evaluation (train=False) flags the item instead: left out of metrics, not substituted
+    flagged = AudioDataset(m, target_length=32, on_bad_file="skip")
+    assert flagged[k]["bad"] and flagged[k]["fbank"].abs().sum() == 0
+    assert not flagged[k + 1]["bad"] and flagged[k + 1]["skipped"] == 0
 
 
 def test_too_short_file_is_bad(tmp_path, make_wav):

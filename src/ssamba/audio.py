@@ -41,7 +41,7 @@ import soundfile as sf
 import torch
 
 from ssamba.constants import FRAME_LENGTH_MS, FRAME_SHIFT_MS, NUM_MEL_BINS, SAMPLE_RATE
-from ssamba.errors import AudioError
+from ssamba.errors import AudioError, UsageError
 
 __all__ = [
     "NORM_STATS",
@@ -381,15 +381,16 @@ def normalize_stats(normalize: Any) -> tuple[float, float] | None:
     if isinstance(normalize, str) and normalize.count(",") == 1 and not Path(normalize).exists():
         mean, std = normalize.split(",")  # "MEAN,STD" as given on a command line
         try:
-            return _check_stats(float(mean), float(std), f"normalisation {normalize!r}")
+            pair = float(mean), float(std)
         except ValueError:
-            raise ValueError(f"normalisation {normalize!r}: expected MEAN,STD numbers") from None
+            raise UsageError(f"normalize {normalize!r}: expected MEAN,STD numbers") from None
+        return _check_stats(*pair, f"normalize {normalize!r}")
     if isinstance(normalize, (str, os.PathLike)):
         path = Path(normalize)
         if path.suffix.lower() == ".json" or path.is_file():
             return _stats_from_mapping(_read_stats_json(path), f"stats file {path}")
-        raise ValueError(
-            f"unknown normalisation {str(normalize)!r}: expected one of the presets "
+        raise UsageError(
+            f"normalize: unknown normalisation {str(normalize)!r}: expected one of the presets "
             f"{', '.join(sorted(NORM_STATS))}, a (mean, std) pair, a dict with 'mean' and 'std', "
             "or the path of a JSON stats file"
         )
@@ -397,8 +398,8 @@ def normalize_stats(normalize: Any) -> tuple[float, float] | None:
         return _stats_from_mapping(normalize, "normalisation dict")
     if isinstance(normalize, (tuple, list)) and len(normalize) == 2:
         return _check_stats(normalize[0], normalize[1], "normalisation pair")
-    raise ValueError(
-        f"cannot use {normalize!r} as normalisation: expected None, a preset name "
+    raise UsageError(
+        f"normalize: cannot use {normalize!r} as normalisation: expected None, a preset name "
         f"({', '.join(sorted(NORM_STATS))}), a (mean, std) pair, a dict or a JSON path"
     )
 
@@ -408,14 +409,14 @@ def _read_stats_json(path: Path) -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
-        raise ValueError(f"normalisation stats file not found: {path}") from None
+        raise UsageError(f"normalize: stats file not found: {path}") from None
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read normalisation stats from {path}: {exc}") from None
+        raise UsageError(f"normalize: cannot read stats from {path}: {exc}") from None
 
 
 def _stats_from_mapping(stats: Any, what: str) -> tuple[float, float]:
     if not isinstance(stats, dict) or "mean" not in stats or "std" not in stats:
-        raise ValueError(f"{what} must have 'mean' and 'std' keys")
+        raise UsageError(f"{what} must have 'mean' and 'std' keys")
     return _check_stats(stats["mean"], stats["std"], what)
 
 
@@ -423,9 +424,11 @@ def _check_stats(mean: Any, std: Any, what: str) -> tuple[float, float]:
     try:
         mean_f, std_f = float(mean), float(std)
     except (TypeError, ValueError):
-        raise ValueError(f"{what}: mean and std must be numbers, got {mean!r}, {std!r}") from None
+        raise UsageError(f"{what}: mean and std must be numbers, got {mean!r}, {std!r}") from None
     if not (math.isfinite(mean_f) and math.isfinite(std_f) and std_f > 0):
-        raise ValueError(f"{what}: need a finite mean and a positive std, got {mean_f}, {std_f}")
+        raise UsageError(
+            f"{what}: need a finite mean and a positive finite std, got {mean_f:g}, {std_f:g}"
+        )
     return mean_f, std_f
 
 

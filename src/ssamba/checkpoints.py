@@ -7,6 +7,7 @@ Key mismatches are never ignored: a readable report lists missing, unexpected an
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import warnings
 from pathlib import Path
@@ -87,6 +88,25 @@ def official_to_ours(key: str) -> str:
     return key
 
 
+def _load_failure(err: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in one line and without torch's advice to
+    retry with ``weights_only=False`` (that runs whatever code the pickle holds)."""
+    text = str(err)
+    if not (isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text):
+        return f"not a readable PyTorch state_dict ({' '.join(text.split())})"
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:  # a reference to a class or function: objects beyond tensors, maybe code
+        return (
+            f"refused: the file holds pickled Python objects, not only tensors (it references "
+            f"{found.group(1)}); ssamba loads plain state_dicts only, since unpickling objects "
+            "can run code"
+        )
+    detail = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", text,
+                       re.S)  # fmt: skip
+    reason = " ".join(detail.group(1).split()) if detail else "not a pickle of tensors"
+    return f"not a readable PyTorch state_dict ({reason})"
+
+
 def read_official(path: str | Path) -> dict[str, torch.Tensor]:
     """An official state_dict (DataParallel 'module.' prefix or not), safely unpickled."""
     path = Path(path)
@@ -95,7 +115,7 @@ def read_official(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"{path}: not a readable PyTorch state_dict ({err})") from None
+        raise CheckpointError(f"{path}: {_load_failure(err)}") from None
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import InitVar, dataclass, field
 from typing import Any
 
-from ssamba.constants import FRAMES_PER_SECOND
+from ssamba.constants import FRAMES_PER_SECOND, PATCH
 from ssamba.errors import UsageError
 from ssamba.models.config import POOLS, list_models
 
@@ -75,6 +76,32 @@ def _loggers(value) -> None:
         _choice("logger", name, LOGGERS)
 
 
+def _target_length(value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < PATCH:
+        raise UsageError(
+            f"target_length must be an integer >= {PATCH} (one patch of {PATCH} frames), "
+            f"got {value!r}"
+        )
+
+
+def _normalize(value) -> None:
+    """The ``"MEAN,STD"`` form checked here (torch-free); presets and stats files are checked
+    where they are read (:func:`ssamba.audio.normalize_stats`)."""
+    if value is None or not isinstance(value, str) or value.count(",") != 1:
+        return
+    if os.path.exists(value):  # a stats file whose name holds a comma
+        return
+    try:
+        mean, std = (float(x) for x in value.split(","))
+    except ValueError:
+        raise UsageError(f"normalize {value!r}: expected MEAN,STD numbers") from None
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise UsageError(
+            f"normalize {value!r}: need a finite mean and a positive finite std, got {mean:g}, "
+            f"{std:g}"
+        )
+
+
 def _preset(value) -> None:
     if value not in list_models():
         raise UsageError(
@@ -126,6 +153,11 @@ class TrainConfig:
         _positive("grad_clip", self.grad_clip, optional=True)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise UsageError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.resume and self.overwrite:
+            raise UsageError(
+                "resume and overwrite conflict: --resume continues the run in --out, --overwrite "
+                "replaces it; pass one of them"
+            )
 
     def to_dict(self) -> dict:
         """Every field, tuples as lists (JSON)."""
@@ -165,7 +197,8 @@ class PretrainConfig(TrainConfig):
         _choice("objective", self.objective, OBJECTIVES)
         _choice("mask_mode", self.mask_mode, MASK_MODES)
         _choice("on_bad_file", self.on_bad_file, BAD_FILE_POLICIES)
-        _at_least("target_length", self.target_length, 1)
+        _target_length(self.target_length)
+        _normalize(self.normalize)
         _at_least("mask_patch", self.mask_patch, 1, optional=True)
         _at_least("mpg_weight", self.mpg_weight, 0)
 
@@ -224,7 +257,8 @@ class FinetuneConfig(TrainConfig, _ClassifierSettings):
         _choice("metric", self.metric, SELECTION_METRICS)
         _choice("pool", self.pool, POOLS)
         _choice("on_bad_file", self.on_bad_file, BAD_FILE_POLICIES)
-        _at_least("target_length", self.target_length, 1)
+        _target_length(self.target_length)
+        _normalize(self.normalize)
         if not 0 <= self.mixup <= 1:
             raise UsageError(f"mixup must be between 0 and 1, got {self.mixup!r}")
 
@@ -264,6 +298,7 @@ class DaslConfig(TrainConfig, _ClassifierSettings):
         super().__post_init__()
         self._check_classifier()
         _positive("chunk_seconds", self.chunk_seconds)
+        _normalize(self.normalize)
         _at_least("lr_decay_every", self.lr_decay_every, 1)
         _at_least("seconds", self.seconds, 1, optional=True)
 

@@ -536,7 +536,13 @@ def _file_batches(model, paths: list, batch_size: int, on_bad_file: str, options
         waves, ok, bad = [], [], {}
         for i in chunk:
             try:
-                waves.append(load_audio(paths[i]))
+                wave = load_audio(paths[i])
+                if num_frames(wave.shape[-1]) == 0:
+                    raise AudioError(
+                        paths[i],
+                        f"too short: {wave.shape[-1]} samples make no 25 ms fbank frame",
+                    )
+                waves.append(wave)
                 ok.append(i)
             except AudioError as err:
                 if on_bad_file == "error":

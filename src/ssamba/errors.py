@@ -2,8 +2,9 @@
 
 Each one means "this input, or this state, cannot go on" and carries a one-line message that names
 the input and the problem. The command line prints ``error: <message>`` and exits 2 for any
-:class:`SsambaError` (and for ``OSError``: a missing or unreadable file); anything else is a bug
-and keeps its traceback. This module imports nothing, so every layer can use it.
+:class:`SsambaError` (and for ``OSError``: a missing or unreadable file); anything else is a
+runtime failure: one ``error: internal error: ...`` line and exit 1, the traceback only under
+``ssamba --debug`` (or ``SSAMBA_DEBUG=1``). This module imports nothing, so every layer can use it.
 """
 
 from __future__ import annotations

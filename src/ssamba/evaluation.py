@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ssamba.constants import CLASSES_FILE
-from ssamba.data import AudioDataset, Manifest, make_loader, read_manifest
+from ssamba.data import AudioDataset, Manifest, drop_bad, make_loader, read_manifest
 from ssamba.errors import EvaluationError
 from ssamba.fileio import atomic_write, atomic_write_bytes, atomic_write_json
 from ssamba.models.model import AudioModel
@@ -475,6 +475,7 @@ def evaluate_model(
         dataset = None
     if not manifest.labeled:
         raise EvaluationError(f"{manifest.source or 'the manifest'} has no labels to evaluate")
+    _refuse_duplicates(manifest)
     notes: list[str] = []
     classes = _output_classes(classes, manifest, num_classes, notes)
     targets = _targets(manifest, classes)
@@ -483,7 +484,14 @@ def evaluate_model(
     if dataset is None:
         dataset = _eval_dataset(model, manifest, target_length, normalize)
     loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers)
-    scores = _predict(model, loader, len(dataset), num_classes, torch.device(device), progress)
+    scores, bad = _predict(model, loader, len(dataset), num_classes, torch.device(device), progress)
+    paths = [str(ex.path) for ex in manifest.examples]
+    if bad.any():  # files a skipping dataset could not read: no prediction, left out
+        if bad.all():
+            raise EvaluationError(f"{manifest.source}: no clip to evaluate: every file is bad")
+        notes.append(f"{int(bad.sum())} bad file(s) left out of the metrics")
+        scores, targets = scores[~bad], targets[~bad]
+        paths = [p for p, b in zip(paths, bad, strict=True) if not b]
 
     metrics = compute_metrics(scores, targets, classes, multilabel)
     if metrics["classes_without_positives"]:
@@ -500,10 +508,22 @@ def evaluate_model(
         per_class=per_class_metrics(scores, targets, classes, multilabel),
         class_names=classes,
         multilabel=multilabel,
-        paths=[str(ex.path) for ex in manifest.examples],
+        paths=paths,
         display_names=dict(getattr(manifest, "display_names", {}) or {}),
         notes=notes,
     )
+
+
+def _refuse_duplicates(manifest: Manifest) -> None:
+    """A file listed twice would count twice in every metric."""
+    seen: set = set()
+    for ex in manifest.examples:
+        if ex.path in seen:
+            raise EvaluationError(
+                f"{manifest.source}: {ex.path} is listed more than once (it would count twice); "
+                "remove the duplicate rows (`ssamba check-data` lists them)"
+            )
+        seen.add(ex.path)
 
 
 def _num_outputs(model: AudioModel, classes: Sequence[str] | None) -> int:
@@ -582,17 +602,25 @@ def _predict(
     num_classes: int,
     device: torch.device,
     progress: bool,
-) -> np.ndarray:
-    """(n, C) sigmoid scores of every example, in eval mode (the model's mode is restored)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n, C) sigmoid scores of every example, in eval mode (the model's mode is restored), and
+    the (n,) mask of bad files (a dataset that skips them flags their items ``"bad"``)."""
     was_training = model.training
     model.eval()
     model.to(device)
     scores = np.zeros((n, num_classes), dtype=np.float32)
     seen = np.zeros(n, dtype=bool)
+    bad = np.zeros(n, dtype=bool)
     batches = tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True, disable=not progress)
     try:
         with torch.inference_mode():
             for batch in batches:
+                if "bad" in batch:
+                    flagged = batch["index"][torch.as_tensor(batch["bad"], dtype=torch.bool)]
+                    bad[flagged.numpy()] = seen[flagged.numpy()] = True
+                    batch = drop_bad(batch)
+                    if batch is None:
+                        continue
                 logits = model(batch["fbank"].to(device))
                 if logits.dim() != 2 or logits.shape[1] != num_classes:
                     raise EvaluationError(
@@ -606,7 +634,7 @@ def _predict(
         model.train(was_training)
     if not seen.all():  # pragma: no cover - a sequential loader visits every index
         raise EvaluationError(f"{int((~seen).sum())} examples were not evaluated")
-    return scores
+    return scores, bad
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from ssamba.checkpoints import load_model, model_stats
 from ssamba.configs import FinetuneConfig
 from ssamba.constants import CLASSES_FILE
-from ssamba.data import AudioDataset, read_manifest
-from ssamba.errors import UsageError
+from ssamba.data import AudioDataset, drop_bad, read_manifest
+from ssamba.errors import ManifestError, UsageError
 from ssamba.evaluation import compute_metrics
 from ssamba.fileio import atomic_write_json
 from ssamba.training import (
@@ -109,17 +109,28 @@ class FinetuneTask(ClassifierTask):
         self.model.eval()
         idx, scores, targets = [], [], []
         for batch in loader:
+            batch = drop_bad(batch)
+            if batch is None:
+                continue
             logits = self.model(batch["fbank"].to(dist.device)).float().cpu()
             scores.append(torch.sigmoid(logits) if self.cfg.loss == "bce" else logits.softmax(-1))
             targets.append(batch["target"])
             idx.append(torch.as_tensor(batch["index"]))
         self.model.train()
+        c = len(self.classes)
+        local = (
+            (torch.cat(idx), torch.cat(scores), torch.cat(targets))
+            if idx  # (every clip of this rank may have been a bad file)
+            else (torch.zeros(0, dtype=torch.long), torch.zeros(0, c), torch.zeros(0, c))
+        )
         order, first = {}, []
-        for i, s, t in dist.gather((torch.cat(idx), torch.cat(scores), torch.cat(targets))):
+        for i, s, t in dist.gather(local):
             for k in range(len(i)):  # the sampler pads with repeats: keep each clip once
                 if int(i[k]) not in order:
                     order[int(i[k])] = len(first)
                     first.append((s[k], t[k]))
+        if not first:
+            raise ManifestError("no clip to evaluate: every file of the set is bad")
         ranked = [first[order[k]] for k in sorted(order)]
         return torch.stack([s for s, _ in ranked]), torch.stack([t for _, t in ranked])
 

@@ -17,7 +17,8 @@ import torch.nn as nn
 
 from ssamba.checkpoints import load_model, model_stats
 from ssamba.configs import OBJECTIVES, PretrainConfig
-from ssamba.data import AudioDataset, read_manifest
+from ssamba.data import AudioDataset, drop_bad, read_manifest
+from ssamba.errors import ManifestError, UsageError
 from ssamba.models.model import create_model
 from ssamba.models.patches import check_mask_size, draw_mask_index
 from ssamba.training import Distributed, LRSchedule, Task, ends_process_group, fit
@@ -69,8 +70,15 @@ class PretrainTask(Task):
     def __init__(self, cfg: PretrainConfig, model):
         self.cfg, self.model = cfg, model
         grid = model.grid
-        self.mask_patch = cfg.mask_patch or default_mask_patch(grid[0] * grid[1])
-        check_mask_size(grid[0] * grid[1], self.mask_patch)
+        num_patches = grid[0] * grid[1]
+        self.mask_patch = cfg.mask_patch or default_mask_patch(num_patches)
+        if not 1 <= self.mask_patch <= num_patches - 2:  # patch 0 is never masked
+            raise UsageError(
+                f"mask_patch {self.mask_patch}: a clip of {cfg.target_length} frames has "
+                f"{num_patches} patches, of which at most {max(num_patches - 2, 0)} can be "
+                "masked; lower --mask-patch or raise --target-length"
+            )
+        check_mask_size(num_patches, self.mask_patch)
         self.module = MaskedPatchObjective(model, cfg.objective, cfg.mpg_weight)
         self.unused_parameters = cfg.objective != "joint"  # one head is idle
         self.schedule = LRSchedule(cfg.warmup_steps, mode="plateau", factor=0.5, patience=2)
@@ -101,6 +109,9 @@ class PretrainTask(Task):
         self.model.eval()
         totals, count = {}, 0
         for batch in loader:
+            batch = drop_bad(batch)
+            if batch is None:
+                continue
             fbank = batch["fbank"].to(dist.device)
             mask_c, mask_g = self.masks(batch, fbank, "cluster", f"valid:{self.cfg.seed}")
             acc, nce = self.model.forward_pretrain(fbank, "mpc", mask_index=mask_c)
@@ -110,6 +121,8 @@ class PretrainTask(Task):
                 totals[k] = totals.get(k, 0.0) + float(v) * n
             count += n
         self.model.train()
+        if not dist.enabled and count == 0:
+            raise ManifestError("no clip to validate on: every file of --valid is bad")
         return dist.weighted_mean(totals, count)
 
 
@@ -132,8 +145,9 @@ def pretrain(cfg: PretrainConfig, device: str | None = None) -> dict:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg, stats)
     stats = stats or model_stats(cfg.normalize, model)
+    task = PretrainTask(cfg, model)  # checks the mask size before any data is read
 
-    def dataset(path):
+    def dataset(path, train: bool):
         manifest = read_manifest(path, ignore_labels=True)
         return AudioDataset(
             manifest,
@@ -142,13 +156,14 @@ def pretrain(cfg: PretrainConfig, device: str | None = None) -> dict:
             train=False,  # pretraining uses no augmentation
             seed=cfg.seed,
             on_bad_file=cfg.on_bad_file,
+            substitute=train,  # validation leaves bad clips out instead
         )
 
-    train_set = dataset(cfg.train)
-    valid_set = dataset(cfg.valid) if cfg.valid else None
+    train_set = dataset(cfg.train, True)
+    valid_set = dataset(cfg.valid, False) if cfg.valid else None
     if valid_set is None and dist.is_main:
         log.warning("no --valid set: the learning rate is never halved and best/ is not written")
-    return fit(PretrainTask(cfg, model), cfg, dist, train_set, valid_set)
+    return fit(task, cfg, dist, train_set, valid_set)
 
 
 __all__ = [

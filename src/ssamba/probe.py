@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -275,6 +276,9 @@ def linear_probe(
     multilabel = bool(train.multilabel)
     if not l2_grid:
         raise UsageError("l2_grid must hold at least one value")
+    bad_l2 = [w for w in l2_grid if not (isinstance(w, int | float) and 0 <= w < math.inf)]
+    if bad_l2:
+        raise UsageError(f"l2 weights must be finite numbers >= 0, got {bad_l2[0]!r}")
 
     fingerprint = model_fingerprint(model)
     opts = dict(

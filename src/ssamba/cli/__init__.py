@@ -5,19 +5,23 @@ the files it writes. A module's ``register(subparsers)`` adds its commands; a co
 takes the parsed arguments, imports the library on call (so ``--help`` never loads torch) and
 returns the exit status.
 
-Exit status: 0 success; 1 the command ran and found problems (``check-data``); 2 bad input, printed
-as one ``error: ...`` line without a traceback (every :class:`ssamba.errors.SsambaError`, and
-``OSError`` for missing or unreadable files); 130 interrupted.
+Exit status: 0 success; 1 the command ran and found problems (``check-data``), or failed at run
+time (any exception that is not bad input: one ``error: internal error: ...`` line); 2 bad input,
+printed as one ``error: ...`` line (every :class:`ssamba.errors.SsambaError`, an option argparse
+rejects, and ``OSError`` for missing or unreadable files); 130 interrupted. A traceback is printed
+only under ``ssamba --debug COMMAND ...`` (or the environment variable ``SSAMBA_DEBUG=1``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
-from ssamba.cli.common import apply_config, config_path
+from ssamba.cli.common import Parser, apply_config, config_path
 from ssamba.errors import SsambaError
 
 PROG = "ssamba"
@@ -62,12 +66,17 @@ class _VersionAction(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="SSAMBA / SSAST: self-supervised audio models (bidirectional Mamba and ViT).",
         epilog="`ssamba COMMAND --help` describes a command and its options.",
     )
     parser.add_argument("--version", action=_VersionAction)
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the full traceback of an error (also: environment SSAMBA_DEBUG=1)",
+    )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"ssamba.cli.{name}").register(subparsers)
@@ -84,25 +93,45 @@ def _subparser(parser: argparse.ArgumentParser, argv: list[str]):
     return None
 
 
+def debug_enabled(argv: Sequence[str]) -> bool:
+    """``--debug`` before the command, or ``SSAMBA_DEBUG`` set to anything but empty/0."""
+    command = next((k for k, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    env = os.environ.get("SSAMBA_DEBUG", "").strip().lower()
+    return "--debug" in argv[:command] or env not in ("", "0", "false", "no")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    debug = debug_enabled(argv)
     try:
-        config = config_path(argv)
-        sub = _subparser(parser, argv) if config else None
-        if sub is not None and any(a.dest == "config" for a in sub._actions):
-            apply_config(sub, config)
-        args = parser.parse_args(argv)
-        if getattr(args, "func", None) is None:
-            parser.print_help()
-            return 2
-        return int(args.func(args) or 0)
+        return _run(argv)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (SsambaError, OSError) as e:
+    except (SsambaError, OSError) as e:  # bad input: the message says what to change
+        if debug:
+            traceback.print_exc()
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:  # a failure at run time (or a bug): one line unless --debug
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else " (run `ssamba --debug ...` for the traceback)"
+        print(f"error: internal error: {type(e).__name__}: {one_line(e)}{hint}", file=sys.stderr)
+        return 1
+
+
+def _run(argv: list[str]) -> int:
+    parser = build_parser()
+    config = config_path(argv)
+    sub = _subparser(parser, argv) if config else None
+    if sub is not None and any(a.dest == "config" for a in sub._actions):
+        apply_config(sub, config)
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
 
 
 def one_line(e: BaseException) -> str:

@@ -47,6 +47,76 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(spec: str | None) -> str | None:
+    """``--device`` checked before any work: a device torch knows and this machine has (torch's
+    own errors for these are tracebacks from deep inside the first ``.to()``)."""
+    if spec is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {spec!r}: expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else (
+                "no CUDA device is visible"
+            )  # fmt: skip
+            raise UsageError(f"--device {spec}: CUDA is not available ({why}); use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"--device {spec}: there are {count} CUDA device(s) (cuda:0..)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(f"--device {spec}: MPS is not available; use --device cpu")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {spec!r}: expected cpu, cuda or cuda:N")
+    return spec
+
+
+def check_model_conflict(model: str | None, checkpoint: str | None) -> None:
+    """``--model`` given together with ``-c/--checkpoint`` must describe the same architecture
+    and width: the checkpoint decides the model, so a different ``--model`` would be ignored
+    (and recorded in run.json as if it had been used)."""
+    if model is None or checkpoint is None or str(checkpoint).lower() == "none":
+        return
+    from ssamba.models.config import PRESETS
+
+    if model not in PRESETS:
+        return
+    saved = _checkpoint_shape(checkpoint)
+    if saved is None:
+        return
+    want = PRESETS[model].config
+    wanted = (want["arch"], want["embed_dim"])
+    if saved != wanted:
+        raise UsageError(
+            f"--model {model} ({wanted[0]}, width {wanted[1]}) conflicts with -c/--checkpoint "
+            f"{checkpoint} ({saved[0]}, width {saved[1]}): the checkpoint decides the model; "
+            "drop --model"
+        )
+
+
+def _checkpoint_shape(checkpoint: str) -> tuple[str, int] | None:
+    """(arch, embed_dim) of a saved folder or an official file; None for a preset name."""
+    import json
+
+    path = Path(checkpoint)
+    if path.is_dir() and (path / "config.json").is_file():
+        try:
+            cfg = json.loads((path / "config.json").read_text())
+            return cfg.get("arch", "ssamba"), cfg.get("embed_dim")
+        except (OSError, ValueError, AttributeError):
+            return None  # loading it reports the problem
+    if path.is_file():
+        from ssamba.checkpoints import official_config, read_official
+
+        cfg, _ = official_config(read_official(path), str(path))
+        return cfg.arch, cfg.embed_dim
+    return None
+
+
 def load_checkpoint(spec: str, device: str | None = None, **overrides):
     """The model ``-c/--checkpoint`` names, in eval mode on ``device`` (default: cuda if any).
 
@@ -56,6 +126,7 @@ def load_checkpoint(spec: str, device: str | None = None, **overrides):
 
     from ssamba.checkpoints import RandomWeightsWarning, load_model
 
+    check_device(device)
     with model_errors(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RandomWeightsWarning)
         model = load_model(spec, **overrides)
@@ -216,6 +287,22 @@ def _register_average(subparsers) -> None:
     p.set_defaults(func=run_average)
 
 
+def _run_checkpoints(run: str, from_step: int, find) -> list[Path]:
+    """The kept checkpoints of ``run`` from ``from_step`` on; an error naming what is there
+    when there are none."""
+    if not Path(run).is_dir():
+        raise UsageError(f"--run {run}: no such folder")
+    everything = find(run, 0)
+    if not everything:
+        raise UsageError(f"--run {run}: no kept checkpoints (checkpoints/step_N) in it")
+    found = find(run, from_step)
+    if not found:
+        steps = ", ".join(p.name.split("_")[1] for p in everything)
+        raise UsageError(f"--from-step {from_step}: {run} has no checkpoint from that step on "
+                         f"(steps: {steps})")  # fmt: skip
+    return found
+
+
 def run_average(args: argparse.Namespace) -> int:
     from ssamba.averaging import average_checkpoints, run_folder_checkpoints
 
@@ -224,7 +311,11 @@ def run_average(args: argparse.Namespace) -> int:
         prepare_output(out, False, "output folder")
     folders = [Path(c) for c in (args.checkpoint or []) + args.checkpoints]
     if args.run:
-        folders += run_folder_checkpoints(args.run, args.from_step)
+        folders += _run_checkpoints(args.run, args.from_step, run_folder_checkpoints)
+    elif args.from_step:
+        raise UsageError("--from-step needs --run")
+    if not folders:
+        raise UsageError("nothing to average: give model folders (CKPT, -c) or --run DIR")
     model = average_checkpoints(folders)
     classes = folders[0] / CLASSES_FILE
     # written whole in a temporary folder, then swapped in: the old output (possibly one of the

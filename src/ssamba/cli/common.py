@@ -20,10 +20,26 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ssamba.constants import PATCH
 from ssamba.errors import ConfigError, UsageError
 
 # Keys a run.json records that are not command-line settings: ignored when it is replayed.
-RECORDED_ONLY = frozenset({"command", "version", "scan_backend", "torch", "world_size", "git"})
+RECORDED_ONLY = frozenset(
+    {"command", "version", "scan_backend", "torch", "world_size", "git", "debug"}
+)
+
+
+class ArgumentError(UsageError):
+    """An option argparse rejected (unknown, missing, or a value its type refuses)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: it raises :class:`ArgumentError` (the
+    command line prints ``error: ...`` and exits 2) instead of printing the usage and exiting.
+    Sub-command parsers are of the same class (argparse makes them with ``type(parent)``)."""
+
+    def error(self, message: str):
+        raise ArgumentError(f"{self.prog}: {message} (see `{self.prog} --help`)")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -125,6 +141,14 @@ def non_negative_int(text: str) -> int:
     value = _number(text, int, "an integer")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def target_frames(text: str) -> int:
+    """A clip length in frames: at least one patch (16 frames)."""
+    value = _number(text, int, "an integer")
+    if value < PATCH:
+        raise argparse.ArgumentTypeError(f"must be >= {PATCH} frames (one patch), got {value}")
     return value
 
 

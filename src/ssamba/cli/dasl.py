@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ssamba.cli.checkpoints import check_device, check_model_conflict
 from ssamba.cli.common import (
     add_checkpoint,
     add_command,
@@ -24,6 +25,7 @@ from ssamba.cli.train import (
     add_model_options,
     add_train_options,
     config_values,
+    given_model,
     is_main_process,
     warn_if_random,
 )
@@ -83,8 +85,10 @@ def run_dasl(args) -> int:
     from ssamba.dasl import train_dasl
     from ssamba.training import configure_logging
 
-    configure_logging(is_main_process())
+    check_device(args.device)
     cfg = DaslConfig(**config_values(args, DaslConfig))
+    check_model_conflict(given_model(args), cfg.checkpoint)
+    configure_logging(is_main_process())
     with warn_if_random(cfg.checkpoint, cfg.model, "DASL training"):
         summary = train_dasl(cfg, device=args.device)
     line = f"DASL training done: {summary['steps']} steps"

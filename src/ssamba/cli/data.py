@@ -133,7 +133,8 @@ def _add_check_data(subparsers) -> None:
         help="decode every file of a manifest and report problems",
         description=(
             "Check every entry of a manifest: the file exists and decodes, is not empty, has no "
-            "NaN/inf, is long enough, and its labels are known. Files that will be resampled are "
+            "NaN/inf, holds the data its header declares, is at least one patch long, is listed "
+            "once, and its labels are known. Files that will be resampled are "
             "listed (not a problem). Exits 1 when problems are found, 0 otherwise."
         ),
     )
@@ -144,7 +145,8 @@ def _add_check_data(subparsers) -> None:
         "--min-seconds",
         type=positive_float,
         metavar="S",
-        help="files shorter than S seconds are problems (default: shorter than one 25 ms frame)",
+        help="files shorter than S seconds are problems (default: shorter than one 16-frame "
+        "patch, 0.175 s)",
     )
     p.add_argument(
         "--classes",

@@ -130,7 +130,7 @@ def run_probe(args: argparse.Namespace) -> int:
 def run_record(args: argparse.Namespace, command: str) -> dict:
     """The settings of a run, keyed as ``--config`` reads them (``overwrite`` left out, so a
     replay never replaces output unasked)."""
-    skip = {"func", "config", "overwrite"}
+    skip = {"func", "config", "overwrite", "debug"}
     settings = {k: v for k, v in vars(args).items() if k not in skip and not k.startswith("_")}
     return {"command": command, **settings}
 

@@ -17,6 +17,7 @@ import sys
 import warnings
 from typing import Any
 
+from ssamba.cli.checkpoints import check_device, check_model_conflict
 from ssamba.cli.common import (
     add_checkpoint,
     add_command,
@@ -31,6 +32,7 @@ from ssamba.cli.common import (
     non_negative_int,
     positive_float,
     positive_int,
+    target_frames,
 )
 from ssamba.configs import (
     BAD_FILE_POLICIES,
@@ -88,10 +90,24 @@ class ConfigOptions:
         parser.add_argument(*flags, dest=name, help=help, **kw)
 
 
+class StoreGiven(argparse.Action):
+    """Stores the value and notes that the option was given (``_given_<dest>``): a default
+    cannot conflict with another option, a value given on purpose can."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"_given_{self.dest}", True)
+
+
+def given_model(args) -> str | None:
+    """``--model`` when given on the command line (None when it is the default)."""
+    return args.model if getattr(args, "_given_model", False) else None
+
+
 def add_model_options(p, options: ConfigOptions, drop_path: bool = False) -> None:
     """``--model PRESET``, ``-c/--checkpoint`` and the model config overrides."""
     options.add(p, "model", f"the preset to build ({', '.join(list_models())})", metavar="PRESET",
-                choices=list_models())  # fmt: skip
+                choices=list_models(), action=StoreGiven)  # fmt: skip
     p.add_argument(
         "--depth", type=positive_int, help="override the preset's depth (default: the preset's)"
     )
@@ -227,7 +243,7 @@ def add_pretrain_parser(subparsers) -> None:
     options.add(g, "train", "audio folder, list or manifest", required=True)
     options.add(g, "valid", "held-out audio for masked-patch accuracy (default: none: no "
                 "validation, no best/)")  # fmt: skip
-    options.add(g, "target_length", "frames per clip (10 ms each)", type=positive_int,
+    options.add(g, "target_length", "frames per clip (10 ms each)", type=target_frames,
                 metavar="FRAMES")  # fmt: skip
     options.add(g, "normalize", "fbank normalisation: auto (the checkpoint's own statistics; "
                 "AudioSet for a preset), a preset, 'MEAN,STD', a stats JSON (`ssamba stats`) or "
@@ -249,8 +265,10 @@ def run_pretrain(args) -> int:
     from ssamba.pretrain import pretrain
     from ssamba.training import configure_logging
 
-    configure_logging(is_main_process())
+    check_device(args.device)
     cfg = PretrainConfig(**config_values(args, PretrainConfig))
+    check_model_conflict(given_model(args), cfg.checkpoint)
+    configure_logging(is_main_process())
     summary = pretrain(cfg, device=args.device)
     print(
         f"pretraining done: {summary['steps']} steps in {summary['seconds']} s -> {cfg.out}/final"
@@ -295,7 +313,7 @@ def add_finetune_options(p, options: ConfigOptions) -> None:
     hidden_alias(g, "--init", dest="checkpoint")
     add_model_options(g, options)
     add = options.add
-    add(g, "target_length", "frames per clip (10 ms each)", type=positive_int, metavar="FRAMES")
+    add(g, "target_length", "frames per clip (10 ms each)", type=target_frames, metavar="FRAMES")
     add(g, "normalize", "fbank normalisation: auto (the checkpoint's own statistics; AudioSet "
         "for a preset), a preset, 'MEAN,STD', a stats JSON or none")  # fmt: skip
     add(g, "fstride", "patch stride in frequency", type=positive_int)
@@ -332,8 +350,10 @@ def run_finetune(args) -> int:
     from ssamba.finetune import finetune
     from ssamba.training import configure_logging
 
-    configure_logging(is_main_process())
+    check_device(args.device)
     cfg = finetune_config(args, args.recipe)
+    check_model_conflict(given_model(args), cfg.checkpoint)
+    configure_logging(is_main_process())
     with warn_if_random(cfg.checkpoint, cfg.model, "fine-tuning"):
         summary = finetune(cfg, device=args.device)
     best = summary.get("best_metric")
@@ -389,9 +409,11 @@ def run_crossval(args) -> int:
     from ssamba.crossval import crossval, recipe_from_prepared
     from ssamba.training import configure_logging
 
-    configure_logging(is_main_process())
+    check_device(args.device)
     recipe = args.recipe or recipe_from_prepared(args.prepared)
     template = finetune_config(args, recipe, train="", valid=None, test=None)
+    check_model_conflict(given_model(args), template.checkpoint)
+    configure_logging(is_main_process())
     summary = crossval(
         template, args.prepared, args.out, args.folds, recipe=recipe, device=args.device
     )

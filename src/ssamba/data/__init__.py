@@ -22,7 +22,7 @@ from ssamba.data.checks import (
     compute_stats,
     map_files,
 )
-from ssamba.data.dataset import AudioDataset, item_generator
+from ssamba.data.dataset import AudioDataset, drop_bad, item_generator
 from ssamba.data.manifest import (
     AUDIO_EXTENSIONS,
     Example,
@@ -54,6 +54,7 @@ __all__ = [
     "check_data",
     "class_balanced_weights",
     "compute_stats",
+    "drop_bad",
     "item_generator",
     "make_loader",
     "make_sampler",

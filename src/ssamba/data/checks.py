@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ssamba import audio
-from ssamba.constants import NUM_MEL_BINS, SAMPLE_RATE
+from ssamba.constants import NUM_MEL_BINS, PATCH, SAMPLE_RATE
 from ssamba.data.manifest import Manifest, read_manifest
 from ssamba.errors import AudioError, ManifestError, UsageError
 
@@ -151,13 +152,16 @@ def check_data(
 ) -> DataReport:
     """Decode every file of ``manifest`` and report problems.
 
-    Problems: missing file, undecodable, empty, NaN/inf samples, too short to make one fbank frame
-    (or shorter than ``min_seconds``), unknown or missing label. Files whose native rate is not
+    Problems: missing file, undecodable, empty, NaN/inf samples, data shorter than the file's
+    header says (a truncated file), shorter than one 16-frame patch (or than ``min_seconds``),
+    listed more than once, unknown or missing label. Files whose native rate is not
     ``sample_rate`` are listed in ``report.resampled`` (not a problem). ``num_workers`` > 0 decodes
     in that many processes (same report).
     """
     if not isinstance(manifest, Manifest):
         manifest = read_manifest(manifest)
+    if not (isinstance(sample_rate, int) and sample_rate > 0):
+        raise UsageError(f"sample_rate must be a positive integer, got {sample_rate!r}")
     report = DataReport(
         source=str(manifest.source) if manifest.source else None,
         sample_rate=sample_rate,
@@ -188,12 +192,19 @@ def check_data(
             )
             continue
         durations.append(seconds)
+    report.problems += duplicate_problems(manifest)
     report.sample_rates = dict(rates)
     if durations:
         report.total_seconds = float(sum(durations))
         report.min_seconds = float(min(durations))
         report.max_seconds = float(max(durations))
     return report
+
+
+def duplicate_problems(manifest: Manifest) -> list[tuple[Path, str]]:
+    """One problem per file listed more than once (it would count twice in an evaluation)."""
+    counts = Counter(ex.path for ex in manifest.examples)
+    return [(p, f"listed {n} times in the manifest") for p, n in counts.items() if n > 1]
 
 
 def _label_problems(path: Path, labels: Sequence[str], known: set[str]) -> list[tuple[Path, str]]:
@@ -213,13 +224,67 @@ def _inspect_file(path: Path, sample_rate: int) -> tuple[int, int | None, str | 
     except Exception as e:  # anything load_audio did not anticipate is still a problem
         return 0, None, f"cannot load ({type(e).__name__}: {e})"
     n = wave.numel()
-    if audio.num_frames(n) < 1:
+    native = _native_rate(path)
+    declared = _declared_samples(path)
+    if declared is not None and native:
+        expected = declared * sample_rate / native
+        if n < expected - max(1.0, 0.001 * expected):
+            return (
+                n,
+                native,
+                (
+                    f"truncated: the header declares {declared / native:.3f} s, the data holds "
+                    f"{n / sample_rate:.3f} s"
+                ),
+            )
+    frames = audio.num_frames(n, sample_rate)
+    if frames < PATCH:
         return (
             n,
-            _native_rate(path),
-            (f"too short: {n / sample_rate:.3f} s makes no 25 ms fbank frame"),
+            native,
+            (
+                f"too short: {n / sample_rate:.3f} s makes {frames} fbank frame(s), less than one "
+                f"{PATCH}-frame patch (training would see padding)"
+            ),
         )
-    return n, _native_rate(path), None
+    return n, native, None
+
+
+def _declared_samples(path: Path) -> int | None:
+    """The frame count the file's header declares, when it can be read: for WAV the size of
+    its data chunk (libsndfile silently trims a short one to what is there), else what
+    soundfile reports from the header (FLAC's STREAMINFO, ...)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) == 12 and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+                return _wav_declared_frames(f)
+        info = soundfile.info(str(path))
+    except Exception:  # not readable by soundfile: decoded by ffmpeg, no header to compare
+        return None
+    return int(info.frames) if info.frames > 0 else None
+
+
+def _wav_declared_frames(f) -> int | None:
+    """Frames of a RIFF WAV's data chunk as its header declares them (``f`` after 'WAVE')."""
+    block_align = None
+    while True:
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            return None
+        cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if cid == b"fmt ":
+            fmt = f.read(size)
+            if len(fmt) >= 14:
+                block_align = struct.unpack("<H", fmt[12:14])[0]
+            if size % 2:
+                f.read(1)
+        elif cid == b"data":
+            if not block_align or size in (0, 0xFFFFFFFF):  # streamed WAVs leave the size open
+                return None
+            return size // block_align
+        else:
+            f.seek(size + size % 2, os.SEEK_CUR)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,6 +332,11 @@ def compute_stats(
     n = frames * NUM_MEL_BINS
     mean = total / n
     var = max(total_sq / n - mean * mean, 0.0)
+    if not math.sqrt(var) > 1e-6 * max(1.0, abs(mean)):
+        raise ManifestError(
+            f"{manifest.source}: the fbank values of all {files} file(s) are constant "
+            f"({mean:g}): std 0 cannot normalise (silent audio?)"
+        )
     return {
         "mean": mean,
         "std": math.sqrt(var),

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ssamba import audio
-from ssamba.constants import SAMPLE_RATE
+from ssamba.constants import NUM_MEL_BINS, PATCH, SAMPLE_RATE
 from ssamba.data.checks import check_bad_file_policy, check_length
 from ssamba.data.manifest import Manifest, read_manifest
 from ssamba.errors import AudioError, ManifestError, UsageError
@@ -58,7 +58,11 @@ class AudioDataset(Dataset):
     ``on_bad_file="skip"`` replaces an undecodable/empty/non-finite/too-short file by another
     example chosen deterministically, warns once per bad file (per process), and counts:
     ``item["skipped"]`` (sum it over batches: works with workers) and ``self.skipped`` (this
-    process only). ``"error"`` (default) raises AudioError naming the file.
+    process only). ``"error"`` (default) raises AudioError naming the file. With
+    ``substitute=False`` (the default for ``train=False``: validation and evaluation) a bad file
+    is not replaced: its item is a placeholder of zeros with ``item["bad"]`` True (every item of
+    such a dataset has ``"bad"``: ``flags_bad``), which metrics must leave out (a stand-in clip
+    would count another file's prediction as this one's).
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class AudioDataset(Dataset):
         on_bad_file: str = "error",
         sample_rate: int = SAMPLE_RATE,
         max_substitutions: int = 100,
+        substitute: bool | None = None,
     ) -> None:
         check_bad_file_policy(on_bad_file)
         if not 0.0 <= mixup <= 1.0:
@@ -94,6 +99,10 @@ class AudioDataset(Dataset):
         self.on_bad_file = on_bad_file
         self.sample_rate = sample_rate
         self.max_substitutions = max_substitutions
+        self.substitute = train if substitute is None else bool(substitute)
+        self._num_files = len({ex.path for ex in self.manifest.examples})
+        # items carry "bad" when a bad file yields a placeholder (skip mode, no substitution)
+        self.flags_bad = on_bad_file == "skip" and not self.substitute
         self.skipped = 0
         self.bad_files: dict[Path, str] = {}
 
@@ -124,11 +133,19 @@ class AudioDataset(Dataset):
                     if self.on_bad_file == "error":
                         raise
                     self.bad_files[path] = e.problem
-                    log.warning("skipping bad audio file %s (a substitute is used)", e)
+                    what = "a substitute is used" if self.substitute else "left out of metrics"
+                    log.warning("skipping bad audio file %s (%s)", e, what)
             elif self.on_bad_file == "error":  # pragma: no cover - cache only filled when skipping
                 raise AudioError(path, self.bad_files[path])
             skipped += 1
             self.skipped += 1
+            if not self.substitute:
+                return i, None, skipped
+            if len(self.bad_files) >= self._num_files:
+                raise ManifestError(
+                    f"{self.manifest.source}: every one of its {self._num_files} audio files is "
+                    "bad: nothing to substitute (check the data with `ssamba check-data`)"
+                )
             if len(self.manifest) < 2:
                 break
             g = item_generator(self.seed, self.epoch, i, 1000 + salt, attempt)
@@ -148,6 +165,8 @@ class AudioDataset(Dataset):
             index += len(self)
         g = item_generator(self.seed, self.epoch, index)
         i, wave, skipped = self._load(index, 0)
+        if wave is None:
+            return self._placeholder(index, skipped)
         target = self._target(i)
         if self.train and self.mixup > 0 and _uniform(g) < self.mixup:
             wave, target, skipped2 = self._mix(g, wave, target)
@@ -157,6 +176,21 @@ class AudioDataset(Dataset):
         item = {"fbank": fb.to(torch.float32).contiguous(), "index": index, "skipped": skipped}
         if target is not None:
             item["target"] = target.to(torch.float32)
+        if self.flags_bad:
+            item["bad"] = False
+        return item
+
+    def _placeholder(self, index: int, skipped: int) -> dict:
+        """The item of a bad file that is not substituted: zeros, flagged ``"bad"``."""
+        frames = self.target_length or PATCH
+        item = {
+            "fbank": torch.zeros(frames, NUM_MEL_BINS, dtype=torch.float32),
+            "index": index,
+            "skipped": skipped,
+            "bad": True,
+        }
+        if self.labeled:
+            item["target"] = self.manifest.targets(index)
         return item
 
     def _mix(
@@ -169,6 +203,8 @@ class AudioDataset(Dataset):
         j = int(torch.randint(len(self.manifest), (), generator=g))
         lam = _beta(g, 10.0, 10.0)
         j, wave2, skipped = self._load(j, 1)
+        if wave2 is None:  # a bad partner that is not substituted: no mixing
+            return wave, target, skipped
         w1 = wave - wave.mean()
         w2 = wave2 - wave2.mean()
         w2 = _pad_or_cut_1d(w2, w1.numel())
@@ -189,6 +225,23 @@ class AudioDataset(Dataset):
             shift = int(torch.randint(-10, 10, (), generator=g))
             fb = torch.roll(fb, shift, 0)
         return fb
+
+
+def drop_bad(batch: dict) -> dict | None:
+    """A collated batch without the items of bad files (``batch["bad"]``, set by an
+    :class:`AudioDataset` that does not substitute them); None when nothing is left."""
+    bad = batch.get("bad")
+    if bad is None:
+        return batch
+    keep = ~torch.as_tensor(bad, dtype=torch.bool)
+    if not bool(keep.any()):
+        return None
+    n = keep.shape[0]
+    return {
+        k: v[keep] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == n else v
+        for k, v in batch.items()
+        if k != "bad"
+    }
 
 
 def _beta(g: torch.Generator, a: float, b: float) -> float:

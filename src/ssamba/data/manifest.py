@@ -142,6 +142,7 @@ def read_manifest(
     if not path.exists():
         raise ManifestError(f"{path}: manifest not found")
     fmt, examples, where = _read_examples(path, ignore_labels)
+    _refuse_self_reference(path, examples, where)
     if fmt == "json" and classes is None and not ignore_labels:
         if (path.parent / CLASS_LABELS_FILE).is_file():
             classes = path.parent / CLASS_LABELS_FILE
@@ -172,6 +173,16 @@ def read_manifest(
     return manifest
 
 
+def _refuse_self_reference(path: Path, examples: list[Example], where: list[str]) -> None:
+    """A manifest that lists itself (a list written into the folder it lists, say) would be
+    decoded as audio: name the line instead."""
+    if path.is_dir():
+        return
+    for k, ex in enumerate(examples):
+        if ex.path.name == path.name and ex.path.exists() and os.path.samefile(ex.path, path):
+            raise ManifestError(f"{path}: {where[k]}: lists the manifest itself, not an audio file")
+
+
 def _read_examples(path: Path, ignore_labels: bool) -> tuple[str, list[Example], list[str]]:
     """(format, examples, where each example comes from: for error messages) of a manifest."""
     fmt = _detect_format(path)
@@ -183,7 +194,7 @@ def _read_examples(path: Path, ignore_labels: bool) -> tuple[str, list[Example],
     if fmt == "json":
         return (fmt, *_read_json(path))
     if fmt == "csv":
-        return (fmt, *_read_csv_manifest(path))
+        return (fmt, *_read_csv_manifest(path, ignore_labels))
     return (fmt, *_read_list(path))
 
 
@@ -350,7 +361,7 @@ def _read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:
     return rows
 
 
-def _read_csv_manifest(path: Path) -> tuple[list[Example], list[str]]:
+def _read_csv_manifest(path: Path, ignore_labels: bool = False) -> tuple[list[Example], list[str]]:
     rows = _read_csv_rows(path)
     (_, header), body = rows[0], rows[1:]
     cols = {name.strip().lower(): k for k, name in enumerate(header)}
@@ -362,6 +373,15 @@ def _read_csv_manifest(path: Path) -> tuple[list[Example], list[str]]:
         )
     label_col = next((cols[c] for c in _LABEL_COLUMNS if c in cols), None)
     split_col = cols.get("split")
+    others = [name for name in header if name.strip().lower() not in {*_PATH_COLUMNS, "split"}]
+    if label_col is None and others and not ignore_labels:
+        # a column that may hold the labels under another name: reading the file as unlabelled
+        # would silently drop them
+        raise ManifestError(
+            f"{path}: line {rows[0][0]}: no label column in the header {','.join(header)!r} "
+            f"(looked for {' or '.join(_LABEL_COLUMNS)}; rename the label column, or drop the "
+            "other columns for unlabelled audio)"
+        )
     base = path.parent
     examples: list[Example] = []
     where: list[str] = []

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 from ssamba.constants import PATCH
+from ssamba.errors import UsageError
 
 SIZES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}  # embed_dim, SSAST heads
 POOLS = ("mean", "cls", "bands")  # fine-tuning head inputs (ModelConfig.pool)
@@ -47,24 +49,56 @@ class ModelConfig:
     attention: str = "sdpa"  # SSAST: "sdpa" or "explicit" (the reference's N x N matrix)
 
     def __post_init__(self):
-        if self.arch not in ("ssamba", "ssast"):
-            raise ValueError(f"arch must be 'ssamba' or 'ssast', got {self.arch!r}")
-        if self.pool not in POOLS:
-            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
-        if self.norm not in ("layernorm", "rmsnorm"):
-            raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
-        if self.attention not in ("sdpa", "explicit"):
-            raise ValueError(f"attention must be 'sdpa' or 'explicit', got {self.attention!r}")
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise UsageError(
+                    f"model config: {name} must be one of {', '.join(choices)}, "
+                    f"got {getattr(self, name)!r}"
+                )
+        self._check_numbers()
         if self.arch == "ssamba" and self.bidirectional and self.depth % 2:
-            raise ValueError(
-                f"a bidirectional SSAMBA uses layers in pairs: depth {self.depth} is odd"
+            raise UsageError(
+                f"model config: depth={self.depth}: a bidirectional SSAMBA uses layers in pairs "
+                "(give an even depth)"
             )
-        if self.input_tdim < PATCH or self.num_mel_bins < PATCH:
-            raise ValueError(
-                f"input must be at least {PATCH}x{PATCH}: got {self.input_tdim} frames"
+        if self.arch == "ssast" and self.embed_dim % self.num_heads:
+            raise UsageError(
+                f"model config: embed_dim={self.embed_dim} is not a multiple of "
+                f"num_heads={self.num_heads}"
             )
+        for name in ("num_mel_bins", "input_tdim"):
+            if getattr(self, name) < PATCH:
+                raise UsageError(
+                    f"model config: {name}={getattr(self, name)}: the input must be at least "
+                    f"{PATCH}x{PATCH} (one patch)"
+                )
         if self.dt_rank is None:
             self.dt_rank = -(-self.embed_dim // 16)
+
+    def _check_numbers(self) -> None:
+        """Each number within what a model can be built from (a negative size would fail deep
+        inside torch, a zero or NaN std would make every embedding NaN)."""
+        for name, low in _AT_LEAST.items():
+            value = getattr(self, name)
+            if name == "dt_rank" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UsageError(f"model config: {name} must be an integer >= {low}, got {value!r}")
+        for name in ("bidirectional", "pretrain_heads", "residual_in_fp32"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(
+                    f"model config: {name} must be true or false, got {getattr(self, name)!r}"
+                )
+        if not _finite(self.norm_mean):
+            raise UsageError(f"model config: norm_mean must be a finite number, got "
+                             f"{self.norm_mean!r}")  # fmt: skip
+        if not _finite(self.norm_std) or not self.norm_std > 0:
+            raise UsageError(f"model config: norm_std must be a finite number > 0, got "
+                             f"{self.norm_std!r}")  # fmt: skip
+        if not _finite(self.drop_path) or not 0 <= self.drop_path < 1:
+            raise UsageError(
+                f"model config: drop_path must be a number in [0, 1), got {self.drop_path!r}"
+            )
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -88,8 +122,29 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown model config fields: {', '.join(unknown)}")
+            raise UsageError(
+                f"unknown model config field(s) {', '.join(unknown)} (known: "
+                f"{', '.join(sorted(known))})"
+            )
         return cls(**data)
+
+
+_CHOICES = {
+    "arch": ("ssamba", "ssast"),
+    "pool": POOLS,
+    "norm": ("layernorm", "rmsnorm"),
+    "attention": ("sdpa", "explicit"),
+}
+# The smallest value of each integer field.
+_AT_LEAST = {
+    "embed_dim": 1, "depth": 1, "num_heads": 1, "d_state": 1, "d_conv": 1, "expand": 1,
+    "dt_rank": 1, "num_mel_bins": 1, "input_tdim": 1, "fstride": 1, "tstride": 1,
+    "num_classes": 0, "pretrain_fdim": PATCH, "pretrain_tdim": PATCH,
+}  # fmt: skip
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def patch_grid(fdim: int, tdim: int, fstride: int, tstride: int) -> tuple[int, int]:
@@ -168,5 +223,5 @@ def list_models(pretrained: bool = False) -> list[str]:
 
 def preset_config(name: str, **overrides) -> ModelConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    return ModelConfig(**{**PRESETS[name].config, **overrides})
+        raise UsageError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    return ModelConfig.from_dict({**PRESETS[name].config, **overrides})

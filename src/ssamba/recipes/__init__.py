@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ssamba.errors import RecipeError
+from ssamba.configs import FinetuneConfig
+from ssamba.errors import RecipeError, UsageError
 
 RECIPE_DIR = Path(__file__).resolve().parent
 
@@ -120,6 +121,13 @@ def validate_recipe(recipe: dict, where: str = "recipe") -> None:
             raise RecipeError(f"{where}: finetune.{key} = {value!r} has the wrong type")
         if key in _CHOICES and value not in _CHOICES[key]:
             raise RecipeError(f"{where}: finetune.{key} = {value!r}; allowed: {_CHOICES[key]}")
+    try:  # each value within what fine-tuning accepts (the same checks as its options)
+        FinetuneConfig(out="recipe", **ft)
+    except UsageError as err:
+        raise RecipeError(f"{where}: finetune.{err}") from None
+    n = recipe["num_classes"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise RecipeError(f"{where}: num_classes must be an integer >= 2, got {n!r}")
     if ft["metric"] == "map" and not recipe.get("multilabel", False):
         raise RecipeError(f"{where}: metric 'map' is meant for multi-label tasks")
     if "source" not in recipe["expected"]:

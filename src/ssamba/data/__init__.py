@@ -9,7 +9,10 @@ One module per concern (every public name is importable from ``ssamba.data`` too
 - :mod:`.dataset`: :class:`AudioDataset` (audio -> augmented, normalised fbank and target) and
   :func:`item_generator` (its per-item randomness);
 - :mod:`.sampling`: :class:`EpochSampler`, :func:`make_sampler`, :func:`make_loader`,
-  :func:`set_epoch`, :func:`class_balanced_weights`.
+  :func:`set_epoch`, :func:`class_balanced_weights`;
+- :mod:`.shardfiles` (names, patterns, the shard index) and :mod:`.shards`: :func:`write_shards`
+  and :class:`ShardStream` (training from WebDataset tar shards);
+- :mod:`.segment`: :func:`segment_recordings` (long recordings -> clips).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from ssamba.data.checks import (
     compute_stats,
     map_files,
 )
-from ssamba.data.dataset import AudioDataset, drop_bad, item_generator
+from ssamba.data.dataset import AudioDataset, drop_bad, item_generator, read_window
 from ssamba.data.manifest import (
     AUDIO_EXTENSIONS,
     Example,
@@ -38,6 +41,9 @@ from ssamba.data.sampling import (
     make_sampler,
     set_epoch,
 )
+from ssamba.data.segment import segment_recordings
+from ssamba.data.shardfiles import expand_braces, is_shard_spec, shard_paths
+from ssamba.data.shards import ShardStream, parse_size, streamable, write_shards
 from ssamba.errors import ManifestError
 
 __all__ = [
@@ -50,16 +56,25 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "ManifestWarning",
+    "ShardStream",
     "check_bad_file_policy",
     "check_data",
     "class_balanced_weights",
     "compute_stats",
     "drop_bad",
+    "expand_braces",
+    "is_shard_spec",
     "item_generator",
     "make_loader",
     "make_sampler",
     "map_files",
+    "parse_size",
     "read_class_list",
     "read_manifest",
+    "read_window",
+    "segment_recordings",
     "set_epoch",
+    "shard_paths",
+    "streamable",
+    "write_shards",
 ]

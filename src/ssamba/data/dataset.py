@@ -8,21 +8,29 @@ count or access order.
 
 from __future__ import annotations
 
+import io
 import logging
+import math
 import os
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
 from ssamba import audio
-from ssamba.constants import NUM_MEL_BINS, PATCH, SAMPLE_RATE
+from ssamba.constants import FRAME_LENGTH_MS, FRAME_SHIFT_MS, NUM_MEL_BINS, PATCH, SAMPLE_RATE
 from ssamba.data.checks import check_bad_file_policy, check_length
-from ssamba.data.manifest import Manifest, read_manifest
+from ssamba.data.manifest import Example, Manifest, read_manifest
 from ssamba.errors import AudioError, ManifestError, UsageError
 
 log = logging.getLogger(__name__)
+
+WINDOWS = ("random", "start")
+# extra 16 kHz samples read around a window that is resampled, so that the resampler's edge
+# (its filter's delay) does not eat into the frames that are kept
+RESAMPLE_MARGIN = 64
 
 
 def item_generator(seed: int, epoch: int, index: int, *salt: int) -> torch.Generator:
@@ -63,6 +71,12 @@ class AudioDataset(Dataset):
     is not replaced: its item is a placeholder of zeros with ``item["bad"]`` True (every item of
     such a dataset has ``"bad"``: ``flags_bad``), which metrics must leave out (a stand-in clip
     would count another file's prediction as this one's).
+
+    A file longer than ``target_length`` frames is read only in part (soundfile ``start`` and
+    ``frames``, at the file's native rate, then resampled): ``window="random"`` (default when
+    ``train``) a window at a random start drawn per ``(seed, epoch, index)``, so each epoch sees
+    another part of a long recording; ``"start"`` (default otherwise: validation, evaluation)
+    its beginning, always the same.
     """
 
     def __init__(
@@ -81,8 +95,13 @@ class AudioDataset(Dataset):
         sample_rate: int = SAMPLE_RATE,
         max_substitutions: int = 100,
         substitute: bool | None = None,
+        window: str | None = None,
     ) -> None:
         check_bad_file_policy(on_bad_file)
+        window = window or ("random" if train else "start")
+        if window not in WINDOWS:
+            raise UsageError(f"window must be one of {', '.join(WINDOWS)}, got {window!r}")
+        self.window = window
         if not 0.0 <= mixup <= 1.0:
             raise UsageError(f"mixup must be a probability in [0, 1], got {mixup}")
         if freqm < 0 or timem < 0:
@@ -100,11 +119,11 @@ class AudioDataset(Dataset):
         self.sample_rate = sample_rate
         self.max_substitutions = max_substitutions
         self.substitute = train if substitute is None else bool(substitute)
-        self._num_files = len({ex.path for ex in self.manifest.examples})
+        self._num_files = len({_file_key(ex) for ex in self.manifest.examples})
         # items carry "bad" when a bad file yields a placeholder (skip mode, no substitution)
         self.flags_bad = on_bad_file == "skip" and not self.substitute
         self.skipped = 0
-        self.bad_files: dict[Path, str] = {}
+        self.bad_files: dict[Path | tuple, str] = {}
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -117,26 +136,28 @@ class AudioDataset(Dataset):
         return self.manifest.labeled
 
     # -- loading with the bad-file policy
-    def _load(self, i: int, salt: int) -> tuple[int, torch.Tensor, int]:
+    def _load(self, i: int, salt: int, data: bytes | None = None) -> tuple[int, torch.Tensor, int]:
         """Waveform of example ``i`` or, under the skip policy, of a deterministic substitute.
+        ``data``: example ``i``'s audio bytes when a shard reader has them already.
 
         Returns (index actually used, waveform, number of bad files skipped)."""
         skipped = 0
         for attempt in range(self.max_substitutions + 1):
-            path = self.manifest.examples[i].path
-            if path not in self.bad_files:
+            example = self.manifest.examples[i]
+            path, key = example.path, _file_key(example)
+            if key not in self.bad_files:
                 try:
-                    wave = audio.load_audio(path, sample_rate=self.sample_rate)
+                    wave = self.read_wave(example, i, salt, data)
                     check_length(path, wave)
                     return i, wave, skipped
                 except AudioError as e:
                     if self.on_bad_file == "error":
                         raise
-                    self.bad_files[path] = e.problem
+                    self.bad_files[key] = e.problem
                     what = "a substitute is used" if self.substitute else "left out of metrics"
                     log.warning("skipping bad audio file %s (%s)", e, what)
             elif self.on_bad_file == "error":  # pragma: no cover - cache only filled when skipping
-                raise AudioError(path, self.bad_files[path])
+                raise AudioError(path, self.bad_files[key])
             skipped += 1
             self.skipped += 1
             if not self.substitute:
@@ -151,6 +172,7 @@ class AudioDataset(Dataset):
             g = item_generator(self.seed, self.epoch, i, 1000 + salt, attempt)
             j = int(torch.randint(len(self.manifest) - 1, (), generator=g))
             i = j + 1 if j >= i else j  # any other example
+            data = None
         raise ManifestError(
             f"{skipped} bad audio file(s) in a row while skipping ({len(self.bad_files)} known "
             f"bad of {len(self.manifest)}): check the data with `ssamba check-data`"
@@ -159,12 +181,21 @@ class AudioDataset(Dataset):
     def _target(self, i: int) -> torch.Tensor | None:
         return self.manifest.targets(i) if self.labeled else None
 
+    def read_wave(self, example: Example, i: int, salt: int, data: bytes | None = None):
+        """The waveform of one example: its window (see the class) at ``sample_rate``."""
+        g = item_generator(self.seed, self.epoch, i, 2000 + salt)
+        return read_window(example, self.target_length, self.sample_rate, self.window, g, data)
+
     def __getitem__(self, index: int) -> dict:
+        return self.get(index)
+
+    def get(self, index: int, data: bytes | None = None) -> dict:
+        """Item ``index``; ``data``: its audio bytes when already read (streaming from shards)."""
         index = int(index)
         if index < 0:
             index += len(self)
         g = item_generator(self.seed, self.epoch, index)
-        i, wave, skipped = self._load(index, 0)
+        i, wave, skipped = self._load(index, 0, data)
         if wave is None:
             return self._placeholder(index, skipped)
         target = self._target(i)
@@ -225,6 +256,90 @@ class AudioDataset(Dataset):
             shift = int(torch.randint(-10, 10, (), generator=g))
             fb = torch.roll(fb, shift, 0)
         return fb
+
+
+def _file_key(example: Example):
+    return example.path if example.offset is None else (example.path, example.offset)
+
+
+def window_samples(target_length: int, sample_rate: int = SAMPLE_RATE) -> int:
+    """Samples that make exactly ``target_length`` Kaldi frames (25 ms every 10 ms)."""
+    shift = round(sample_rate * FRAME_SHIFT_MS / 1000)
+    length = round(sample_rate * FRAME_LENGTH_MS / 1000)
+    return (target_length - 1) * shift + length
+
+
+def member_bytes(example: Example) -> bytes:
+    """The audio bytes of a clip inside a tar shard."""
+    try:
+        with open(example.path, "rb") as f:
+            f.seek(example.offset)
+            data = f.read(example.size)
+    except OSError as e:
+        raise AudioError(example.path, f"cannot read the shard ({e})") from None
+    if len(data) != example.size:
+        raise AudioError(example.path, f"truncated shard at byte {example.offset}")
+    return data
+
+
+def read_window(
+    example: Example,
+    target_length: int | None,
+    sample_rate: int = SAMPLE_RATE,
+    window: str = "start",
+    generator: torch.Generator | None = None,
+    data: bytes | None = None,
+) -> torch.Tensor:
+    """Mono float32 at ``sample_rate``: the whole clip when it is no longer than
+    ``target_length`` frames, else only a window of that length, read from disk alone: at the
+    file's start (``"start"``) or at a start drawn from ``generator`` (``"random"``)."""
+    if example.offset is not None and data is None:
+        data = member_bytes(example)
+    source = example.path if data is None else None
+    if target_length is None:
+        return _decode_all(example.path, source, data, sample_rate)
+    try:
+        info = sf.info(str(source) if source is not None else io.BytesIO(data))
+    except Exception:  # not a libsndfile format (m4a, ...): whole-file decoding via ffmpeg
+        return _decode_all(example.path, source, data, sample_rate)
+    rate = int(info.samplerate)
+    need = window_samples(target_length, sample_rate)
+    if rate != sample_rate:
+        need = math.ceil((need + RESAMPLE_MARGIN) * rate / sample_rate)
+    if info.frames <= need:
+        return _decode_all(example.path, source, data, sample_rate)
+    start = 0
+    if window == "random":
+        start = int(torch.randint(info.frames - need + 1, (), generator=generator))
+    target = str(source) if source is not None else io.BytesIO(data)
+    try:
+        part, _ = sf.read(target, start=start, frames=need, dtype="float32", always_2d=True)
+    except Exception as e:  # libsndfile raises several types; all mean "cannot decode"
+        raise AudioError(example.path, f"cannot decode ({e})") from None
+    return _to_mono(example.path, part, rate, sample_rate)
+
+
+def _decode_all(path: Path, source: Path | None, data: bytes | None, sample_rate: int):
+    if source is not None:
+        return audio.load_audio(source, sample_rate=sample_rate)
+    try:
+        part, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception as e:
+        raise AudioError(path, f"cannot decode ({e})") from None
+    return _to_mono(path, part, rate, sample_rate)
+
+
+def _to_mono(path: Path, part: np.ndarray, rate: int, sample_rate: int) -> torch.Tensor:
+    """Channels averaged, checked and resampled, as :func:`audio.load_audio` does."""
+    if part.shape[0] == 0:
+        raise AudioError(path, "the file contains no audio samples")
+    wave = part.mean(axis=1, dtype=np.float32) if part.shape[1] > 1 else part[:, 0]
+    if not np.isfinite(wave).all():
+        bad = int((~np.isfinite(wave)).sum())
+        raise AudioError(path, f"{bad} of {wave.size} samples are NaN or infinite")
+    if rate != sample_rate:
+        return audio.resample(wave, int(rate), int(sample_rate))
+    return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
 
 
 def drop_bad(batch: dict) -> dict | None:

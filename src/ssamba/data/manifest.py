@@ -9,7 +9,9 @@
   a label cell may hold several labels separated by ``;`` or ``,`` (quoted) -> multi-label;
 - a folder per class: ``root/<class>/**/*.wav|flac|ogg|mp3|...``;
 - unlabeled audio for pretraining: a folder of audio files (searched recursively) or a text file
-  with one path per line; any labeled manifest can be read with ``ignore_labels=True`` too.
+  with one path per line; any labeled manifest can be read with ``ignore_labels=True`` too;
+- WebDataset tar shards (``ssamba shard``): ``DIR/shard-{000000..000123}.tar``, one ``.tar``, or
+  a shard folder; each example is a clip inside a shard (:attr:`Example.offset`).
 
 Relative paths resolve against the manifest's folder. Class order is deterministic: the order of the
 ``class_labels_indices.csv`` index, sorted names otherwise, or the ``classes`` passed in (so a test
@@ -19,6 +21,7 @@ set uses the training classes). :func:`read_class_list` is the one reader of cla
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -32,6 +35,7 @@ from pathlib import Path
 import torch
 
 from ssamba.constants import CLASS_LABELS_FILE
+from ssamba.data.shardfiles import is_shard_spec, shard_members
 from ssamba.errors import ManifestError
 
 AUDIO_EXTENSIONS = frozenset(
@@ -54,6 +58,10 @@ class Example:
     path: Path
     labels: tuple[str, ...] = ()
     split: str | None = None
+    # a clip inside a tar shard: ``path`` is the shard, the audio is ``size`` bytes at ``offset``
+    offset: int | None = None
+    size: int = 0
+    duration: float | None = None
 
 
 @dataclass
@@ -138,16 +146,20 @@ def read_manifest(
         ignore_labels: read labels as absent (pretraining on a labeled set).
         multilabel: force the flag; default: True when some example has more than one label.
     """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise ManifestError(f"{path}: manifest not found")
-    fmt, examples, where = _read_examples(path, ignore_labels)
-    _refuse_self_reference(path, examples, where)
+    if is_shard_spec(path):
+        fmt, examples, where, classes = _read_shards(path, classes)
+        path = Path(path).expanduser()
+    else:
+        path = Path(path).expanduser()
+        if not path.exists():
+            raise ManifestError(f"{path}: manifest not found")
+        fmt, examples, where = _read_examples(path, ignore_labels)
+        _refuse_self_reference(path, examples, where)
     if fmt == "json" and classes is None and not ignore_labels:
         if (path.parent / CLASS_LABELS_FILE).is_file():
             classes = path.parent / CLASS_LABELS_FILE
     if ignore_labels:
-        examples = [Example(ex.path, (), ex.split) for ex in examples]
+        examples = [dataclasses.replace(ex, labels=()) for ex in examples]
     labeled = any(ex.labels for ex in examples)
     if multilabel is None:  # decided on the whole file, so all its splits agree
         multilabel = any(len(ex.labels) > 1 for ex in examples)
@@ -171,6 +183,19 @@ def read_manifest(
     if empty:
         warnings.warn(f"{path}: {empty}", ManifestWarning, stacklevel=2)
     return manifest
+
+
+def _read_shards(spec, classes):
+    """Examples of the clips in WebDataset shards (see :mod:`.shardfiles`); the class list of
+    their index unless ``classes`` is given."""
+    members, index_classes = shard_members(spec)
+    examples = [
+        Example(m.shard, m.labels, None, m.offset, m.size, m.duration) for m in members
+    ]
+    where = [f"{m.shard.name}:{m.key}" for m in members]
+    if classes is None and index_classes and any(ex.labels for ex in examples):
+        classes = index_classes
+    return "shards", examples, where, classes
 
 
 def _refuse_self_reference(path: Path, examples: list[Example], where: list[str]) -> None:

@@ -1,13 +1,21 @@
-"""Data loaders of a run: one epoch's shard of the training set (resumable mid-epoch) and this
-rank's share of an evaluation set, in order."""
+"""Data loaders of a run: the training loader (made once, resumable mid-epoch, streaming when the
+training set is read from shards) and this rank's share of an evaluation set, in order.
+
+The training loader's workers are persistent (started once per run, not once per epoch) and
+prefetch :data:`PREFETCH` batches each; a persistent worker keeps its own copy of the dataset,
+so the epoch travels with every index (``(epoch, i)``, see :class:`EpochItems`) or, for a
+shard stream, in shared memory (:meth:`ShardStream.set_position`).
+"""
 
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ssamba.data import make_sampler, set_epoch
+from ssamba.data import ShardStream, make_sampler, set_epoch, streamable
 from ssamba.training.distributed import Distributed
+
+PREFETCH = 4  # batches each worker prepares ahead
 
 
 class ResumableSampler(Sampler[int]):
@@ -23,10 +31,84 @@ class ResumableSampler(Sampler[int]):
         return max(0, len(self.sampler) - self.start)
 
 
+class EpochItems(Dataset):
+    """``dataset`` indexed by ``(epoch, i)``: sets the epoch of this process's copy first."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, i = key
+        if getattr(self.dataset, "epoch", None) != epoch:
+            self.dataset.set_epoch(epoch)
+        return self.dataset[i]
+
+
+class _EpochIndices(Sampler):
+    """``(epoch, i)`` for this rank's indices of an epoch from position ``start`` on."""
+
+    def __init__(self, sampler):
+        self.sampler, self.epoch, self.start = sampler, 0, 0
+
+    def __iter__(self):
+        return ((self.epoch, i) for i in list(self.sampler)[self.start :])
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.start)
+
+
+def train_order(dataset, seed: int, dist: Distributed, sampling: dict, per_rank: int, workers):
+    """What orders the training data: a :class:`ShardStream` for a training set read from shards
+    (unless ``sampling`` weighs clips), else an :class:`EpochSampler`. ``len()`` of either is
+    this rank's clips per epoch."""
+    if streamable(dataset, sampling):
+        return ShardStream(
+            dataset, per_rank, seed=seed, rank=dist.rank, world_size=dist.world_size,
+            workers=workers,
+        )  # fmt: skip
+    return make_sampler(dataset, seed, 0, dist.rank, dist.world_size, **sampling)
+
+
+class TrainLoader:
+    """The training loader of a run: built once, iterated once per epoch (:meth:`epoch`)."""
+
+    def __init__(self, dataset, order, batch_size, workers, seed, pin_memory=False):
+        self.dataset, self.order, self.batch_size = dataset, order, batch_size
+        self.stream = isinstance(order, ShardStream)
+        self.indices = None if self.stream else _EpochIndices(order)
+        # A dedicated generator: the loader's worker seeds must not consume the global torch RNG.
+        self.loader = DataLoader(
+            order if self.stream else EpochItems(dataset),
+            batch_size=batch_size,
+            sampler=self.indices,
+            num_workers=workers,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(seed * 100003),
+            pin_memory=pin_memory,
+            persistent_workers=workers > 0,
+            prefetch_factor=PREFETCH if workers > 0 else None,
+        )
+
+    def epoch(self, epoch: int, start_batch: int = 0):
+        """An iterator over ``epoch``'s batches from micro-batch ``start_batch`` on."""
+        if self.stream:
+            self.order.set_position(epoch, start_batch)
+        else:
+            self.order.set_epoch(epoch)
+            self.indices.epoch, self.indices.start = epoch, start_batch * self.batch_size
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)  # the main process's copy (workers=0)
+        return iter(self.loader)
+
+
 def epoch_loader(
     dataset, sampler, batch_size, start_batch, workers, seed, epoch, pin_memory: bool = False
 ) -> DataLoader:
-    """A loader over one epoch's shard, skipping ``start_batch`` batches already consumed.
+    """A loader over one epoch's shard, skipping ``start_batch`` batches already consumed (a
+    loader per epoch, without persistent workers; :func:`fit` uses :class:`TrainLoader`).
 
     ``pin_memory`` (on CUDA) lets :func:`to_device` copy batches without blocking the host."""
     dataset.set_epoch(epoch)

@@ -21,11 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ssamba.configs import TrainConfig
-from ssamba.data import make_sampler
 from ssamba.errors import TrainingError
 from ssamba.ops import resolve_backend
 from ssamba.training.distributed import Distributed
-from ssamba.training.loaders import epoch_loader, eval_loader, to_device
+from ssamba.training.loaders import TrainLoader, eval_loader, to_device, train_order
 from ssamba.training.run_folder import RunFolder
 from ssamba.training.state import (
     Progress,
@@ -53,13 +52,11 @@ def fit(task: Task, cfg: TrainConfig, dist: Distributed, train_set, valid_set=No
     plan = plan_steps(cfg, dist, train_set, task.sampling())
     meter = Meter(cfg, plan.max_steps, progress.step, dist.is_main)
     metrics: dict[str, float] = {}
+    loader = TrainLoader(
+        train_set, plan.sampler, plan.per_rank, cfg.workers, cfg.seed, dist.device.type == "cuda"
+    )
     while progress.step < plan.max_steps:
-        start = progress.batch_in_epoch * cfg.accum_steps
-        loader = epoch_loader(
-            train_set, plan.sampler, plan.per_rank, start, cfg.workers, cfg.seed, progress.epoch,
-            pin_memory=dist.device.type == "cuda",
-        )  # fmt: skip
-        batches = iter(loader)
+        batches = loader.epoch(progress.epoch, progress.batch_in_epoch * cfg.accum_steps)
         while progress.step < plan.max_steps:
             metrics = train_step(
                 task, module, optimizer, scaler, batches, cfg, dist, progress, meter, run
@@ -139,7 +136,7 @@ def distribute(module: torch.nn.Module, dist: Distributed, unused: bool) -> torc
 class StepPlan:
     """How the data and the config divide the run into steps."""
 
-    sampler: object
+    sampler: object  # an EpochSampler, or a ShardStream for a training set read from shards
     per_rank: int  # clips per rank and micro-step
     steps_per_epoch: int
     max_steps: int
@@ -153,7 +150,7 @@ def plan_steps(cfg: TrainConfig, dist: Distributed, train_set, sampling: dict) -
         raise TrainingError(
             f"batch size {cfg.batch_size} is not divisible by {dist.world_size} ranks"
         )
-    sampler = make_sampler(train_set, cfg.seed, 0, dist.rank, dist.world_size, **sampling)
+    sampler = train_order(train_set, cfg.seed, dist, sampling, per_rank, cfg.workers)
     steps_per_epoch = len(sampler) // (per_rank * cfg.accum_steps)
     if steps_per_epoch == 0:
         raise TrainingError(

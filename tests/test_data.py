@@ -27,7 +27,7 @@ from ssamba.data import (
     read_manifest,
     set_epoch,
 )
-from ssamba.data.dataset import _beta, _uniform
+from ssamba.data.dataset import _beta, _uniform, window_samples
 
 # --------------------------------------------------------------------------------------------------
 # Manifests
@@ -406,7 +406,9 @@ def _expected_mix(ds, index):
 
 def test_mixup_mixes_waveforms_and_labels(tone_folder, make_wav):
     make_wav(tone_folder / "low" / "long.wav", 0.9, 250.0)  # a partner longer than the others
-    ds = _train_ds(tone_folder, mixup=1.0, freqm=0, timem=0, noise=False, normalize=None)
+    ds = _train_ds(
+        tone_folder, mixup=1.0, freqm=0, timem=0, noise=False, normalize=None, window="start"
+    )  # the start of each file, so that whole files give the expected mix
     lams = []
     for i in range(len(ds)):
         mixed, j, lam = _expected_mix(ds, i)
@@ -416,8 +418,9 @@ def test_mixup_mixes_waveforms_and_labels(tone_folder, make_wav):
         y = lam * ds.manifest.targets(i) + (1 - lam) * ds.manifest.targets(j)
         torch.testing.assert_close(item["target"], y)
         assert item["target"].sum().item() == pytest.approx(1.0)
-        w1 = audio.load_audio(ds.manifest[i].path)
-        w2 = audio.load_audio(ds.manifest[j].path)
+        n = window_samples(48)  # a training item reads only the window it keeps
+        w1 = audio.load_audio(ds.manifest[i].path)[:n]
+        w2 = audio.load_audio(ds.manifest[j].path)[:n]
         w1, w2 = w1 - w1.mean(), w2 - w2.mean()
         w2 = torch.nn.functional.pad(w2, (0, max(0, w1.numel() - w2.numel())))[: w1.numel()]
         expected = audio.fbank(lam * w1 + (1 - lam) * w2, target_length=48)
@@ -433,6 +436,7 @@ def test_mixup_mixes_waveforms_and_labels(tone_folder, make_wav):
 
 def test_spec_augment_only_when_training(tone_folder):
     kw = dict(mixup=0.0, noise=False, normalize=None, freqm=48, timem=24, target_length=48)
+    kw["window"] = "start"  # the same frames as evaluation, so that only the masks differ
     train = _train_ds(tone_folder, **kw)
     evaluation = _train_ds(tone_folder, **kw, train=False)
     masked_any = False

@@ -34,6 +34,13 @@ LOGGERS = ("jsonl", "tensorboard", "wandb")  # metric destinations (ssamba.train
 RUN_CONTROL = frozenset({"resume", "overwrite", "progress"})
 
 
+def default_workers() -> int:
+    """Loader processes by default: one per core, at most 8 (past that, training rarely waits
+    for data and each worker costs memory)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(8, cores or 1)
+
+
 def field_defaults(cls) -> dict[str, Any]:
     """``{field name: default}`` of a config class (None for a field without one)."""
     out = {}
@@ -132,7 +139,7 @@ class TrainConfig:
     save_every: int = 0  # steps; 0: at the end of every epoch
     keep: int = 2  # checkpoints kept besides best/ and final/
     log_every: int = 10  # steps between metric lines
-    workers: int = 0  # data loading processes
+    workers: int = field(default_factory=default_workers)  # data loading processes
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
@@ -345,5 +352,6 @@ __all__ = [
     "FinetuneConfig",
     "PretrainConfig",
     "TrainConfig",
+    "default_workers",
     "field_defaults",
 ]

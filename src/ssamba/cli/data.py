@@ -3,7 +3,9 @@
 - ``stats MANIFEST [-o stats.json]``: the fbank mean/std of a data set (for ``--normalize``);
 - ``check-data MANIFEST [-o report.json]``: decode every file and list the problems (exit 1);
 - ``prepare TASK SOURCE_DIR -o DIR``: a downloaded data set (official layout) -> manifests;
-- ``data BUILDER [-o DIR]``: build the demo's data sets from real audio found offline.
+- ``data BUILDER [-o DIR]``: build the demo's data sets from real audio found offline;
+- ``segment INPUT... -o DIR``: cut long recordings into clips with a manifest;
+- ``shard MANIFEST -o DIR``: pack a data set into WebDataset tar shards for streaming.
 
 The library does the work (:mod:`ssamba.data`, :mod:`ssamba.recipes.prepare`,
 :mod:`ssamba.demo.builders`); it is imported inside each command so that ``--help`` loads no torch.
@@ -21,6 +23,7 @@ from ssamba.cli.common import (
     add_progress,
     add_workers,
     hidden_alias,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -39,6 +42,8 @@ def register(subparsers) -> None:
     _add_check_data(subparsers)
     _add_prepare(subparsers)
     _add_data(subparsers)
+    _add_segment(subparsers)
+    _add_shard(subparsers)
 
 
 def _add_decoding(p: argparse.ArgumentParser) -> None:
@@ -373,4 +378,98 @@ def run_data(args: argparse.Namespace) -> int:
             args.out, args.minutes, seconds=args.seconds, workers=args.workers, **common
         )
     print(builders.format_summary(result))
+    return 0
+
+
+# ---------------------------------------------------------------------------- ssamba segment
+def _add_segment(subparsers) -> None:
+    p = add_command(
+        subparsers,
+        "segment",
+        help="cut long recordings into fixed-length clips with a manifest",
+        description=(
+            "Cut each recording (files, or folders searched recursively) into clips of --seconds "
+            "at its own sample rate and channels, without loading it whole. Clip k of "
+            "sub/talk.wav is DIR/sub/talk-00000k.flac; DIR/manifest.csv lists the clips (a "
+            "manifest every command reads). The last, shorter part is kept when it lasts at "
+            "least --min-seconds."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders")
+    add_out(p)
+    p.add_argument(
+        "--seconds", type=positive_float, default=10.0, metavar="S", help="clip length"
+    )
+    p.add_argument(
+        "--min-seconds",
+        type=non_negative_float,
+        default=1.0,
+        metavar="S",
+        help="keep a recording's last, shorter clip when it lasts at least S seconds",
+    )
+    p.add_argument("--format", choices=("flac", "wav"), default="flac", help="clip format")
+    add_overwrite(p)
+    add_progress(p)
+    p.set_defaults(func=run_segment)
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from ssamba.data.segment import MANIFEST_NAME, find_recordings, segment_recordings
+
+    total = len(find_recordings(args.inputs))  # checks the inputs before touching the output
+    out = prepare_output(args.out, args.overwrite, "output folder")
+    with tqdm(total=total, unit="file", disable=args.no_progress) as bar:
+        result = segment_recordings(
+            args.inputs, out, args.seconds, args.min_seconds, args.format, progress=bar.update
+        )
+    print(
+        f"{result['clips']} clips ({result['seconds'] / 3600:.2f} h) from "
+        f"{result['recordings']} recordings -> {out / MANIFEST_NAME}"
+    )
+    if result["too_short"]:
+        print(f"{len(result['too_short'])} recordings shorter than --min-seconds gave no clip")
+    return 0
+
+
+# ---------------------------------------------------------------------------- ssamba shard
+def _add_shard(subparsers) -> None:
+    p = add_command(
+        subparsers,
+        "shard",
+        help="pack a data set into WebDataset tar shards for streaming",
+        description=(
+            "Write the clips of a manifest into DIR/shard-000000.tar, ... (WebDataset format: "
+            "KEY.flac and KEY.json with the labels and duration; FLAC files are copied, others "
+            "re-encoded losslessly) of at most --shard-size each, and DIR/index.json. Pass DIR, "
+            "or DIR/shard-{000000..000123}.tar, wherever a manifest is expected (--train, "
+            "--valid, ...); training streams them."
+        ),
+    )
+    p.add_argument("manifest", help=MANIFEST_HELP)
+    add_out(p)
+    p.add_argument(
+        "--shard-size",
+        default="1GB",
+        metavar="SIZE",
+        help="largest shard, e.g. 500MB, 1GB, 2GiB",
+    )
+    add_overwrite(p)
+    add_progress(p)
+    p.set_defaults(func=run_shard)
+
+
+def run_shard(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from ssamba.data import parse_size, read_manifest, write_shards
+
+    size = parse_size(args.shard_size)
+    manifest = read_manifest(args.manifest)
+    out = prepare_output(args.out, args.overwrite, "output folder")
+    with tqdm(total=len(manifest), unit="clip", disable=args.no_progress) as bar:
+        index = write_shards(manifest, out, size, progress=bar.update)
+    gb = sum(s["bytes"] for s in index["shards"]) / 1e9
+    print(f"{index['clips']} clips in {len(index['shards'])} shards ({gb:.2f} GB) -> {out}")
     return 0

@@ -7,7 +7,7 @@ key is the member name up to the first dot of its base name, as WebDataset group
 its clips with the byte offset and size of their audio, so readers seek instead of scanning.
 
 A shard spec is a brace pattern ``DIR/shard-{000000..000123}.tar`` (also ``{a,b,c}``), one
-``.tar`` file, or a folder of shards (its ``index.json`` lists them; else ``shard-*.tar``).
+``.tar`` file, or a folder of shards (its ``index.json`` lists them; else its ``shard-*.tar``).
 """
 
 from __future__ import annotations
@@ -62,12 +62,16 @@ def expand_braces(spec: str) -> list[str]:
 
 def is_shard_spec(path: str | Path) -> bool:
     """Whether ``path`` names shards rather than a manifest: a brace pattern, a ``.tar`` file, or
-    a folder holding an ``index.json`` of shards."""
+    a folder holding an ``index.json`` of shards or ``shard-*.tar`` files."""
     text = str(path)
     if _BRACE.search(text) or text.endswith(".tar"):
         return True
-    p = Path(text)
-    return p.is_dir() and (p / INDEX_NAME).is_file() and _is_index(p / INDEX_NAME)
+    p = Path(text).expanduser()
+    if not p.is_dir():
+        return False
+    if (p / INDEX_NAME).is_file() and _is_index(p / INDEX_NAME):
+        return True
+    return next(p.glob("shard-*.tar"), None) is not None
 
 
 def _is_index(path: Path) -> bool:

@@ -244,7 +244,7 @@ def test_torchrun_over_shards_sees_every_clip_once_per_epoch(sharded, tmp_path):
         per_rank = Counter(r for r, e, _, _ in lines if e == epoch)
         clips = sorted(int(i) for _, e, i, _ in lines if e == epoch)
         assert clips == list(range(32)) and per_rank == {"0": 16, "1": 16}
-    assert sorted(train_losses(tmp_path / "ddp")) == [1, 2, 3, 4]
+    assert sorted(train_losses(tmp_path / "ddp")) == list(range(1, 9))  # 4 steps an epoch
 
 
 def test_kill_then_resume_mid_shard_gives_the_same_losses(sharded, tmp_path):

@@ -4,23 +4,25 @@
 ``KEY.json``; see :mod:`.shardfiles`), each written atomically, plus ``index.json``.
 
 :class:`ShardStream` streams an :class:`AudioDataset` whose manifest is read from shards (any
-manifest reader accepts a shard spec). Its order is a function of ``(seed, epoch, rank)`` and
-the worker count alone:
+manifest reader accepts a shard spec). Its order is a function of ``(seed, epoch, rank)`` alone,
+not of the worker count:
 
 1. the epoch permutes the shards (seeded by ``(seed, epoch)``) and concatenates their clips;
 2. rank ``r`` takes the ``r``-th of ``world_size`` equal contiguous parts of that stream,
    ``len(dataset) // world_size`` clips each: every rank takes the same number of steps, and
    the ``len(dataset) % world_size`` clips at the stream's end are left out of this epoch (other
    ones each epoch, as the shard order changes; none when the count divides);
-3. a rank's micro-batch ``k`` belongs to worker ``k % workers``; each worker reads its own
-   contiguous part of the rank's clips (seeking past the rest) and shuffles it through a buffer
-   of ``buffer`` clips seeded by ``(seed, epoch, rank, worker)``; clips after the rank's last
-   full micro-batch are left out too.
+3. the rank's part goes through a shuffle buffer of ``buffer`` clips seeded by
+   ``(seed, epoch, rank)`` (no clip leaves it more than ``buffer`` places before its place in
+   the stream), and is cut into micro-batches; clips after the last full micro-batch are left out too.
 
-Resuming at micro-batch ``s`` recomputes the same orders (indices only, no reading), starts each
-worker after the batches it had delivered and rotates the workers so that the DataLoader's
-round robin continues with batch ``s``: the same batches in the same order as an uninterrupted
-run with the same worker count. Reading starts at the first clip still needed.
+Only indices are shuffled (the index knows every clip's offset), so a worker reads just its own
+clips: DataLoader worker ``w`` of ``W`` makes micro-batches ``start + w``, ``start + w + W``, ...,
+which the DataLoader's round robin delivers in order; each clip's bytes are read by a seek into
+its shard, and the reads of all workers move through the shards together, a buffer's width
+apart at most. Resuming at micro-batch ``start`` recomputes the same order and begins there:
+nothing before it is read, and the batches are those of an uninterrupted run, for any worker
+count.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from ssamba.errors import AudioError, UsageError
 from ssamba.fileio import atomic_write, atomic_write_json
 
 DEFAULT_BUFFER = 1000
+MAX_OPEN = 8  # shard files a reader keeps open
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30})
 
@@ -183,9 +186,9 @@ def _pop_random(buf: list[int], u: float) -> int:
 class ShardStream(IterableDataset):
     """Streams an :class:`AudioDataset` read from shards in the order the module describes.
 
-    ``batch_size``: clips per micro-batch and rank; ``workers``: the DataLoader's worker count
-    (0: the main process). :meth:`set_position` ``(epoch, start_batch)`` before each iterator;
-    the values live in shared memory so that persistent workers see them."""
+    ``batch_size``: clips per micro-batch and rank. :meth:`set_position` ``(epoch, start_batch)``
+    before each iterator; the values live in shared memory so that persistent workers see them.
+    """
 
     def __init__(
         self,
@@ -195,7 +198,6 @@ class ShardStream(IterableDataset):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        workers: int = 0,
         shuffle: bool = True,
         buffer: int = DEFAULT_BUFFER,
     ) -> None:
@@ -204,10 +206,11 @@ class ShardStream(IterableDataset):
         if batch_size < 1 or buffer < 1:
             raise UsageError("batch_size and buffer must be >= 1")
         self.dataset, self.batch_size, self.seed = dataset, batch_size, int(seed)
-        self.rank, self.world_size, self.workers = rank, world_size, workers
+        self.rank, self.world_size = rank, world_size
         self.shuffle, self.buffer = shuffle, buffer
         self.groups = _shard_groups(dataset.manifest)
         self.quota = len(dataset) // world_size
+        self.batches = self.quota // batch_size
         self.position = torch.zeros(2, dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
@@ -221,7 +224,7 @@ class ShardStream(IterableDataset):
         self.set_position(epoch, 0)
 
     def rank_clips(self, epoch: int) -> list[int]:
-        """This rank's dataset indices of ``epoch``, in stream order (before the buffer)."""
+        """This rank's dataset indices of ``epoch`` in reading order (before the buffer)."""
         order = list(range(len(self.groups)))
         if self.shuffle:
             g = item_generator(self.seed, epoch, 0, 11)
@@ -229,68 +232,42 @@ class ShardStream(IterableDataset):
         stream = [i for s in order for i in self.groups[s]]
         return stream[self.rank * self.quota : (self.rank + 1) * self.quota]
 
-    def worker_clips(self, epoch: int, worker: int, workers: int) -> list[int]:
-        """Logical worker ``worker``'s dataset indices of ``epoch``, in emission order."""
-        return self._worker_part(epoch, worker, workers)[1]
-
-    def _worker_part(self, epoch: int, worker: int, workers: int) -> tuple[list, list]:
-        """(the worker's clips in reading order, the same clips in emission order)."""
+    def epoch_order(self, epoch: int) -> list[int]:
+        """This rank's micro-batches of ``epoch`` end to end, as the loader delivers them."""
         clips = self.rank_clips(epoch)
-        batches = self.quota // self.batch_size
-        counts = [len(range(v, batches, workers)) * self.batch_size for v in range(workers)]
-        lo = sum(counts[:worker])
-        part = clips[lo : lo + counts[worker]]
-        if not self.shuffle:
-            return part, part
-        g = item_generator(self.seed, epoch, self.rank, 13, worker)
-        return part, [part[p] for p in buffer_order(len(part), self.buffer, g)]
-
-    def epoch_order(self, epoch: int, workers: int | None = None) -> list[int]:
-        """This rank's whole epoch, micro-batch by micro-batch, as the loader delivers it."""
-        workers = max(1, self.workers if workers is None else workers)
-        per = [self.worker_clips(epoch, v, workers) for v in range(workers)]
-        out = []
-        for k in range(self.quota // self.batch_size):
-            b = (k // workers) * self.batch_size
-            out += per[k % workers][b : b + self.batch_size]
-        return out
+        if self.shuffle:
+            g = item_generator(self.seed, epoch, self.rank, 13)
+            clips = [clips[p] for p in buffer_order(len(clips), self.buffer, g)]
+        return clips[: self.batches * self.batch_size]
 
     def __iter__(self) -> Iterator[dict]:
         epoch, start = int(self.position[0]), int(self.position[1])
         info = get_worker_info()
         workers, wid = (1, 0) if info is None else (info.num_workers, info.id)
-        worker = (wid + start) % workers  # the loader's round robin continues with batch start
-        done = len(range(worker, start, workers))  # batches this worker delivered before start
         self.dataset.set_epoch(epoch)
-        stream, order = self._worker_part(epoch, worker, workers)
-        return self._read(order[done * self.batch_size :], stream)
+        order = self.epoch_order(epoch)
+        # the loader asks its workers in turn: worker w makes batches start + w, + workers, ...
+        mine = range(start + wid, self.batches, workers)
+        todo = [i for k in mine for i in order[k * self.batch_size : (k + 1) * self.batch_size]]
+        return self._read(todo)
 
-    def _read(self, todo: list[int], stream: list[int]) -> Iterator[dict]:
-        """Items of ``todo``, reading the clips' bytes in ``stream`` order (seeking past the
-        clips not needed) and holding at most about a buffer's worth of them."""
+    def _read(self, todo: list[int]) -> Iterator[dict]:
+        """The items of ``todo``, each clip's bytes read by a seek into its open shard."""
         examples = self.dataset.manifest.examples
-        rank_of = {i: k for k, i in enumerate(stream)}
-        needed = set(todo)
-        cache: dict[int, bytes] = {}
-        ptr = min((rank_of[i] for i in todo), default=0)
-        handle, open_path = None, None
+        handles: dict[Path, object] = {}
         try:
             for i in todo:
-                while ptr <= rank_of[i]:
-                    j = stream[ptr]
-                    if j in needed:
-                        ex = examples[j]
-                        if ex.path != open_path:
-                            if handle is not None:
-                                handle.close()
-                            handle, open_path = open(ex.path, "rb"), ex.path
-                        handle.seek(ex.offset)
-                        cache[j] = handle.read(ex.size)
-                    ptr += 1
-                yield self.dataset.get(i, cache.pop(i))
+                ex = examples[i]
+                f = handles.get(ex.path)
+                if f is None:
+                    if len(handles) >= MAX_OPEN:  # the buffer spans a few shards at a time
+                        handles.pop(next(iter(handles))).close()
+                    f = handles[ex.path] = open(ex.path, "rb")
+                f.seek(ex.offset)
+                yield self.dataset.get(i, f.read(ex.size))
         finally:
-            if handle is not None:
-                handle.close()
+            for f in handles.values():
+                f.close()
 
 
 def _shard_groups(manifest: Manifest) -> list[list[int]]:

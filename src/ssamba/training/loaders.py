@@ -60,15 +60,12 @@ class _EpochIndices(Sampler):
         return max(0, len(self.sampler) - self.start)
 
 
-def train_order(dataset, seed: int, dist: Distributed, sampling: dict, per_rank: int, workers):
+def train_order(dataset, seed: int, dist: Distributed, sampling: dict, per_rank: int):
     """What orders the training data: a :class:`ShardStream` for a training set read from shards
     (unless ``sampling`` weighs clips), else an :class:`EpochSampler`. ``len()`` of either is
     this rank's clips per epoch."""
     if streamable(dataset, sampling):
-        return ShardStream(
-            dataset, per_rank, seed=seed, rank=dist.rank, world_size=dist.world_size,
-            workers=workers,
-        )  # fmt: skip
+        return ShardStream(dataset, per_rank, seed=seed, rank=dist.rank, world_size=dist.world_size)
     return make_sampler(dataset, seed, 0, dist.rank, dist.world_size, **sampling)
 
 

@@ -150,7 +150,7 @@ def plan_steps(cfg: TrainConfig, dist: Distributed, train_set, sampling: dict) -
         raise TrainingError(
             f"batch size {cfg.batch_size} is not divisible by {dist.world_size} ranks"
         )
-    sampler = train_order(train_set, cfg.seed, dist, sampling, per_rank, cfg.workers)
+    sampler = train_order(train_set, cfg.seed, dist, sampling, per_rank)
     steps_per_epoch = len(sampler) // (per_rank * cfg.accum_steps)
     if steps_per_epoch == 0:
         raise TrainingError(

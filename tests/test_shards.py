@@ -28,7 +28,6 @@ from ssamba.data import (
     parse_size,
     read_manifest,
     shard_paths,
-    write_shards,
 )
 from ssamba.data.shards import buffer_order
 from ssamba.errors import ManifestError, UsageError

@@ -397,9 +397,7 @@ def _add_segment(subparsers) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders")
     add_out(p)
-    p.add_argument(
-        "--seconds", type=positive_float, default=10.0, metavar="S", help="clip length"
-    )
+    p.add_argument("--seconds", type=positive_float, default=10.0, metavar="S", help="clip length")
     p.add_argument(
         "--min-seconds",
         type=non_negative_float,

@@ -189,9 +189,7 @@ def _read_shards(spec, classes):
     """Examples of the clips in WebDataset shards (see :mod:`.shardfiles`); the class list of
     their index unless ``classes`` is given."""
     members, index_classes = shard_members(spec)
-    examples = [
-        Example(m.shard, m.labels, None, m.offset, m.size, m.duration) for m in members
-    ]
+    examples = [Example(m.shard, m.labels, None, m.offset, m.size, m.duration) for m in members]
     where = [f"{m.shard.name}:{m.key}" for m in members]
     if classes is None and index_classes and any(ex.labels for ex in examples):
         classes = index_classes

@@ -14,7 +14,8 @@ not of the worker count:
    ones each epoch, as the shard order changes; none when the count divides);
 3. the rank's part goes through a shuffle buffer of ``buffer`` clips seeded by
    ``(seed, epoch, rank)`` (no clip leaves it more than ``buffer`` places before its place in
-   the stream), and is cut into micro-batches; clips after the last full micro-batch are left out too.
+   the stream), and is cut into micro-batches; clips after the last full micro-batch are left
+   out too.
 
 Only indices are shuffled (the index knows every clip's offset), so a worker reads just its own
 clips: DataLoader worker ``w`` of ``W`` makes micro-batches ``start + w``, ``start + w + W``, ...,

@@ -1,5 +1,9 @@
 """Long recordings: ``ssamba segment``, and training windows read from disk alone."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -131,3 +135,26 @@ def test_short_files_are_read_whole_as_before(tmp_path, reads):
     fb = AudioDataset(tmp_path, 100, train=True, normalize=None)[0]["fbank"]
     assert reads == [(0, -1)]
     torch.testing.assert_close(fb, audio.fbank(audio.load_audio(clip), target_length=100))
+
+
+def test_segment_and_shard_help_show_defaults_and_load_no_torch():
+    code = (
+        "import argparse, sys\nfrom ssamba.cli import data\n"
+        "p = argparse.ArgumentParser(prog='ssamba')\nsub = p.add_subparsers()\n"
+        "data.register(sub)\n"
+        "for cmd in ('segment', 'shard'):\n"
+        "    try:\n        p.parse_args([cmd, '--help'])\n    except SystemExit:\n        pass\n"
+        "print('torch' in sys.modules)"
+    )
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": src, "COLUMNS": "200"},
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("False")
+    for default in ("--seconds S", "(default: 10.0)", "(default: 1.0)", "(default: 1GB)"):
+        assert default in res.stdout

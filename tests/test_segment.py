@@ -13,7 +13,7 @@ from ssamba import audio
 from ssamba.cli import main
 from ssamba.data import AudioDataset, read_manifest
 from ssamba.data.dataset import RESAMPLE_MARGIN, window_samples
-from ssamba.errors import UsageError
+from ssamba.errors import AudioError, UsageError
 
 
 def _recording(path, seconds, rate=16000, channels=1, seed=0):
@@ -158,3 +158,11 @@ def test_segment_and_shard_help_show_defaults_and_load_no_torch():
     assert res.stdout.strip().endswith("False")
     for default in ("--seconds S", "(default: 10.0)", "(default: 1.0)", "(default: 1GB)"):
         assert default in res.stdout
+
+
+def test_a_truncated_long_wav_is_refused_even_when_only_a_window_is_read(tmp_path):
+    long = _recording(tmp_path / "long.wav", 30.0)
+    data = long.read_bytes()
+    long.write_bytes(data[: len(data) * 2 // 3])  # the header still declares 30 s
+    with pytest.raises(AudioError, match="truncated"):
+        AudioDataset(tmp_path, 100, train=True)[0]

@@ -302,6 +302,8 @@ def read_window(
         info = sf.info(str(source) if source is not None else io.BytesIO(data))
     except Exception:  # not a libsndfile format (m4a, ...): whole-file decoding via ffmpeg
         return _decode_all(example.path, source, data, sample_rate)
+    if source is not None:
+        _check_complete(example.path, int(info.frames), int(info.samplerate))
     rate = int(info.samplerate)
     need = window_samples(target_length, sample_rate)
     if rate != sample_rate:
@@ -317,6 +319,18 @@ def read_window(
     except Exception as e:  # libsndfile raises several types; all mean "cannot decode"
         raise AudioError(example.path, f"cannot decode ({e})") from None
     return _to_mono(example.path, part, rate, sample_rate)
+
+
+def _check_complete(path: Path, frames: int, rate: int) -> None:
+    """A file whose data ends before its header says is damaged, windowed or not (the rule of
+    :func:`audio.load_audio`: libsndfile trims the frame count of a short WAV silently)."""
+    declared = audio.declared_frames(path)
+    if declared is not None and frames < declared - max(1, declared // 1000):
+        raise AudioError(
+            path,
+            f"truncated: the header declares {declared / rate:.3f} s, the data holds "
+            f"{frames / rate:.3f} s",
+        )
 
 
 def _decode_all(path: Path, source: Path | None, data: bytes | None, sample_rate: int):

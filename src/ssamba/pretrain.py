@@ -157,6 +157,7 @@ def pretrain(cfg: PretrainConfig, device: str | None = None) -> dict:
             seed=cfg.seed,
             on_bad_file=cfg.on_bad_file,
             substitute=train,  # validation leaves bad clips out instead
+            window="random" if train else "start",  # a new part of a long recording each epoch
         )
 
     train_set = dataset(cfg.train, True)

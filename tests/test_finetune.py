@@ -138,7 +138,11 @@ def test_step_decay_and_head_learning_rate():
 
 
 def test_plateau_halving():
+    # as torch's ReduceLROnPlateau: halves on the third evaluation without a new best (> patience)
     schedule = LRSchedule(mode="plateau", factor=0.5, patience=2)
     for metric in (0.1, 0.2, 0.2, 0.15, 0.3, 0.1, 0.1):
+        schedule.observe(metric)
+    assert schedule.scale == 1.0  # two stalls after each best: not yet
+    for metric in (0.1, 0.3, 0.3, 0.3):
         schedule.observe(metric)
     assert schedule.scale == 0.25

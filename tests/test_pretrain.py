@@ -287,3 +287,46 @@ def test_every_recorded_setting_is_an_option(command, cls):
     dests = {a.dest for a in sub.choices[command]._actions}
     recorded = {f.name for f in dataclasses.fields(cls)} - RUN_CONTROL
     assert recorded <= dests, recorded - dests
+
+
+@pytest.mark.parametrize(
+    "mask_patch, mask_mode", [(30, "cluster"), (60, "random"), (None, "frame")]
+)
+def test_validation_masks_are_official_cluster_masks_whatever_the_training_masks(
+    mask_patch, mask_mode, monkeypatch
+):
+    from ssamba.pretrain import PretrainTask, default_mask_patch
+    from ssamba.training import Distributed
+
+    cfg = config("unused", "unused", target_length=256, mask_patch=mask_patch, mask_mode=mask_mode)
+    torch.manual_seed(0)
+    model = ssamba.create_model(
+        "ssamba_tiny", depth=2, input_tdim=256, pretrain_heads=True, fstride=16, tstride=16
+    )
+    task = PretrainTask(cfg, model)
+    seen = []
+
+    def record(fbank, kind, mask_index):
+        seen.append((kind, mask_index.clone()))
+        zero = torch.zeros(())
+        return (zero, zero) if kind == "mpc" else zero
+
+    monkeypatch.setattr(model, "forward_pretrain", record)
+    batch = {"fbank": torch.randn(3, 256, 128), "index": torch.tensor([0, 1, 2])}
+    task.evaluate([batch], Distributed.from_env("cpu"))
+    official = default_mask_patch(8 * 16)  # 100 of the 128 patches of a 256-frame clip
+    assert official == round(128 * 400 / 512) and [k for k, _ in seen] == ["mpc", "mpg"]
+    for _, masks in seen:
+        assert masks.shape == (3, official)
+    # exactly the cluster masks of (seed, clip index): the same in every evaluation of any run
+    expected = clip_masks([0, 1, 2], (8, 16), official, "cluster", f"c:valid:{cfg.seed}")
+    assert torch.equal(seen[0][1], expected)
+
+
+def test_pretraining_evaluates_every_4000_steps_by_default_as_the_official_run():
+    from ssamba.cli import build_parser
+
+    assert PretrainConfig(out="x", train="t").eval_every == 4000
+    args = build_parser().parse_args(["pretrain", "--train", "t", "-o", "o"])
+    assert args.eval_every == 4000
+    assert FinetuneConfig(out="x").eval_every == 0  # fine-tuning still evaluates every epoch

@@ -37,6 +37,7 @@ from ssamba.cli.common import (
 from ssamba.configs import (
     BAD_FILE_POLICIES,
     LOSSES,
+    LR_SCHEDULES,
     MASK_MODES,
     OBJECTIVES,
     PRECISIONS,
@@ -61,7 +62,7 @@ def _shown(value) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, list | tuple):
-        return " ".join(map(str, value))
+        return " ".join(map(str, value)) or "none"
     return "none" if value is None else str(value)
 
 
@@ -334,6 +335,11 @@ def add_finetune_options(p, options: ConfigOptions) -> None:
     add(g, "lr_decay", "learning rate factor per epoch from --lr-decay-start on",
         type=positive_float)  # fmt: skip
     add(g, "lr_decay_start", "first epoch of the decay", type=non_negative_int)
+    add(g, "lr_schedule", "step_decay: x --lr-decay after every epoch from --lr-decay-start on; "
+        "milestones: x --lr-decay after each of --lr-milestones (MultiStepLR)",
+        choices=LR_SCHEDULES)  # fmt: skip
+    add(g, "lr_milestones", "epochs (1-based) after which --lr-schedule milestones decays",
+        type=positive_int, nargs="+", metavar="EPOCH")  # fmt: skip
     add_train_options(p, options)
 
 

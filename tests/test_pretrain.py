@@ -330,3 +330,65 @@ def test_pretraining_evaluates_every_4000_steps_by_default_as_the_official_run()
     args = build_parser().parse_args(["pretrain", "--train", "t", "-o", "o"])
     assert args.eval_every == 4000
     assert FinetuneConfig(out="x").eval_every == 0  # fine-tuning still evaluates every epoch
+
+
+def test_run_json_records_provenance_and_resume_elsewhere_accepts_it(audio, tmp_path):
+    from ssamba.cli.common import RECORDED_ONLY
+
+    train, _ = audio
+    out = tmp_path / "run"
+    pretrain(config(out, train, max_steps=1))
+    run = json.loads((out / "run.json").read_text())
+    keys = ("version", "git", "torch", "numba", "triton", "devices", "world_size", "precision")
+    assert all(k in run for k in keys), run
+    assert run["torch"] == torch.__version__ and run["devices"] == "1 x cpu"
+    assert run["precision"] == "fp32" and run["world_size"] == 1
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SRC, capture_output=True, text=True)
+    if head.returncode == 0:  # run from this checkout: its commit (maybe +dirty)
+        assert run["git"].split("+")[0] == head.stdout.strip()
+    assert set(keys) - {"precision"} <= RECORDED_ONLY  # a --config replay ignores them
+    # the same run resumed on another machine with other software: allowed
+    run.update(torch="0.0", numba=None, triton="9.9", devices="8 x NVIDIA H200", git="abc123")
+    (out / "run.json").write_text(json.dumps(run))
+    summary = pretrain(config(out, train, max_steps=2, resume=True))
+    assert summary["steps"] == 2
+
+
+def test_pretraining_recipes_and_ablation_flags():
+    from ssamba.cli import build_parser
+    from ssamba.cli.train import pretrain_config
+    from ssamba.errors import RecipeError
+    from ssamba.pretrain import build_model
+    from ssamba.recipes.pretraining import list_pretrain_recipes, load_pretrain_recipe
+
+    names = list_pretrain_recipes()
+    assert len(names) == 9 and "ssamba_base_250" in names
+    parse = build_parser().parse_args
+    base = ["pretrain", "--train", "t", "-o", "o"]
+    cfg = pretrain_config(parse([*base, "--recipe", "ssamba_small_300"]))
+    assert (cfg.model, cfg.mask_patch, cfg.target_length, cfg.lr) == (
+        "ssamba_small",
+        300,
+        1024,
+        1e-4,
+    )
+    assert (cfg.mask_mode, cfg.objective, cfg.eval_every) == ("cluster", "joint", 4000)
+    # options given win over the recipe
+    cfg = pretrain_config(parse([*base, "--recipe", "ssamba_tiny_400", "--mask-patch", "250"]))
+    assert (cfg.model, cfg.mask_patch) == ("ssamba_tiny", 250)
+    assert pretrain_config(parse(base)).mask_patch is None  # no recipe: the defaults
+    notes = " ".join(load_pretrain_recipe("ssamba_base_400")["notes"])
+    assert "unknown" in notes and "batch size" in notes  # not invented
+    with pytest.raises(RecipeError, match="ssamba_tiny_250"):
+        load_pretrain_recipe("ssamba_huge_400")
+    # the paper's ablations map to the model config
+    argv = [*base, "--depth", "2", "--unidirectional", "--norm", "rmsnorm", "--residual-fp32"]
+    cfg = pretrain_config(parse([*argv, "--target-length", "64", "--mask-mode", "random"]))
+    assert cfg.model_overrides == {
+        "depth": 2, "norm": "rmsnorm", "bidirectional": False, "residual_in_fp32": True
+    }  # fmt: skip
+    config = build_model(cfg, None).config
+    assert (config.bidirectional, config.norm, config.residual_in_fp32) == (False, "rmsnorm", True)
+    plain = pretrain_config(parse([*base, "--no-residual-fp32"]))
+    assert plain.model_overrides == {"residual_in_fp32": False}
+    assert pretrain_config(parse(base)).model_overrides == {}

@@ -333,7 +333,8 @@ def test_missing_pieces_and_cli_errors(tmp_path, make_wav, capsys):
     (sc / "testing_list.txt").unlink()
     for argv, needle in [
         (["speechcommands_v2", str(sc)], "testing_list.txt not found"),
-        (["librispeech", str(sc)], "unknown task"),
+        (["nope", str(sc)], "unknown task"),
+        (["librispeech", str(sc)], "does not look like LibriSpeech"),
         (["esc50", str(tmp_path / "nope")], "not a folder"),
     ]:
         assert main(["prepare", *argv, "-o", str(tmp_path / "o")]) == 2

@@ -218,7 +218,8 @@ def _layout(task: str) -> str:
         return load_recipe(recipe_name(key))["prepare"]
     except RecipeError:
         raise PrepareError(
-            f"unknown task {task!r}; tasks: {', '.join(sorted(LAYOUTS))} (or a recipe name)"
+            f"unknown task {task!r}; tasks: {', '.join(sorted(LAYOUTS))} (or a recipe name); "
+            "pretraining data: audioset-unbalanced, librispeech, pretrain-mix"
         ) from None
 
 

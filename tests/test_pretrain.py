@@ -258,9 +258,13 @@ def test_training_help_shows_defaults_and_loads_no_torch():
     assert res.stdout.strip().endswith("torch loaded: False")
     helps = dict(part.split("\n", 1) for part in res.stdout.split("=== ")[1:])
     flat = {cmd: " ".join(text.split()) for cmd, text in helps.items()}
-    assert "--lr LR learning rate (default: 0.0001)" in flat["pretrain"]
+    assert "--lr LR learning rate (default: 0.0001, or the --recipe's)" in flat["pretrain"]
     assert (
-        "--mpg-weight MPG_WEIGHT weight of the generative (MSE) loss (default: 10.0)"
+        "--mpg-weight MPG_WEIGHT weight of the generative (MSE) loss (default: 10.0, or the "
+        "--recipe's)" in (flat["pretrain"])
+    )
+    assert (
+        "--eval-every N evaluate every N steps; 0: every epoch (default: 4000)"
         in (flat["pretrain"])
     )
     assert "(default: 0.0, or the --recipe's)" in flat["finetune"]  # --mixup

@@ -19,9 +19,10 @@ import soundfile as sf
 import torch
 
 from conftest import make_wav, write_corrupt
+from ssamba.audio import load_audio
 from ssamba.cli import main
 from ssamba.data import AudioDataset, drop_bad, read_manifest
-from ssamba.errors import ManifestError, UsageError
+from ssamba.errors import AudioError, ManifestError, UsageError
 from ssamba.models.config import ModelConfig, preset_config
 from ssamba.models.model import AudioModel
 
@@ -53,9 +54,13 @@ def run(capsys, *argv) -> tuple[int, list[str], str]:
     return code, [line for line in captured.err.splitlines() if line.strip()], captured.out
 
 
-def one_error(capsys, argv, code: int = 2, *names: str) -> str:
-    """Run ``argv``; assert the exit status and exactly one ``error:`` line naming ``names``."""
+def one_error(capsys, argv, code: int = 2, *names: str, warned: bool = False) -> str:
+    """Run ``argv``; assert the exit status and exactly one ``error:`` line naming ``names``
+    (``warned``: after the one ``warning:`` line that training from random weights prints)."""
     status, lines, _ = run(capsys, *argv)
+    if warned:
+        assert lines and lines[0].startswith("warning: no -c/--checkpoint"), lines
+        lines = lines[1:]
     assert status == code, lines
     assert len(lines) == 1, lines
     line = lines[0]
@@ -202,7 +207,7 @@ def test_csv_label_column_named_otherwise(data, tmp_path, capsys):
     csv.write_text("file,cls\n" + "\n".join(rows) + "\n")
     out = tmp_path / "run"
     argv = ["finetune", "--train", csv, "-o", out, *TINY, *QUIET]
-    one_error(capsys, argv, 2, str(csv), "'file,cls'", "label or labels")
+    one_error(capsys, argv, 2, str(csv), "'file,cls'", "label or labels", warned=True)
     assert not out.exists()
     one_error(capsys, ["check-data", csv, "--no-progress"], 2, "'file,cls'", "label or labels")
     # unlabelled use of the same file is fine: the column is simply not read
@@ -212,7 +217,7 @@ def test_csv_label_column_named_otherwise(data, tmp_path, capsys):
 def test_unlabelled_finetune_train(data, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["finetune", "--train", data / "list.txt", "-o", out, *TINY, *QUIET]
-    one_error(capsys, argv, 2, "list.txt", "labels")
+    one_error(capsys, argv, 2, "list.txt", "labels", warned=True)
     assert not out.exists()
 
 
@@ -362,6 +367,20 @@ def test_check_data_sees_what_training_sees(data, tmp_path, capsys):
         (str(good), "listed 2 times in the manifest"),
     }
     assert "header declares 1.000 s" in stdout and "16-frame patch" in stdout
+
+
+def test_a_truncated_wav_is_a_bad_file_everywhere_not_a_short_clip(tmp_path, capsys):
+    """Decoding (embed, training, evaluation) refuses it as check-data flags it: it used to be
+    embedded as its surviving half without a word."""
+    truncated = _truncated_wav(tmp_path / "truncated.wav")
+    with pytest.raises(AudioError, match="truncated: the header declares 1.000 s"):
+        load_audio(truncated)
+    model = tmp_path / "model"
+    AudioModel(preset_config("ssamba_tiny", depth=2, input_tdim=64)).save_pretrained(model)
+    out = tmp_path / "emb"
+    one_error(capsys, ["embed", truncated, "-c", model, "-o", out, "--no-progress"], 2,
+              "truncated.wav",
+              "truncated")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- skip mode

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 from functools import lru_cache
@@ -96,7 +97,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch
     signal is resampled with soxr. The mean is NOT removed (``fbank`` does that).
 
     A clip shorter than one 25 ms frame is returned as is (``fbank`` pads it when given a
-    ``target_length``). Raises :class:`AudioError` for a missing, undecodable or empty file and
+    ``target_length``). Raises :class:`AudioError` for a missing, undecodable or empty file, a
+    WAV whose data is shorter than its header declares (a damaged file, not a short clip), and
     for NaN or infinite samples.
     """
     path = Path(path)
@@ -112,6 +114,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch
 
     if data.shape[0] == 0:
         raise AudioError(path, "the file contains no audio samples")
+    _check_complete(path, data.shape[0], file_rate)
     wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(wave).all():
         bad = int((~np.isfinite(wave)).sum())
@@ -119,6 +122,65 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch
     if file_rate != sample_rate:
         wave = _soxr_resample(wave, int(file_rate), int(sample_rate))
     return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+
+
+def _check_complete(path: Path, frames: int, rate: int) -> None:
+    """A WAV whose data ends before its header says is a damaged file, not a short clip:
+    libsndfile silently trims its frame count to what is there (only WAV headers are read here,
+    which costs one small read; other formats are compared by ``ssamba check-data``)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            declared = (
+                wav_declared_frames(f)
+                if len(head) == 12 and head[:4] == b"RIFF" and head[8:12] == b"WAVE"
+                else None
+            )
+    except OSError:
+        return
+    if declared is not None and frames < declared - max(1, declared // 1000):
+        raise AudioError(
+            path,
+            f"truncated: the header declares {declared / rate:.3f} s, the data holds "
+            f"{frames / rate:.3f} s",
+        )
+
+
+def declared_frames(path: str | os.PathLike) -> int | None:
+    """The frame count the file's header declares, when it can be read: for WAV the size of
+    its data chunk (libsndfile silently trims a short one to what is there), else what
+    soundfile reports from the header (FLAC's STREAMINFO, ...)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) == 12 and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+                return wav_declared_frames(f)
+        info = sf.info(str(path))
+    except Exception:  # not readable by soundfile: decoded by ffmpeg, no header to compare
+        return None
+    return int(info.frames) if info.frames > 0 else None
+
+
+def wav_declared_frames(f) -> int | None:
+    """Frames of a RIFF WAV's data chunk as its header declares them (``f`` after 'WAVE')."""
+    block_align = None
+    while True:
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            return None
+        cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if cid == b"fmt ":
+            fmt = f.read(size)
+            if len(fmt) >= 14:
+                block_align = struct.unpack("<H", fmt[12:14])[0]
+            if size % 2:
+                f.read(1)
+        elif cid == b"data":
+            if not block_align or size in (0, 0xFFFFFFFF):  # streamed WAVs leave the size open
+                return None
+            return size // block_align
+        else:
+            f.seek(size + size % 2, os.SEEK_CUR)
 
 
 def _decode_with_ffmpeg(path: Path, sf_error: Exception) -> tuple[np.ndarray, int]:

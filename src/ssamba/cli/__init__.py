@@ -26,9 +26,6 @@ from ssamba.errors import SsambaError
 
 PROG = "ssamba"
 
-# TEMPORARY during the move of argparse code out of the library (removed before release).
-from ssamba.errors import UsageError as CommandError  # noqa: E402,F401
-
 #: Command modules, in the order ``ssamba --help`` lists their commands.
 COMMAND_MODULES = (
     "demo",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -225,7 +224,7 @@ def _inspect_file(path: Path, sample_rate: int) -> tuple[int, int | None, str | 
         return 0, None, f"cannot load ({type(e).__name__}: {e})"
     n = wave.numel()
     native = _native_rate(path)
-    declared = _declared_samples(path)
+    declared = audio.declared_frames(path)
     if declared is not None and native:
         expected = declared * sample_rate / native
         if n < expected - max(1.0, 0.001 * expected):
@@ -248,43 +247,6 @@ def _inspect_file(path: Path, sample_rate: int) -> tuple[int, int | None, str | 
             ),
         )
     return n, native, None
-
-
-def _declared_samples(path: Path) -> int | None:
-    """The frame count the file's header declares, when it can be read: for WAV the size of
-    its data chunk (libsndfile silently trims a short one to what is there), else what
-    soundfile reports from the header (FLAC's STREAMINFO, ...)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(12)
-            if len(head) == 12 and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-                return _wav_declared_frames(f)
-        info = soundfile.info(str(path))
-    except Exception:  # not readable by soundfile: decoded by ffmpeg, no header to compare
-        return None
-    return int(info.frames) if info.frames > 0 else None
-
-
-def _wav_declared_frames(f) -> int | None:
-    """Frames of a RIFF WAV's data chunk as its header declares them (``f`` after 'WAVE')."""
-    block_align = None
-    while True:
-        chunk = f.read(8)
-        if len(chunk) < 8:
-            return None
-        cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
-        if cid == b"fmt ":
-            fmt = f.read(size)
-            if len(fmt) >= 14:
-                block_align = struct.unpack("<H", fmt[12:14])[0]
-            if size % 2:
-                f.read(1)
-        elif cid == b"data":
-            if not block_align or size in (0, 0xFFFFFFFF):  # streamed WAVs leave the size open
-                return None
-            return size // block_align
-        else:
-            f.seek(size + size % 2, os.SEEK_CUR)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 import ssamba
 from ssamba.cli import build_parser
@@ -138,7 +139,27 @@ def test_step_decay_and_head_learning_rate():
 
 
 def test_plateau_halving():
+    # as torch's ReduceLROnPlateau: halves on the third evaluation without a new best (> patience)
     schedule = LRSchedule(mode="plateau", factor=0.5, patience=2)
     for metric in (0.1, 0.2, 0.2, 0.15, 0.3, 0.1, 0.1):
         schedule.observe(metric)
+    assert schedule.scale == 1.0  # two stalls after each best: not yet
+    for metric in (0.1, 0.3, 0.3, 0.3):
+        schedule.observe(metric)
     assert schedule.scale == 0.25
+
+
+def test_audioset20k_recipe_decays_as_the_official_multistep_lr():
+    """run_as_amba.sh: MultiStepLR(milestones 15, 25, 35, 45, gamma 0.75), stepped per epoch."""
+    from ssamba.recipes import load_recipe
+
+    cfg = FinetuneConfig(out="x", **load_recipe("audioset20k")["finetune"])
+    model = ssamba.create_model("ssamba_tiny", depth=2, input_tdim=64, num_classes=3)
+    schedule = FinetuneTask(cfg, model, ["a", "b", "c"]).schedule
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    official = torch.optim.lr_scheduler.MultiStepLR(opt, [15, 25, 35, 45], gamma=0.75)
+    for epoch in range(cfg.epochs):
+        assert schedule.lr_factor(0) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9), epoch
+        schedule.end_epoch(epoch)
+        opt.step()
+        official.step()

@@ -258,9 +258,13 @@ def test_training_help_shows_defaults_and_loads_no_torch():
     assert res.stdout.strip().endswith("torch loaded: False")
     helps = dict(part.split("\n", 1) for part in res.stdout.split("=== ")[1:])
     flat = {cmd: " ".join(text.split()) for cmd, text in helps.items()}
-    assert "--lr LR learning rate (default: 0.0001)" in flat["pretrain"]
+    assert "--lr LR learning rate (default: 0.0001, or the --recipe's)" in flat["pretrain"]
     assert (
-        "--mpg-weight MPG_WEIGHT weight of the generative (MSE) loss (default: 10.0)"
+        "--mpg-weight MPG_WEIGHT weight of the generative (MSE) loss (default: 10.0, or the "
+        "--recipe's)" in (flat["pretrain"])
+    )
+    assert (
+        "--eval-every N evaluate every N steps; 0: every epoch (default: 4000)"
         in (flat["pretrain"])
     )
     assert "(default: 0.0, or the --recipe's)" in flat["finetune"]  # --mixup
@@ -287,3 +291,108 @@ def test_every_recorded_setting_is_an_option(command, cls):
     dests = {a.dest for a in sub.choices[command]._actions}
     recorded = {f.name for f in dataclasses.fields(cls)} - RUN_CONTROL
     assert recorded <= dests, recorded - dests
+
+
+@pytest.mark.parametrize(
+    "mask_patch, mask_mode", [(30, "cluster"), (60, "random"), (None, "frame")]
+)
+def test_validation_masks_are_official_cluster_masks_whatever_the_training_masks(
+    mask_patch, mask_mode, monkeypatch
+):
+    from ssamba.pretrain import PretrainTask, default_mask_patch
+    from ssamba.training import Distributed
+
+    cfg = config("unused", "unused", target_length=256, mask_patch=mask_patch, mask_mode=mask_mode)
+    torch.manual_seed(0)
+    model = ssamba.create_model(
+        "ssamba_tiny", depth=2, input_tdim=256, pretrain_heads=True, fstride=16, tstride=16
+    )
+    task = PretrainTask(cfg, model)
+    seen = []
+
+    def record(fbank, kind, mask_index):
+        seen.append((kind, mask_index.clone()))
+        zero = torch.zeros(())
+        return (zero, zero) if kind == "mpc" else zero
+
+    monkeypatch.setattr(model, "forward_pretrain", record)
+    batch = {"fbank": torch.randn(3, 256, 128), "index": torch.tensor([0, 1, 2])}
+    task.evaluate([batch], Distributed.from_env("cpu"))
+    official = default_mask_patch(8 * 16)  # 100 of the 128 patches of a 256-frame clip
+    assert official == round(128 * 400 / 512) and [k for k, _ in seen] == ["mpc", "mpg"]
+    for _, masks in seen:
+        assert masks.shape == (3, official)
+    # exactly the cluster masks of (seed, clip index): the same in every evaluation of any run
+    expected = clip_masks([0, 1, 2], (8, 16), official, "cluster", f"c:valid:{cfg.seed}")
+    assert torch.equal(seen[0][1], expected)
+
+
+def test_pretraining_evaluates_every_4000_steps_by_default_as_the_official_run():
+    from ssamba.cli import build_parser
+
+    assert PretrainConfig(out="x", train="t").eval_every == 4000
+    args = build_parser().parse_args(["pretrain", "--train", "t", "-o", "o"])
+    assert args.eval_every == 4000
+    assert FinetuneConfig(out="x").eval_every == 0  # fine-tuning still evaluates every epoch
+
+
+def test_run_json_records_provenance_and_resume_elsewhere_accepts_it(audio, tmp_path):
+    from ssamba.cli.common import RECORDED_ONLY
+
+    train, _ = audio
+    out = tmp_path / "run"
+    pretrain(config(out, train, max_steps=1))
+    run = json.loads((out / "run.json").read_text())
+    keys = ("version", "git", "torch", "numba", "triton", "devices", "world_size", "precision")
+    assert all(k in run for k in keys), run
+    assert run["torch"] == torch.__version__ and run["devices"] == "1 x cpu"
+    assert run["precision"] == "fp32" and run["world_size"] == 1
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SRC, capture_output=True, text=True)
+    if head.returncode == 0:  # run from this checkout: its commit (maybe +dirty)
+        assert run["git"].split("+")[0] == head.stdout.strip()
+    assert set(keys) - {"precision"} <= RECORDED_ONLY  # a --config replay ignores them
+    # the same run resumed on another machine with other software: allowed
+    run.update(torch="0.0", numba=None, triton="9.9", devices="8 x NVIDIA H200", git="abc123")
+    (out / "run.json").write_text(json.dumps(run))
+    summary = pretrain(config(out, train, max_steps=2, resume=True))
+    assert summary["steps"] == 2
+
+
+def test_pretraining_recipes_and_ablation_flags():
+    from ssamba.cli import build_parser
+    from ssamba.cli.train import pretrain_config
+    from ssamba.errors import RecipeError
+    from ssamba.pretrain import build_model
+    from ssamba.recipes.pretraining import list_pretrain_recipes, load_pretrain_recipe
+
+    names = list_pretrain_recipes()
+    assert len(names) == 9 and "ssamba_base_250" in names
+    parse = build_parser().parse_args
+    base = ["pretrain", "--train", "t", "-o", "o"]
+    cfg = pretrain_config(parse([*base, "--recipe", "ssamba_small_300"]))
+    assert (cfg.model, cfg.mask_patch, cfg.target_length, cfg.lr) == (
+        "ssamba_small",
+        300,
+        1024,
+        1e-4,
+    )
+    assert (cfg.mask_mode, cfg.objective, cfg.eval_every) == ("cluster", "joint", 4000)
+    # options given win over the recipe
+    cfg = pretrain_config(parse([*base, "--recipe", "ssamba_tiny_400", "--mask-patch", "250"]))
+    assert (cfg.model, cfg.mask_patch) == ("ssamba_tiny", 250)
+    assert pretrain_config(parse(base)).mask_patch is None  # no recipe: the defaults
+    notes = " ".join(load_pretrain_recipe("ssamba_base_400")["notes"])
+    assert "unknown" in notes and "batch size" in notes  # not invented
+    with pytest.raises(RecipeError, match="ssamba_tiny_250"):
+        load_pretrain_recipe("ssamba_huge_400")
+    # the paper's ablations map to the model config
+    argv = [*base, "--depth", "2", "--unidirectional", "--norm", "rmsnorm", "--residual-fp32"]
+    cfg = pretrain_config(parse([*argv, "--target-length", "64", "--mask-mode", "random"]))
+    assert cfg.model_overrides == {
+        "depth": 2, "norm": "rmsnorm", "bidirectional": False, "residual_in_fp32": True
+    }  # fmt: skip
+    config = build_model(cfg, None).config
+    assert (config.bidirectional, config.norm, config.residual_in_fp32) == (False, "rmsnorm", True)
+    plain = pretrain_config(parse([*base, "--no-residual-fp32"]))
+    assert plain.model_overrides == {"residual_in_fp32": False}
+    assert pretrain_config(parse(base)).model_overrides == {}

@@ -15,6 +15,7 @@ from ssamba.data import ManifestWarning, read_manifest
 from ssamba.errors import PrepareError, RecipeError, UsageError
 from ssamba.recipes import (
     FINETUNE_FIELDS,
+    FINETUNE_OPTIONAL,
     list_recipes,
     load_recipe,
     validate_recipe,
@@ -38,7 +39,8 @@ def test_recipes_load_and_validate():
     for name in TASKS:
         r = load_recipe(name)
         assert r["name"] == name
-        assert set(r["finetune"]) == set(FINETUNE_FIELDS)
+        keys = set(r["finetune"])
+        assert set(FINETUNE_FIELDS) - FINETUNE_OPTIONAL <= keys <= set(FINETUNE_FIELDS)
         assert "source" in r["expected"]
         assert ("folds" in r) != ("splits" in r)
     assert load_recipe("ESC-50")["name"] == "esc50"
@@ -73,6 +75,26 @@ def test_recipe_values_follow_spec_table():
     for name in TASKS:
         ft = load_recipe(name)["finetune"]
         assert ft["weight_decay"] == 5e-7 and ft["fstride"] == ft["tstride"] == 10
+
+
+def test_audioset20k_follows_the_official_script_schedule_and_averaging_window():
+    r = load_recipe("audioset20k")
+    ft = r["finetune"]
+    assert (ft["lr_schedule"], ft["lr_milestones"], ft["lr_decay"]) == (
+        "milestones",
+        [15, 25, 35, 45],
+        0.75,
+    )
+    assert r["average"] == {"first_epoch": 12, "last_epoch": 40}
+    notes = " ".join(r["notes"])
+    assert "12 to 40" in notes and "smoothly" not in notes and "12-25" not in notes
+    bad = load_recipe("audioset20k")
+    bad["average"] = {"first_epoch": 12, "last_epoch": 60}
+    with pytest.raises(RecipeError, match="average epochs 12-60 not within 1-50"):
+        validate_recipe(bad)
+    bad["finetune"]["lr_milestones"] = []
+    with pytest.raises(RecipeError, match="lr_milestones"):
+        validate_recipe(bad)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,7 +333,8 @@ def test_missing_pieces_and_cli_errors(tmp_path, make_wav, capsys):
     (sc / "testing_list.txt").unlink()
     for argv, needle in [
         (["speechcommands_v2", str(sc)], "testing_list.txt not found"),
-        (["librispeech", str(sc)], "unknown task"),
+        (["nope", str(sc)], "unknown task"),
+        (["librispeech", str(sc)], "does not look like LibriSpeech"),
         (["esc50", str(tmp_path / "nope")], "not a folder"),
     ]:
         assert main(["prepare", *argv, "-o", str(tmp_path / "o")]) == 2

@@ -29,6 +29,9 @@ BAD_FILE_POLICIES = ("error", "skip")
 LOSSES = ("ce", "bce")
 SELECTION_METRICS = ("acc", "map")
 MIXTURE_MODES = ("whole", "crop")
+# fine-tuning's decay after warm-up: lr_decay every epoch from lr_decay_start on, or at each of
+# lr_milestones (torch's MultiStepLR, as the official AS-20K script)
+LR_SCHEDULES = ("step_decay", "milestones")
 LOGGERS = ("jsonl", "tensorboard", "wandb")  # metric destinations (ssamba.training.loggers)
 # Actions on the output folder and cosmetics: they do not define the run, run.json leaves them out.
 RUN_CONTROL = frozenset({"resume", "overwrite", "progress"})
@@ -197,6 +200,8 @@ class PretrainConfig(TrainConfig):
     mpg_weight: float = 10.0
     on_bad_file: str = "error"
     model_overrides: dict = field(default_factory=dict)  # e.g. {"depth": 4} for small tests
+    # as the official run: validate (and maybe halve the lr) every 4000 steps, and at the end
+    eval_every: int = 4000
 
     def __post_init__(self):
         super().__post_init__()
@@ -246,6 +251,8 @@ class FinetuneConfig(TrainConfig, _ClassifierSettings):
     head_lr_mult: float = 1.0
     lr_decay: float = 1.0
     lr_decay_start: int = 0
+    lr_schedule: str = "step_decay"
+    lr_milestones: list[int] = field(default_factory=list)  # 1-based epochs (milestones only)
     pool: str = "mean"
     balanced: bool = False
     on_bad_file: str = "error"
@@ -266,8 +273,18 @@ class FinetuneConfig(TrainConfig, _ClassifierSettings):
         _choice("on_bad_file", self.on_bad_file, BAD_FILE_POLICIES)
         _target_length(self.target_length)
         _normalize(self.normalize)
+        self._check_milestones()
         if not 0 <= self.mixup <= 1:
             raise UsageError(f"mixup must be between 0 and 1, got {self.mixup!r}")
+
+    def _check_milestones(self) -> None:
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        self.lr_milestones = list(self.lr_milestones or [])
+        for m in self.lr_milestones:
+            if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+                raise UsageError(f"lr_milestones must be epochs >= 1, got {self.lr_milestones!r}")
+        if self.lr_schedule == "milestones" and not self.lr_milestones:
+            raise UsageError("lr_schedule milestones needs lr_milestones (e.g. 15 25 35 45)")
 
 
 # ---------------------------------------------------------------------------- DASL
@@ -341,6 +358,7 @@ __all__ = [
     "BAD_FILE_POLICIES",
     "LOGGERS",
     "LOSSES",
+    "LR_SCHEDULES",
     "MASK_MODES",
     "MIXTURE_MODES",
     "OBJECTIVES",

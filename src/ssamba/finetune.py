@@ -4,7 +4,8 @@ The head is LayerNorm -> Linear on the mean of the patch tokens (``pool="mean"``
 heads' input), the class token(s) (``"cls"``) or the time-mean of each frequency row of patches,
 concatenated (``"bands"``: keeps the spectral layout a global mean throws away); the whole
 encoder is trained with Adam, the head at ``head_lr_mult`` times the learning rate, the
-learning rate multiplied by ``lr_decay`` every epoch from ``lr_decay_start`` on. Single-label
+learning rate multiplied by ``lr_decay`` every epoch from ``lr_decay_start`` on, or at each of
+``lr_milestones`` (``lr_schedule="milestones"``, torch's MultiStepLR). Single-label
 tasks use cross-entropy (soft targets when mixup is on), multi-label tasks binary cross-entropy.
 The model with the best validation metric is kept in ``best/`` and evaluated on ``test``.
 """
@@ -97,7 +98,11 @@ class FinetuneTask(ClassifierTask):
         self.watch = cfg.metric
         self.module = Classifier(model, cfg.loss)
         self.schedule = LRSchedule(
-            cfg.warmup_steps, mode="step_decay", factor=cfg.lr_decay, decay_start=cfg.lr_decay_start
+            cfg.warmup_steps,
+            mode=cfg.lr_schedule,
+            factor=cfg.lr_decay,
+            decay_start=cfg.lr_decay_start,
+            milestones=cfg.lr_milestones,
         )
 
     def sampling(self) -> dict:

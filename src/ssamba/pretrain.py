@@ -5,6 +5,9 @@ Each step runs two passes over the batch with independent cluster masks: a discr
 patches, ``gpredlayer``); loss = nce + 10 * mse. Masks are drawn per clip from a generator keyed
 by (seed, step, micro-step, clip index, pass), so they do not depend on the number of ranks or
 workers, and validation masks by (seed, clip index) alone, so evaluations are comparable.
+Validation always uses cluster masks at the official M (400 of 512 patches, the same fraction for
+other input lengths), whatever the training masks: runs at 250, 300 or 400 masked patches, or with
+random or frame masks, are then halved and choose their best model on the same task.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ class PretrainTask(Task):
                 "masked; lower --mask-patch or raise --target-length"
             )
         check_mask_size(num_patches, self.mask_patch)
+        self.valid_mask_patch = default_mask_patch(num_patches)  # the official M = 400 of 512
         self.module = MaskedPatchObjective(model, cfg.objective, cfg.mpg_weight)
         self.unused_parameters = cfg.objective != "joint"  # one head is idle
         self.schedule = LRSchedule(cfg.warmup_steps, mode="plateau", factor=0.5, patience=2)
@@ -89,11 +93,15 @@ class PretrainTask(Task):
     def param_groups(self):
         return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
 
-    def masks(self, batch, fbank, mode: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The clips' masks for the discriminative and the generative pass, on fbank's device."""
+    def masks(
+        self, batch, fbank, mode: str, key: str, mask_patch: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clips' masks for the discriminative and the generative pass, on fbank's device
+        (``mask_patch`` patches each; default: the training M)."""
         grid = self.model.input_grid(fbank)
-        c = clip_masks(batch["index"], grid, self.mask_patch, mode, f"c:{key}")
-        g = clip_masks(batch["index"], grid, self.mask_patch, mode, f"g:{key}")
+        m = mask_patch or self.mask_patch
+        c = clip_masks(batch["index"], grid, m, mode, f"c:{key}")
+        g = clip_masks(batch["index"], grid, m, mode, f"g:{key}")
         return c.to(fbank.device), g.to(fbank.device)
 
     def compute_loss(self, module, batch, step_seed):
@@ -104,8 +112,9 @@ class PretrainTask(Task):
 
     @torch.no_grad()
     def evaluate(self, loader, dist: Distributed) -> dict:
-        """Masked-patch accuracy/InfoNCE/MSE on the held-out set, with cluster masks fixed by
-        (seed, clip index) so that evaluations are comparable."""
+        """Masked-patch accuracy/InfoNCE/MSE on the held-out set, with cluster masks of the
+        official size (:attr:`valid_mask_patch`) fixed by (seed, clip index), so that
+        evaluations are comparable within a run and across runs of any training mask."""
         self.model.eval()
         totals, count = {}, 0
         for batch in loader:
@@ -113,7 +122,8 @@ class PretrainTask(Task):
             if batch is None:
                 continue
             fbank = batch["fbank"].to(dist.device)
-            mask_c, mask_g = self.masks(batch, fbank, "cluster", f"valid:{self.cfg.seed}")
+            key = f"valid:{self.cfg.seed}"
+            mask_c, mask_g = self.masks(batch, fbank, "cluster", key, self.valid_mask_patch)
             acc, nce = self.model.forward_pretrain(fbank, "mpc", mask_index=mask_c)
             mse = self.model.forward_pretrain(fbank, "mpg", mask_index=mask_g)
             n = fbank.shape[0]

@@ -25,7 +25,18 @@ from ssamba.errors import ConfigError, UsageError
 
 # Keys a run.json records that are not command-line settings: ignored when it is replayed.
 RECORDED_ONLY = frozenset(
-    {"command", "version", "scan_backend", "torch", "world_size", "git", "debug"}
+    {
+        "command",
+        "version",
+        "scan_backend",
+        "torch",
+        "world_size",
+        "git",
+        "debug",
+        "numba",
+        "triton",
+        "devices",
+    }  # fmt: skip
 )
 
 

@@ -182,6 +182,9 @@ def run_check_data(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- ssamba prepare
+PRETRAIN_DATA = "audioset-unbalanced, librispeech, pretrain-mix"
+
+
 def _add_prepare(subparsers) -> None:
     tasks = ", ".join(list_recipes())
     p = add_command(
@@ -192,17 +195,26 @@ def _add_prepare(subparsers) -> None:
             "Read a dataset in the layout its authors distribute (extracted; nothing is "
             "downloaded) and write manifests: one CSV (path,label) per split or fold, all.csv "
             "with a split column, class_labels_indices.csv, and prepare.json with the counts. "
-            f"Tasks: {tasks}."
+            f"Tasks: {tasks}. The official pretraining data (docs/pretraining.md): "
+            "audioset-unbalanced SRC (AudioSet-2M), librispeech SRC (960 h cut into clips "
+            "under OUT/clips), then pretrain-mix AUDIOSET_OUT LIBRISPEECH_OUT (their mix); each "
+            "writes train.csv (path,split) and prepare.json."
         ),
     )
-    p.add_argument("task", help=f"task name: {tasks}")
-    p.add_argument("source", metavar="SOURCE_DIR", help="the extracted dataset folder")
+    p.add_argument("task", help=f"task name: {tasks}; or {PRETRAIN_DATA}")
+    p.add_argument(
+        "source",
+        metavar="SOURCE_DIR",
+        nargs="+",
+        help="the extracted dataset folder (pretrain-mix: the two folders written by "
+        "audioset-unbalanced and librispeech)",
+    )
     add_out(p)
     p.add_argument(
         "--format",
         choices=("csv", "json", "both"),
         default="csv",
-        help="CSV manifests, SSAST JSON manifests, or both",
+        help="CSV manifests, SSAST JSON manifests, or both (pretraining data: CSV)",
     )
     p.add_argument(
         "--relative",
@@ -217,19 +229,66 @@ def _add_prepare(subparsers) -> None:
         help="read the header of N files (spread over the set) to report native sample rates; "
         "0: skip",
     )
+    g = p.add_argument_group("pretraining data")
+    g.add_argument("--seconds", type=positive_float, default=10.0,
+                   help="librispeech: clip length in seconds")  # fmt: skip
+    g.add_argument("--min-seconds", type=positive_float, default=1.0,
+                   help="librispeech: a shorter last piece of an utterance is dropped")  # fmt: skip
+    g.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                   help="librispeech: threads that cut utterances (default: 1)")  # fmt: skip
+    g.add_argument("--resume", action="store_true", help="librispeech: continue an interrupted "
+                   "run in OUT, keeping the clips already written (default: off)")  # fmt: skip
+    g.add_argument("--valid", type=non_negative_int, default=0, metavar="N",
+                   help="pretrain-mix: clips held out at random into valid.csv")  # fmt: skip
+    g.add_argument("--seed", type=non_negative_int, default=0,
+                   help="pretrain-mix: seed of the held-out draw (default: 0)")  # fmt: skip
     add_overwrite(p)
     p.set_defaults(func=run_prepare)
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    from ssamba.recipes.pretraining_data import pretrain_task
+
+    if pretrain_task(args.task):
+        return run_prepare_pretraining(args, pretrain_task(args.task))
     from ssamba.recipes.prepare import read_dataset, write_manifests
 
+    if len(args.source) != 1:
+        raise UsageError(f"prepare {args.task}: one SOURCE_DIR, got {len(args.source)}")
     _refuse_existing(args.out, args.overwrite, "output folder")
-    data = read_dataset(args.task, args.source)  # checks the layout before anything is removed
+    data = read_dataset(args.task, args.source[0])  # checks the layout before anything is removed
     prepare_output(args.out, args.overwrite, "output folder")
     result = write_manifests(
         data, args.out, format=args.format, relative=args.relative, rate_sample=args.rate_sample
     )
+    print(result.summary())
+    return 0
+
+
+def run_prepare_pretraining(args: argparse.Namespace, task: str) -> int:
+    """``prepare audioset-unbalanced | librispeech | pretrain-mix``."""
+    from ssamba.recipes import pretraining_data as pd
+
+    wanted = 2 if task == "pretrain_mix" else 1
+    if len(args.source) != wanted:
+        what = "AUDIOSET_OUT LIBRISPEECH_OUT" if wanted == 2 else "one SOURCE_DIR"
+        raise UsageError(f"prepare {args.task}: expected {what}, got {len(args.source)} folder(s)")
+    if args.resume and task != "librispeech":
+        raise UsageError("--resume continues an interrupted `prepare librispeech` only")
+    if not args.resume:
+        _refuse_existing(args.out, args.overwrite, "output folder")
+        prepare_output(args.out, args.overwrite, "output folder")
+    if task == "audioset_unbalanced":
+        result = pd.prepare_audioset_unbalanced(args.source[0], args.out, relative=args.relative)
+    elif task == "librispeech":
+        result = pd.prepare_librispeech(
+            args.source[0], args.out, seconds=args.seconds, min_seconds=args.min_seconds,
+            workers=args.workers, relative=args.relative,
+        )  # fmt: skip
+    else:
+        result = pd.mix_pretraining(
+            *args.source, args.out, valid=args.valid, seed=args.seed, relative=args.relative
+        )
     print(result.summary())
     return 0
 

@@ -37,6 +37,7 @@ from ssamba.cli.common import (
 from ssamba.configs import (
     BAD_FILE_POLICIES,
     LOSSES,
+    LR_SCHEDULES,
     MASK_MODES,
     OBJECTIVES,
     PRECISIONS,
@@ -48,6 +49,11 @@ from ssamba.configs import (
 from ssamba.errors import UsageError
 from ssamba.models.config import POOLS, list_models
 from ssamba.recipes import FINETUNE_FIELDS, list_recipes, load_recipe
+from ssamba.recipes.pretraining import (
+    PRETRAIN_FIELDS,
+    list_pretrain_recipes,
+    load_pretrain_recipe,
+)
 
 
 def register(subparsers) -> None:
@@ -61,7 +67,7 @@ def _shown(value) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, list | tuple):
-        return " ".join(map(str, value))
+        return " ".join(map(str, value)) or "none"
     return "none" if value is None else str(value)
 
 
@@ -182,10 +188,36 @@ def _model_overrides(args) -> dict:
     if not isinstance(value, dict):
         raise UsageError(f"--model-overrides must be a JSON object, got {value!r}")
     value = dict(value)
-    for name in ("depth", "drop_path"):
+    for name in ("depth", "drop_path", "norm"):
         if getattr(args, name, None) is not None:
             value[name] = getattr(args, name)
+    if getattr(args, "unidirectional", False):
+        value["bidirectional"] = False
+    if getattr(args, "residual_fp32", None) is not None:
+        value["residual_in_fp32"] = args.residual_fp32
     return value
+
+
+def add_ablation_options(g) -> None:
+    """The paper's ablations of the SSAMBA block, as model config overrides (they win over
+    --model-overrides)."""
+    g.add_argument(
+        "--unidirectional",
+        action="store_true",
+        help="scan forward only, not both ways (ablation; default: off: bidirectional, as the "
+        "released models)",
+    )
+    g.add_argument(
+        "--norm",
+        choices=("layernorm", "rmsnorm"),
+        help="the blocks' normalisation (ablation; default: the preset's, layernorm)",
+    )
+    g.add_argument(
+        "--residual-fp32",
+        action=argparse.BooleanOptionalAction,
+        help="keep the residual stream in fp32 under bf16/fp16 (ablation; default: the "
+        "preset's, off)",
+    )
 
 
 def config_values(args, cls) -> dict[str, Any]:
@@ -228,12 +260,20 @@ def add_pretrain_parser(subparsers) -> None:
         description=(
             "Pretrain SSAMBA or SSAST on unlabeled audio with the joint discriminative (InfoNCE) "
             "and generative (MSE) masked-patch objective (docs/pretraining.md). Runs under "
-            "torchrun for several processes/nodes (DDP). `--config RUN/run.json` replays a run."
+            "torchrun for several processes/nodes (DDP). Settings: defaults < --recipe (an "
+            "official run's settings) < --config file < options given. `--config RUN/run.json` "
+            "replays a run."
         ),
     )
-    options = ConfigOptions(PretrainConfig)
+    p.add_argument(
+        "--recipe",
+        help="an official pretraining run: " + ", ".join(list_pretrain_recipes()) + " (default: "
+        "none)",
+    )
+    options = ConfigOptions(PretrainConfig, from_recipe=PRETRAIN_FIELDS)
     g = p.add_argument_group("model and data")
     add_model_options(g, options, drop_path=True)
+    add_ablation_options(g)
     add_checkpoint(
         g,
         required=False,
@@ -248,8 +288,8 @@ def add_pretrain_parser(subparsers) -> None:
     options.add(g, "normalize", "fbank normalisation: auto (the checkpoint's own statistics; "
                 "AudioSet for a preset), a preset, 'MEAN,STD', a stats JSON (`ssamba stats`) or "
                 "none")  # fmt: skip
-    options.add(g, "mask_patch", "masked patches per clip (default: 400 of 512, scaled to "
-                "--target-length)", type=positive_int, metavar="N")  # fmt: skip
+    options.add(g, "mask_patch", "masked patches per clip; none: 400 of 512, scaled to "
+                "--target-length", type=positive_int, metavar="N")  # fmt: skip
     options.add(g, "mask_mode", "cluster masks (SSAST), random patches or whole frames",
                 choices=MASK_MODES)  # fmt: skip
     options.add(g, "objective", "joint: InfoNCE + weighted MSE; mpc or mpg: one of them",
@@ -266,7 +306,7 @@ def run_pretrain(args) -> int:
     from ssamba.training import configure_logging
 
     check_device(args.device)
-    cfg = PretrainConfig(**config_values(args, PretrainConfig))
+    cfg = pretrain_config(args)
     check_model_conflict(given_model(args), cfg.checkpoint)
     configure_logging(is_main_process())
     summary = pretrain(cfg, device=args.device)
@@ -274,6 +314,14 @@ def run_pretrain(args) -> int:
         f"pretraining done: {summary['steps']} steps in {summary['seconds']} s -> {cfg.out}/final"
     )
     return 0
+
+
+def pretrain_config(args) -> PretrainConfig:
+    """The settings of ``ssamba pretrain``: defaults < --recipe < --config file < options."""
+    recipe = getattr(args, "recipe", None)
+    values = dict(load_pretrain_recipe(recipe)["pretrain"]) if recipe else {}
+    values.update(config_values(args, PretrainConfig))
+    return PretrainConfig(**values)
 
 
 # ---------------------------------------------------------------------------- finetune
@@ -334,6 +382,11 @@ def add_finetune_options(p, options: ConfigOptions) -> None:
     add(g, "lr_decay", "learning rate factor per epoch from --lr-decay-start on",
         type=positive_float)  # fmt: skip
     add(g, "lr_decay_start", "first epoch of the decay", type=non_negative_int)
+    add(g, "lr_schedule", "step_decay: x --lr-decay after every epoch from --lr-decay-start on; "
+        "milestones: x --lr-decay after each of --lr-milestones (MultiStepLR)",
+        choices=LR_SCHEDULES)  # fmt: skip
+    add(g, "lr_milestones", "epochs (1-based) after which --lr-schedule milestones decays",
+        type=positive_int, nargs="+", metavar="EPOCH")  # fmt: skip
     add_train_options(p, options)
 
 

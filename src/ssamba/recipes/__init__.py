@@ -5,9 +5,12 @@ One JSON file per task in this folder (``list_recipes()``)::
     {"name", "description", "num_classes", "multilabel", "prepare": <dataset layout id>,
      "splits": {...} or "folds": K, "protocol": "<how to report>",
      "finetune": {<FINETUNE_FIELDS>}, "expected": {"ssamba_tiny": number or null, ...,
-     "metric", "unit", "source"}, "notes": [...]}
+     "metric", "unit", "source"}, "average": {"first_epoch", "last_epoch"} (optional),
+     "notes": [...]}
 
-``finetune`` holds exactly :data:`FINETUNE_FIELDS` (the fine-tuning command reads them);
+``finetune`` holds exactly :data:`FINETUNE_FIELDS` (the fine-tuning command reads them), those
+of :data:`FINETUNE_OPTIONAL` only when they differ from the default; ``average`` is the official
+weight-averaging window (1-based epochs, both included) where the task's official script has one;
 ``expected`` numbers are the published ones where known, ``null`` means unknown (the ``source``
 says which paper/table, or why unknown). :func:`ssamba.recipes.prepare.prepare` (``ssamba prepare
 TASK SOURCE_DIR --out DIR``) turns the dataset as its authors distribute it (extracted) into
@@ -48,12 +51,17 @@ FINETUNE_FIELDS: dict[str, tuple[type, ...]] = {
     "pool": (str,),
     "balanced": (bool,),
     "weight_decay": (float,),
+    "lr_schedule": (str,),
+    "lr_milestones": (list,),
 }
+#: The ``finetune`` keys a recipe may leave out (then FinetuneConfig's default applies).
+FINETUNE_OPTIONAL = frozenset({"lr_schedule", "lr_milestones"})
 _CHOICES = {
     "normalize": ("audioset", "esc50", "speechcommands", None),
     "loss": ("ce", "bce"),
     "metric": ("acc", "map"),
     "pool": ("mean", "cls"),
+    "lr_schedule": ("step_decay", "milestones"),
 }
 _ALIASES = {
     "esc": "esc50",
@@ -110,11 +118,13 @@ def validate_recipe(recipe: dict, where: str = "recipe") -> None:
         if key not in recipe:
             raise RecipeError(f"{where}: missing key {key!r}")
     ft = recipe["finetune"]
-    missing = sorted(set(FINETUNE_FIELDS) - set(ft))
+    missing = sorted(set(FINETUNE_FIELDS) - set(ft) - FINETUNE_OPTIONAL)
     extra = sorted(set(ft) - set(FINETUNE_FIELDS))
     if missing or extra:
         raise RecipeError(f"{where}: finetune fields missing {missing}, unexpected {extra}")
     for key, types in FINETUNE_FIELDS.items():
+        if key not in ft:
+            continue
         value = ft[key]
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
         if not ok:
@@ -132,10 +142,23 @@ def validate_recipe(recipe: dict, where: str = "recipe") -> None:
         raise RecipeError(f"{where}: metric 'map' is meant for multi-label tasks")
     if "source" not in recipe["expected"]:
         raise RecipeError(f"{where}: expected.source is missing")
+    if "average" in recipe:
+        _check_average(recipe["average"], ft["epochs"], where)
+
+
+def _check_average(window, epochs: int, where: str) -> None:
+    """``{"first_epoch", "last_epoch"}``: 1-based, both included, within the run's epochs."""
+    ok = isinstance(window, dict) and set(window) == {"first_epoch", "last_epoch"}
+    first, last = (window.get("first_epoch"), window.get("last_epoch")) if ok else (None, None)
+    if not (ok and all(isinstance(v, int) and not isinstance(v, bool) for v in (first, last))):
+        raise RecipeError(f"{where}: average must be {{first_epoch, last_epoch}}, got {window!r}")
+    if not 1 <= first <= last <= epochs:
+        raise RecipeError(f"{where}: average epochs {first}-{last} not within 1-{epochs}")
 
 
 __all__ = [
     "FINETUNE_FIELDS",
+    "FINETUNE_OPTIONAL",
     "RecipeError",
     "list_recipes",
     "load_recipe",

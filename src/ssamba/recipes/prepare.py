@@ -218,7 +218,8 @@ def _layout(task: str) -> str:
         return load_recipe(recipe_name(key))["prepare"]
     except RecipeError:
         raise PrepareError(
-            f"unknown task {task!r}; tasks: {', '.join(sorted(LAYOUTS))} (or a recipe name)"
+            f"unknown task {task!r}; tasks: {', '.join(sorted(LAYOUTS))} (or a recipe name); "
+            "pretraining data: audioset-unbalanced, librispeech, pretrain-mix"
         ) from None
 
 
@@ -398,6 +399,44 @@ def _match_youtube(ytid: str, index: dict[str, list[Path]]) -> Path | None:
     return best
 
 
+def read_segments(
+    path: Path,
+    split: str,
+    index: dict[str, list[Path]],
+    known: set[str] | None = None,
+    classes_name: str = CLASS_LABELS_FILE,
+) -> tuple[list[Item], list[str]]:
+    """The clips of an AudioSet segments CSV (``YTID, start_seconds, end_seconds,
+    "positive_labels"``, ``#`` comments) found in ``index`` (:func:`_youtube_index`), each id
+    once, and the ids not found. Labels are checked against ``known`` unless it is None."""
+    items, missing, seen = [], [], set()
+    text = path.read_text(encoding="utf-8-sig")
+    lines = [(k, ln) for k, ln in enumerate(text.splitlines(), 1) if not ln.startswith("#")]
+    reader = csv.reader((ln for _, ln in lines), skipinitialspace=True)
+    for (lineno, _), row in zip(lines, reader, strict=True):
+        if not row or not row[0].strip():
+            continue
+        if len(row) < 4:
+            raise PrepareError(
+                f"{path}: line {lineno}: expected YTID, start_seconds, end_seconds, "
+                f'"positive_labels"'
+            )
+        ytid = row[0].strip()
+        labels = tuple(m.strip() for m in row[3].split(",") if m.strip())
+        bad = [m for m in labels if known is not None and m not in known]
+        if bad:
+            raise PrepareError(f"{path}: line {lineno}: label {bad[0]!r} is not in {classes_name}")
+        if not labels or ytid in seen:
+            continue
+        seen.add(ytid)
+        audio = _match_youtube(ytid, index)
+        if audio is None:
+            missing.append(ytid)
+        else:
+            items.append(Item(audio, labels, split))
+    return items, missing
+
+
 def _read_audioset(root: Path) -> Dataset:
     layout = "audioset"
     csv_path = _need(root / CLASS_LABELS_FILE, layout)
@@ -414,34 +453,8 @@ def _read_audioset(root: Path) -> Dataset:
     items: list[Item] = []
     missing: dict[str, list[str]] = {}
     for split, path in segments.items():
-        missing[split] = []
-        seen: set[str] = set()
-        text = path.read_text(encoding="utf-8-sig")
-        lines = [(k, ln) for k, ln in enumerate(text.splitlines(), 1) if not ln.startswith("#")]
-        reader = csv.reader((ln for _, ln in lines), skipinitialspace=True)
-        for (lineno, _), row in zip(lines, reader, strict=True):
-            if not row or not row[0].strip():
-                continue
-            if len(row) < 4:
-                raise PrepareError(
-                    f"{path}: line {lineno}: expected YTID, start_seconds, end_seconds, "
-                    f'"positive_labels"'
-                )
-            ytid = row[0].strip()
-            labels = tuple(m.strip() for m in row[3].split(",") if m.strip())
-            bad = [m for m in labels if m not in known]
-            if bad:
-                raise PrepareError(
-                    f"{path}: line {lineno}: label {bad[0]!r} is not in {csv_path.name}"
-                )
-            if not labels or ytid in seen:
-                continue
-            seen.add(ytid)
-            audio = _match_youtube(ytid, index)
-            if audio is None:
-                missing[split].append(ytid)
-            else:
-                items.append(Item(audio, labels, split))
+        found, missing[split] = read_segments(path, split, index, known, csv_path.name)
+        items.extend(found)
     data = Dataset(items, mids, display, {"train": {"train"}, "eval": {"eval"}}, missing)
     _missing_note(missing, "segments (YouTube ids)", data.notes)
     return data

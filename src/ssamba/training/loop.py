@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import logging
 import math
+import subprocess
 import time
 from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -76,9 +79,54 @@ def fit(task: Task, cfg: TrainConfig, dist: Distributed, train_set, valid_set=No
 
 
 # ---------------------------------------------------------------------------- set-up
+def _package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def source_commit() -> str | None:
+    """The git commit of ssamba's own source when it runs from a checkout (``+dirty`` when its
+    files differ from it); None when installed from a wheel, or git is missing."""
+    package = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["git", *args], cwd=package, capture_output=True, text=True, timeout=10, check=False
+        )
+
+    try:  # the package's files must be tracked: a wheel inside someone's repository is not ours
+        if git("ls-files", "--error-unmatch", "__init__.py").returncode != 0:
+            return None
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return None
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def provenance(dist: Distributed) -> dict:
+    """What run.json records about the software and hardware (recorded only: a replay or a
+    resume elsewhere ignores them)."""
+    device = dist.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return {
+        "version": _package_version("ssamba"),
+        "git": source_commit(),
+        "torch": torch.__version__,
+        "numba": _package_version("numba"),
+        "triton": _package_version("triton"),
+        "devices": f"{dist.world_size} x {name}",
+    }
+
+
 def open_run(task: Task, cfg: TrainConfig, dist: Distributed) -> RunFolder:
     """Check the output folder on every rank, then (main rank) create it and write run.json."""
     settings = {"command": task.command, **task.settings(), "world_size": dist.world_size}
+    settings.update(provenance(dist))  # "precision" is a setting: already there
     if task.model.config.arch == "ssamba":  # which selective-scan kernel this run uses
         settings["scan_backend"] = resolve_backend(dist.device)
     run = RunFolder(cfg.out, settings, cfg.resume, cfg.overwrite, dist.is_main, task.extra_files())

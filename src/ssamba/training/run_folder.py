@@ -54,6 +54,13 @@ RESUMABLE_CHANGES = {
     "log_every",
     "scan_backend",  # the same maths on another kernel (e.g. resumed on a GPU)
     "logger",
+    # provenance (recorded only): resuming on another machine or software version is allowed
+    "version",
+    "git",
+    "torch",
+    "numba",
+    "triton",
+    "devices",
 }
 # What a failed write raises: OSError, or safetensors' own error (a full disk shows as either).
 WRITE_ERRORS = (OSError, SafetensorError)

@@ -131,6 +131,7 @@ def pretrain_model(arch: str, data: dict, stats, out: Path, plan: DemoPlan, prog
         epochs=10_000,  # bounded by the time budget
         max_minutes=plan.pretrain_minutes,
         save_every=100_000,
+        workers=0,  # tiny clips: loader processes would only take the cores from the model
         seed=plan.seed,
         progress=progress,
         overwrite=True,
@@ -202,6 +203,7 @@ def finetune_model(init, arch, task_name, task, stats, out: Path, plan: DemoPlan
         epochs=10_000,
         max_minutes=plan.finetune_minutes,
         save_every=100_000,
+        workers=0,  # tiny clips: loader processes would only take the cores from the model
         seed=plan.seed,
         progress=progress,
         overwrite=True,

@@ -10,11 +10,9 @@ from pathlib import Path
 
 from ssamba.cli.checkpoints import check_device, check_model_conflict
 from ssamba.cli.common import (
-    add_checkpoint,
     add_command,
     add_out,
     add_overwrite,
-    hidden_alias,
     non_negative_int,
     positive_float,
     positive_int,
@@ -22,7 +20,7 @@ from ssamba.cli.common import (
 )
 from ssamba.cli.train import (
     ConfigOptions,
-    add_model_options,
+    add_starting_weights,
     add_train_options,
     config_values,
     given_model,
@@ -53,14 +51,7 @@ def add_dasl_parser(subparsers) -> None:
     )
     options = ConfigOptions(DaslConfig)
     g = p.add_argument_group("model and data")
-    add_checkpoint(
-        g,
-        required=False,
-        help="weights to start from: save_pretrained folder or official .pth (default: none: a "
-        "random --model)",
-    )
-    hidden_alias(g, "--init", dest="checkpoint")
-    add_model_options(g, options)
+    add_starting_weights(g, options)
     add = options.add
     add(g, "train", "DASL manifest (path,labels)", required=True)
     add(g, "valid", "DASL manifest that selects the best epoch (default: none: final/ is used)")

@@ -110,6 +110,19 @@ def given_model(args) -> str | None:
     return args.model if getattr(args, "_given_model", False) else None
 
 
+def add_starting_weights(g, options: ConfigOptions) -> None:
+    """``-c/--checkpoint`` to start from (``--init``, its old name) and the model options: what
+    fine-tuning and DASL share."""
+    add_checkpoint(
+        g,
+        required=False,
+        help="weights to start from: save_pretrained folder or official .pth (default: none: a "
+        "random --model)",
+    )
+    hidden_alias(g, "--init", dest="checkpoint")
+    add_model_options(g, options)
+
+
 def add_model_options(p, options: ConfigOptions, drop_path: bool = False) -> None:
     """``--model PRESET``, ``-c/--checkpoint`` and the model config overrides."""
     options.add(p, "model", f"the preset to build ({', '.join(list_models())})", metavar="PRESET",
@@ -352,14 +365,7 @@ def add_finetune_parser(subparsers) -> None:
 def add_finetune_options(p, options: ConfigOptions) -> None:
     """The model, augmentation and optimisation options (shared with ``ssamba crossval``)."""
     g = p.add_argument_group("model")
-    add_checkpoint(
-        g,
-        required=False,
-        help="weights to start from: save_pretrained folder or official .pth (default: none: a "
-        "random --model)",
-    )
-    hidden_alias(g, "--init", dest="checkpoint")
-    add_model_options(g, options)
+    add_starting_weights(g, options)
     add = options.add
     add(g, "target_length", "frames per clip (10 ms each)", type=target_frames, metavar="FRAMES")
     add(g, "normalize", "fbank normalisation: auto (the checkpoint's own statistics; AudioSet "

@@ -377,12 +377,13 @@ def test_pretraining_recipes_and_ablation_flags():
         1e-4,
     )
     assert (cfg.mask_mode, cfg.objective, cfg.eval_every) == ("cluster", "joint", 4000)
+    assert (cfg.batch_size, cfg.epochs) == (64, 10)  # the official script's
     # options given win over the recipe
     cfg = pretrain_config(parse([*base, "--recipe", "ssamba_tiny_400", "--mask-patch", "250"]))
     assert (cfg.model, cfg.mask_patch) == ("ssamba_tiny", 250)
     assert pretrain_config(parse(base)).mask_patch is None  # no recipe: the defaults
     notes = " ".join(load_pretrain_recipe("ssamba_base_400")["notes"])
-    assert "unknown" in notes and "batch size" in notes  # not invented
+    assert "run_mask_patch_amba.sh" in notes and "GPUs" in notes  # sources and gaps named
     with pytest.raises(RecipeError, match="ssamba_tiny_250"):
         load_pretrain_recipe("ssamba_huge_400")
     # the paper's ablations map to the model config

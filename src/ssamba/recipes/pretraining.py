@@ -24,6 +24,8 @@ PRETRAIN_FIELDS = (
     "mpg_weight",
     "lr",
     "warmup_steps",
+    "batch_size",
+    "epochs",
 )
 #: What every official run shares (docs/pretraining.md, "Recipe defaults").
 _OFFICIAL = {
@@ -33,6 +35,9 @@ _OFFICIAL = {
     "mpg_weight": 10.0,
     "lr": 1e-4,
     "warmup_steps": 1000,
+    # src/pretrain/run_mask_patch_amba.sh of the official repository: batch 64, 10 epochs
+    "batch_size": 64,
+    "epochs": 10,
 }
 _NOTES = [
     "official: 1024 frames, cluster masks, joint objective (InfoNCE + 10 x MSE), lr 1e-4 with "
@@ -41,9 +46,11 @@ _NOTES = [
     "two)",
     "data: AudioSet-2M + LibriSpeech 960 h cut to 10 s (`ssamba prepare audioset-unbalanced`, "
     "`ssamba prepare librispeech`, `ssamba prepare pretrain-mix`)",
-    "unknown, left at ssamba's defaults: the global batch size, the number of epochs or steps "
-    "and the number of GPUs of the official runs (not verified from the official scripts); set "
-    "--batch-size, --epochs or --max-steps for your hardware",
+    "batch 64 and 10 epochs as the official script (src/pretrain/run_mask_patch_amba.sh, written "
+    "for base at M = 300; its other runs are assumed to change only the size and M); drop path "
+    "0.1 and LayerNorm without fp32 residuals are ssamba's model defaults too. The script's "
+    "batch is the global one (DataParallel); the number of GPUs of the official runs is not "
+    "stated",
     "warm-up: the official loop raises the lr as a staircase every 50 steps; ssamba's is linear",
 ]
 

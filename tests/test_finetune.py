@@ -163,3 +163,33 @@ def test_audioset20k_recipe_decays_as_the_official_multistep_lr():
         schedule.end_epoch(epoch)
         opt.step()
         official.step()
+
+
+def test_average_epochs_writes_the_mean_of_those_epoch_checkpoints_and_tests_it(tones, tmp_path):
+    out = tmp_path / "run"
+    summary = finetune(cfg(tones, out, epochs=3, keep=1, average_epochs=[2, 3]))
+    averaged = summary["averaged"]
+    assert averaged["epochs"] == [2, 3] and averaged["checkpoints"] == 2  # kept despite keep=1
+    assert 0.0 <= averaged["test"]["acc"] <= 1.0
+    assert (
+        json.loads((out / "averaged_test_metrics.json").read_text())["acc"]
+        == (averaged["test"]["acc"])
+    )
+    steps = sorted((out / "checkpoints").glob("step_*"))[-2:]  # the ends of epochs 2 and 3
+    states = [ssamba.load_model(p).state_dict() for p in steps]
+    mean = ssamba.load_model(out / "averaged")
+    for name, value in mean.state_dict().items():
+        if value.is_floating_point():
+            want = ((states[0][name].double() + states[1][name].double()) / 2).to(value.dtype)
+            torch.testing.assert_close(value, want, rtol=0, atol=1e-7, msg=name)
+    assert (out / "averaged" / "classes.json").is_file()
+    with pytest.raises(UsageError, match="average_epochs"):
+        FinetuneConfig(out="x", epochs=3, average_epochs=[2, 4])
+
+
+def test_audioset20k_recipe_averages_epochs_12_to_40():
+    argv = ["finetune", "--recipe", "audioset20k", "--train", "t.csv", "-o", "o"]
+    assert finetune_config(build_parser().parse_args(argv), "audioset20k").average_epochs == [
+        12,
+        40,
+    ]

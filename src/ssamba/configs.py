@@ -253,6 +253,9 @@ class FinetuneConfig(TrainConfig, _ClassifierSettings):
     lr_decay_start: int = 0
     lr_schedule: str = "step_decay"
     lr_milestones: list[int] = field(default_factory=list)  # 1-based epochs (milestones only)
+    # [first, last] epochs (1-based, both included) whose checkpoints are averaged into
+    # averaged/ at the end, as the official AudioSet script does; [] for none
+    average_epochs: list[int] = field(default_factory=list)
     pool: str = "mean"
     balanced: bool = False
     on_bad_file: str = "error"
@@ -285,6 +288,16 @@ class FinetuneConfig(TrainConfig, _ClassifierSettings):
                 raise UsageError(f"lr_milestones must be epochs >= 1, got {self.lr_milestones!r}")
         if self.lr_schedule == "milestones" and not self.lr_milestones:
             raise UsageError("lr_schedule milestones needs lr_milestones (e.g. 15 25 35 45)")
+        self.average_epochs = list(self.average_epochs or [])
+        window = self.average_epochs
+        if window and not (
+            len(window) == 2 and all(isinstance(e, int) and not isinstance(e, bool) for e in window)
+            and 1 <= window[0] <= window[1] <= self.epochs
+        ):  # fmt: skip
+            raise UsageError(
+                f"average_epochs must be FIRST LAST with 1 <= FIRST <= LAST <= epochs "
+                f"({self.epochs}), got {window!r}"
+            )
 
 
 # ---------------------------------------------------------------------------- DASL

@@ -12,6 +12,7 @@ The model with the best validation metric is kept in ``best/`` and evaluated on 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,15 +20,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ssamba.averaging import average_checkpoints
 from ssamba.checkpoints import load_model, model_stats
 from ssamba.configs import FinetuneConfig
 from ssamba.constants import CLASSES_FILE
 from ssamba.data import AudioDataset, drop_bad, read_manifest
 from ssamba.errors import ManifestError, UsageError
 from ssamba.evaluation import compute_metrics
-from ssamba.fileio import atomic_write_json
+from ssamba.fileio import atomic_write_json, atomic_write_text, staged_folder
 from ssamba.training import (
+    CHECKPOINTS,
     SUMMARY_FILE,
+    TRAINER_STATE,
     Distributed,
     LRSchedule,
     Task,
@@ -178,6 +182,8 @@ def finetune(cfg: FinetuneConfig, device: str | None = None) -> dict:
     classes = list(train_manifest.classes)
     if train_manifest.multilabel and cfg.loss != "bce":
         raise UsageError(f"{cfg.train} is multi-label: use --loss bce (and --metric map)")
+    if cfg.average_epochs:  # the epoch checkpoints to average must survive until the end
+        cfg = dataclasses.replace(cfg, keep=max(cfg.keep, cfg.epochs - cfg.average_epochs[0] + 2))
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, len(classes), stats, pool=cfg.pool)
     stats = stats or model_stats(cfg.normalize, model)  # "auto": the checkpoint's own
@@ -203,9 +209,49 @@ def finetune(cfg: FinetuneConfig, device: str | None = None) -> dict:
     summary = fit(task, cfg, dist, dataset(train_manifest, True), held_out(cfg.valid))
     if cfg.test:
         summary.update(evaluate_on_test(task, held_out(cfg.test), cfg, dist))
-        if dist.is_main:
-            atomic_write_json(Path(cfg.out) / SUMMARY_FILE, summary, default=str)
+    if cfg.average_epochs:
+        summary.update(average_epoch_checkpoints(task, held_out(cfg.test), cfg, dist))
+    if dist.is_main and (cfg.test or cfg.average_epochs):
+        atomic_write_json(Path(cfg.out) / SUMMARY_FILE, summary, default=str)
     return summary
+
+
+def epoch_checkpoints(run: str | Path, first: int, last: int) -> list[Path]:
+    """The checkpoints a run saved at the end of epochs ``first..last`` (1-based), in order:
+    those whose trainer state sits at the start of the next epoch."""
+    found = []
+    for ckpt in sorted(Path(run, CHECKPOINTS).glob("step_*")):
+        # mmap: the progress record is read without loading the optimiser state
+        progress = torch.load(ckpt / TRAINER_STATE, map_location="cpu", weights_only=True,
+                              mmap=True)["progress"]  # fmt: skip
+        if progress["batch_in_epoch"] == 0 and first <= progress["epoch"] <= last:
+            found.append(ckpt)
+    return found
+
+
+def average_epoch_checkpoints(task: FinetuneTask, test_set, cfg: FinetuneConfig, dist):
+    """The official AudioSet trick: the mean of the epoch checkpoints of ``cfg.average_epochs``,
+    written to ``averaged/`` and evaluated on ``test_set`` (when given). Returns the summary's
+    ``averaged`` entry."""
+    first, last = cfg.average_epochs
+    folders = epoch_checkpoints(cfg.out, first, last)
+    if not folders:
+        return {"averaged": f"no checkpoint of epochs {first}-{last} (the run ended earlier)"}
+    averaged = average_checkpoints(folders)
+    if dist.is_main:
+        with staged_folder(Path(cfg.out) / "averaged") as tmp:
+            averaged.save_pretrained(tmp)
+            for name, text in task.extra_files().items():
+                atomic_write_text(tmp / name, text)
+    entry = {"epochs": [first, last], "checkpoints": len(folders)}
+    if test_set is not None:
+        task.model.load_state_dict(averaged.state_dict())
+        scores, targets = task.predict(eval_loader(test_set, dist, cfg.batch_size), dist)
+        test = compute_metrics(scores.numpy(), targets.numpy(), task.classes)
+        if dist.is_main:
+            atomic_write_json(Path(cfg.out) / "averaged_test_metrics.json", test, default=str)
+        entry["test"] = {k: v for k, v in test.items() if isinstance(v, int | float)}
+    return {"averaged": entry}
 
 
 def evaluate_on_test(task: FinetuneTask, test_set, cfg: FinetuneConfig, dist: Distributed):

@@ -55,6 +55,9 @@ from ssamba.recipes.pretraining import (
     load_pretrain_recipe,
 )
 
+# What a fine-tuning --recipe may set: its "finetune" table and its weight-averaging window.
+RECIPE_SETTABLE = (*FINETUNE_FIELDS, "average_epochs")
+
 
 def register(subparsers) -> None:
     add_pretrain_parser(subparsers)
@@ -353,7 +356,7 @@ def add_finetune_parser(subparsers) -> None:
         "--recipe", help="task recipe: " + ", ".join(list_recipes()) + " (default: none)"
     )
     g = p.add_argument_group("data")
-    options = ConfigOptions(FinetuneConfig, from_recipe=FINETUNE_FIELDS)
+    options = ConfigOptions(FinetuneConfig, from_recipe=RECIPE_SETTABLE)
     options.add(g, "train", "labelled manifest (CSV, SSAST JSON or a folder per class)",
                 required=True)  # fmt: skip
     options.add(g, "valid", "manifest that selects the best epoch (default: none: final/ is used)")
@@ -393,6 +396,10 @@ def add_finetune_options(p, options: ConfigOptions) -> None:
         choices=LR_SCHEDULES)  # fmt: skip
     add(g, "lr_milestones", "epochs (1-based) after which --lr-schedule milestones decays",
         type=positive_int, nargs="+", metavar="EPOCH")  # fmt: skip
+    add(g, "average_epochs", "average the checkpoints of epochs FIRST..LAST into averaged/ at the "
+        "end (and test it), as the official AudioSet script (default: none; the audioset20k "
+        "recipe: 12 40)", type=positive_int, nargs=2,
+        metavar=("FIRST", "LAST"))  # fmt: skip
     add_train_options(p, options)
 
 
@@ -400,6 +407,9 @@ def finetune_config(args, recipe: str | None = None, **fixed) -> FinetuneConfig:
     """The settings of ``ssamba finetune``: defaults < recipe < --config file < options given
     (an option given or set by the file is in ``args``), then ``fixed``."""
     values = dict(load_recipe(recipe)["finetune"]) if recipe else {}
+    if recipe and "average" in load_recipe(recipe):  # the recipe's weight-averaging window
+        window = load_recipe(recipe)["average"]
+        values["average_epochs"] = [window["first_epoch"], window["last_epoch"]]
     values.update(config_values(args, FinetuneConfig))
     values.update(fixed)
     return FinetuneConfig(**values)
@@ -460,7 +470,7 @@ def add_crossval_parser(subparsers) -> None:
         "--folds", type=fold_list, help="subset of folds, e.g. 1,2 or 1-3 (default: all)"
     )
     p.add_argument("--recipe", help="task recipe (default: the task in PREPARED/prepare.json)")
-    add_finetune_options(p, ConfigOptions(FinetuneConfig, from_recipe=FINETUNE_FIELDS))
+    add_finetune_options(p, ConfigOptions(FinetuneConfig, from_recipe=RECIPE_SETTABLE))
     p.set_defaults(func=run_crossval)
 
 

@@ -33,3 +33,25 @@ def rel_err(got, want) -> float:
     """max |got - want| / max |want| (norm-relative: no per-element division by tiny values)."""
     want = want.double()
     return ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+
+def check_against_reference(scan, args, softplus, reverse, tol_y, tol_g, **kw) -> None:
+    """``scan(*args, ...)`` against the float64 reference: the output, then every input's
+    gradient under the same random output gradient, each within its norm-relative tolerance;
+    outputs and gradients keep the inputs' dtype."""
+    from ssamba.ops.scan import selective_scan_ref
+
+    leaves = [a.clone().requires_grad_() if a is not None else None for a in args]
+    ref = [a.double().requires_grad_() if a is not None else None for a in args]
+    y = scan(*leaves, delta_softplus=softplus, reverse=reverse, **kw)
+    y_ref = selective_scan_ref(*ref, delta_softplus=softplus, reverse=reverse)
+    assert y.dtype == args[0].dtype and y.shape == args[0].shape
+    assert rel_err(y, y_ref) <= tol_y
+    grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(y.dtype)
+    y.backward(grad)
+    y_ref.backward(grad.double())
+    for name, got, want in zip(NAMES, leaves, ref, strict=True):
+        if got is None:
+            continue
+        assert got.grad is not None and got.grad.dtype == got.dtype, name
+        assert rel_err(got.grad, want.grad) <= tol_g, name

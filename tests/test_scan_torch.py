@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scan_cases import NAMES, make_inputs, rel_err
+from scan_cases import check_against_reference, make_inputs, rel_err
 from ssamba.models import mamba as mamba_mod
 from ssamba.ops import scan_torch
 from ssamba.ops.scan import selective_scan, selective_scan_ref
@@ -15,20 +15,7 @@ from ssamba.ops.scan_torch import selective_scan_torch
 
 
 def _check_against_reference(args, softplus, reverse, tol_y, tol_g, **kw):
-    leaves = [a.clone().requires_grad_() if a is not None else None for a in args]
-    ref = [a.double().requires_grad_() if a is not None else None for a in args]
-    y = selective_scan_torch(*leaves, delta_softplus=softplus, reverse=reverse, **kw)
-    y_ref = selective_scan_ref(*ref, delta_softplus=softplus, reverse=reverse)
-    assert y.dtype == args[0].dtype and y.shape == args[0].shape
-    assert rel_err(y, y_ref) <= tol_y
-    grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(y.dtype)
-    y.backward(grad)
-    y_ref.backward(grad.double())
-    for name, got, want in zip(NAMES, leaves, ref, strict=True):
-        if got is None:
-            continue
-        assert got.grad is not None and got.grad.dtype == got.dtype, name
-        assert rel_err(got.grad, want.grad) <= tol_g, name
+    check_against_reference(selective_scan_torch, args, softplus, reverse, tol_y, tol_g, **kw)
 
 
 # (batch, length, chans, n_state, reverse, with_d, with_z, with_bias, softplus, chunk)

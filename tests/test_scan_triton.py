@@ -18,7 +18,7 @@ import sys
 import pytest
 import torch
 
-from scan_cases import NAMES, make_inputs, rel_err
+from scan_cases import check_against_reference, make_inputs, rel_err
 
 _SET_INTERPRET = "triton" not in sys.modules and not torch.cuda.is_available()
 _OLD_INTERPRET = os.environ.get("TRITON_INTERPRET")
@@ -59,20 +59,9 @@ if not (_SET_INTERPRET or scan_triton.interpreted()):
 
 
 def _check_against_reference(args, softplus, reverse, tol_y, tol_g, block_d):
-    leaves = [a.clone().requires_grad_() if a is not None else None for a in args]
-    ref = [a.double().requires_grad_() if a is not None else None for a in args]
-    y = selective_scan_triton(*leaves, delta_softplus=softplus, reverse=reverse, block_d=block_d)
-    y_ref = selective_scan_ref(*ref, delta_softplus=softplus, reverse=reverse)
-    assert y.dtype == args[0].dtype and y.shape == args[0].shape
-    assert rel_err(y, y_ref) <= tol_y
-    grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(y.dtype)
-    y.backward(grad)
-    y_ref.backward(grad.double())
-    for name, got, want in zip(NAMES, leaves, ref, strict=True):
-        if got is None:
-            continue
-        assert got.grad is not None and got.grad.dtype == got.dtype, name
-        assert rel_err(got.grad, want.grad) <= tol_g, name
+    check_against_reference(
+        selective_scan_triton, args, softplus, reverse, tol_y, tol_g, block_d=block_d
+    )
 
 
 # Paired rather than a full product (the interpreter runs ~20 ms per step and program):

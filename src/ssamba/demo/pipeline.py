@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from ssamba.audio import fbank, load_audio
-from ssamba.checkpoints import load_model
+from ssamba.checkpoints import RandomWeightsWarning, load_model
 from ssamba.data import compute_stats, read_manifest
 from ssamba.demo import builders
 from ssamba.embeddings import num_layers
@@ -210,7 +211,10 @@ def finetune_model(init, arch, task_name, task, stats, out: Path, plan: DemoPlan
         model_overrides={} if init else overrides,
     )
     torch.manual_seed(plan.seed)
-    summary = finetune(cfg)
+    with warnings.catch_warnings():
+        # random initialisation is one of the demo's baselines, on purpose
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        summary = finetune(cfg)
     return float(summary["test"]["acc"])
 
 

@@ -11,18 +11,26 @@ APT_PACKAGES := ffmpeg espeak-ng flite fluid-soundfont-gm timgm6mb-soundfont hed
 APT_OPTIONAL := festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
 	sound-theme-freedesktop alsa-utils frozen-bubble-data lincity-ng-data
 
-.PHONY: venv system-deps demo-deps apt-install test lint format demo clean
+.PHONY: venv dev-venv system-deps demo-deps apt-install test lint format demo clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[dev,plot]"
+	$(PIP) install -q -e ".[plot]"
 	# tinysoundfont renders the demo's instrument notes; --no-deps: its optional pyaudio does not build
 	$(PIP) install -q --no-deps tinysoundfont
 	touch $@
 
+# What the tests and the linters add (triton's interpreter, onnxruntime, trackers, ...): the demo
+# does not wait for them.
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -q -e ".[dev,plot]"
+	touch $@
+
 venv: $(VENV)/.installed
+
+dev-venv: $(VENV)/.installed-dev
 
 system-deps:
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(APT_PACKAGES)"
@@ -40,15 +48,15 @@ apt-install:
 	  else echo "Debian packages missing; run: sudo apt-get install -y$$missing"; fi; \
 	fi
 
-lint: venv
+lint: dev-venv
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
-format: venv
+format: dev-venv
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 	$(VENV)/bin/ruff format src tests benchmarks
 
-test: venv system-deps lint
+test: dev-venv system-deps lint
 	$(PY) -m pytest -q
 
 demo: venv demo-deps

@@ -55,3 +55,16 @@ def check_against_reference(scan, args, softplus, reverse, tol_y, tol_g, **kw) -
             continue
         assert got.grad is not None and got.grad.dtype == got.dtype, name
         assert rel_err(got.grad, want.grad) <= tol_g, name
+
+
+def tiny_model(seed=0):
+    """A depth-2 SSAMBA small enough for interpreted kernels, with no zero-valued parameter."""
+    from ssamba.models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model("ssamba_tiny", embed_dim=16, depth=2, input_tdim=32, num_classes=3,
+                         pretrain_heads=False, drop_path=0.0)  # fmt: skip
+    with torch.no_grad():  # non-trivial values everywhere (zero biases by default)
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model.train()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scan_cases import check_against_reference, make_inputs, rel_err
+from scan_cases import check_against_reference, make_inputs, rel_err, tiny_model
 from ssamba.models import mamba as mamba_mod
 from ssamba.ops import scan_torch
 from ssamba.ops.scan import selective_scan, selective_scan_ref
@@ -93,18 +93,6 @@ def test_dispatcher_runs_torch_backend(monkeypatch):
     assert calls == [1, 1]
 
 
-def _tiny_model(seed=0):
-    from ssamba.models import create_model
-
-    torch.manual_seed(seed)
-    model = create_model("ssamba_tiny", embed_dim=16, depth=2, input_tdim=32, num_classes=3,
-                         pretrain_heads=False, drop_path=0.0)  # fmt: skip
-    with torch.no_grad():  # non-trivial values everywhere (zero biases by default)
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    return model.train()
-
-
 def training_step(model, backend, monkeypatch):
     """Loss and every parameter's gradient of one supervised step with SSAMBA_SCAN=backend."""
     monkeypatch.setenv("SSAMBA_SCAN", backend)
@@ -120,7 +108,7 @@ def training_step(model, backend, monkeypatch):
 
 def test_training_step_torch_backend_matches_cpu(monkeypatch):
     pytest.importorskip("ssamba.ops.scan_cpu")
-    model = _tiny_model()
+    model = tiny_model()
 
     def no_flips(*a, **k):  # the fused path must be taken: no reference mixer, no flips
         raise AssertionError("reference_forward called")

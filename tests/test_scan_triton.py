@@ -18,7 +18,7 @@ import sys
 import pytest
 import torch
 
-from scan_cases import check_against_reference, make_inputs, rel_err
+from scan_cases import check_against_reference, make_inputs, rel_err, tiny_model
 
 _SET_INTERPRET = "triton" not in sys.modules and not torch.cuda.is_available()
 _OLD_INTERPRET = os.environ.get("TRITON_INTERPRET")
@@ -146,18 +146,6 @@ def test_dispatcher_forced_triton_on_cpu(monkeypatch):
     assert scan_backends("cpu")["backends"]["triton"]["available"]
 
 
-def _tiny_model(seed=0):
-    from ssamba.models import create_model
-
-    torch.manual_seed(seed)
-    model = create_model("ssamba_tiny", embed_dim=16, depth=2, input_tdim=32, num_classes=3,
-                         pretrain_heads=False, drop_path=0.0)  # fmt: skip
-    with torch.no_grad():  # non-trivial values everywhere (zero biases by default)
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    return model.train()
-
-
 def _training_step(model, backend, monkeypatch):
     monkeypatch.setenv("SSAMBA_SCAN", backend)
     fbank = torch.randn(2, 32, 128, generator=torch.Generator().manual_seed(1))
@@ -170,7 +158,7 @@ def _training_step(model, backend, monkeypatch):
 
 def test_training_step_triton_backend_matches_cpu(monkeypatch):
     pytest.importorskip("ssamba.ops.scan_cpu")
-    model = _tiny_model()
+    model = tiny_model()
     calls = []
     real = scan_triton.selective_scan_triton
     monkeypatch.setattr(scan_triton, "selective_scan_triton",

@@ -30,6 +30,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
+from ssamba.ops.shapes import check_scan_shapes
+
 LANES = 16  # channels per work item: one (N x 16) fp32 tile = 1 KiB for N = 16
 CHUNK = 64  # steps between saved states; the backward keeps (CHUNK + 1) states of one tile
 
@@ -512,20 +514,6 @@ class _Inputs:
                 self.reverse)  # fmt: skip
 
 
-def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
-    nb, length, n_chan = u.shape
-    n_state = A.shape[1]
-    if delta.shape != u.shape or (z is not None and z.shape != u.shape):
-        raise ValueError("delta and z must have the shape of u (batch, length, channels)")
-    if A.shape != (n_chan, n_state):
-        raise ValueError(f"A must be (channels, state) = ({n_chan}, N), got {tuple(A.shape)}")
-    if B.shape != (nb, length, n_state) or C.shape != (nb, length, n_state):
-        raise ValueError("B and C must be (batch, length, state)")
-    for name, v in (("D", D), ("delta_bias", delta_bias)):
-        if v is not None and v.shape != (n_chan,):
-            raise ValueError(f"{name} must be (channels,)")
-
-
 def _forward_call(inp: _Inputs, save: bool, out: torch.Tensor | None = None):
     """(kernel call, out, ypre, ckpt) of the forward; with ``save`` the chunk states and ypre."""
     nb, length, n_chan = inp.u.shape
@@ -594,7 +582,7 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     ``reverse=True`` scans from the last step to the first, i.e. it equals
     ``selective_scan_cpu(*(x.flip(1) for x in time-indexed inputs)).flip(1)`` without the copies.
     """
-    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    check_scan_shapes(u, delta, A, B, C, D, z, delta_bias)
     tensors = (u, delta, A, B, C, D, z, delta_bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _SelectiveScanCPU.apply(*tensors, delta_softplus, reverse)
@@ -610,7 +598,7 @@ def selective_scan_cpu_many(scans):
     the outputs in order. Nothing may require grad."""
     calls, outs = [], []
     for u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse in scans:
-        _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+        check_scan_shapes(u, delta, A, B, C, D, z, delta_bias)
         inp = _Inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
         call, out, _, _ = _forward_call(inp, save=False)
         calls.append(call)

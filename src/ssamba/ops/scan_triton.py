@@ -43,6 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ssamba.ops.shapes import check_scan_shapes
+
 _add = tl.standard._sum_combine  # tl.sum's combine; tl.reduce(x, axis, _add) == tl.sum(x, axis)
 CHUNK = 64  # steps between saved states; the backward's scratch holds CHUNK + 1 state tiles
 BLOCK_D = 32  # channels per program (the default; see _block_d)
@@ -402,17 +404,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
 
 
 def _check(u, delta, A, B, C, D, z, delta_bias):
-    nb, length, n_chan = u.shape
-    n_state = A.shape[1]
-    if delta.shape != u.shape or (z is not None and z.shape != u.shape):
-        raise ValueError("delta and z must have the shape of u (batch, length, channels)")
-    if A.shape != (n_chan, n_state):
-        raise ValueError(f"A must be (channels, state) = ({n_chan}, N), got {tuple(A.shape)}")
-    if B.shape != (nb, length, n_state) or C.shape != (nb, length, n_state):
-        raise ValueError("B and C must be (batch, length, state)")
-    for name, v in (("D", D), ("delta_bias", delta_bias)):
-        if v is not None and v.shape != (n_chan,):
-            raise ValueError(f"{name} must be (channels,)")
+    check_scan_shapes(u, delta, A, B, C, D, z, delta_bias)
     if u.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"the Triton scan takes float32/bfloat16/float16 inputs, got {u.dtype}")
 

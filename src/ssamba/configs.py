@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import InitVar, dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ LR_SCHEDULES = ("step_decay", "milestones")
 LOGGERS = ("jsonl", "tensorboard", "wandb")  # metric destinations (ssamba.training.loggers)
 # Actions on the output folder and cosmetics: they do not define the run, run.json leaves them out.
 RUN_CONTROL = frozenset({"resume", "overwrite", "progress"})
+_PROBE_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a probe set's name (--probe NAME=...)
 
 
 def default_workers() -> int:
@@ -120,6 +122,30 @@ def _preset(value) -> None:
         )
 
 
+def parse_probe_spec(spec) -> tuple[str | None, str, str | None]:
+    """``"[NAME=]TRAIN[,TEST]"`` (``--probe``) -> (NAME or None, TRAIN, TEST or None).
+
+    A value that names an existing path is TRAIN alone (a comma or ``=`` in a file name is
+    then no separator); a NAME is letters, digits, ``_``, ``-`` and ``.``."""
+    form = "expected [NAME=]TRAIN[,TEST] (labelled manifests)"
+    if not isinstance(spec, str) or not spec.strip():
+        raise UsageError(f"--probe {spec!r}: {form}")
+    if os.path.exists(spec):
+        return None, spec, None
+    name, sep, rest = spec.partition("=")
+    if not sep or not _PROBE_NAME.fullmatch(name):
+        if sep and not any(ch in name for ch in "/\\"):
+            raise UsageError(f"--probe {spec!r}: the name {name!r} may hold only letters, "
+                             "digits, _, - and .")  # fmt: skip
+        name, rest = None, spec
+    if os.path.exists(rest):
+        return name, rest, None
+    parts = rest.split(",")
+    if len(parts) > 2 or not all(p.strip() for p in parts):
+        raise UsageError(f"--probe {spec!r}: {form}")
+    return name, parts[0], parts[1] if len(parts) == 2 else None
+
+
 # ---------------------------------------------------------------------------- shared settings
 @dataclass
 class TrainConfig:
@@ -202,10 +228,20 @@ class PretrainConfig(TrainConfig):
     model_overrides: dict = field(default_factory=dict)  # e.g. {"depth": 4} for small tests
     # as the official run: validate (and maybe halve the lr) every 4000 steps, and at the end
     eval_every: int = 4000
+    # the online linear probe (docs/pretraining.md, "Online probe"): "[NAME=]TRAIN[,TEST]"
+    # labelled manifests, one probe set each, scored at step 0, every probe_every steps (0: at
+    # the run's evaluations, every eval_every steps) and at the end
+    probe: list[str] = field(default_factory=list)
+    probe_every: int = 0
+    probe_pooling: str = "mean"  # as `ssamba probe --pooling`
+    probe_layers: list[int] = field(default_factory=lambda: [-1])  # as `ssamba probe --layers`
+    probe_max_files: int = 2000  # per split: a larger one is probed on a fixed subset
+    keep_best_probe: bool = False  # keep the model of the best mean probe score in best_probe/
 
     def __post_init__(self):
         super().__post_init__()
         _preset(self.model)
+        self._check_probe()
         _choice("objective", self.objective, OBJECTIVES)
         _choice("mask_mode", self.mask_mode, MASK_MODES)
         _choice("on_bad_file", self.on_bad_file, BAD_FILE_POLICIES)
@@ -213,6 +249,23 @@ class PretrainConfig(TrainConfig):
         _normalize(self.normalize)
         _at_least("mask_patch", self.mask_patch, 1, optional=True)
         _at_least("mpg_weight", self.mpg_weight, 0)
+
+    def _check_probe(self) -> None:
+        if isinstance(self.probe, str):  # one set from a config file
+            self.probe = [self.probe]
+        self.probe = list(self.probe or [])
+        for spec in self.probe:
+            parse_probe_spec(spec)
+        _at_least("probe_every", self.probe_every, 0)
+        _at_least("probe_max_files", self.probe_max_files, 1)
+        layers = self.probe_layers
+        self.probe_layers = [layers] if isinstance(layers, int) else list(layers or [])
+        if not self.probe_layers or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in self.probe_layers
+        ):
+            raise UsageError(f"probe_layers must be layer indices, got {layers!r}")
+        if self.keep_best_probe and not self.probe:
+            raise UsageError("--keep-best-probe needs a probe set: pass --probe TRAIN[,TEST]")
 
 
 # ---------------------------------------------------------------------------- fine-tuning
@@ -385,4 +438,5 @@ __all__ = [
     "TrainConfig",
     "default_workers",
     "field_defaults",
+    "parse_probe_spec",
 ]

@@ -8,25 +8,49 @@ workers, and validation masks by (seed, clip index) alone, so evaluations are co
 Validation always uses cluster masks at the official M (400 of 512 patches, the same fraction for
 other input lengths), whatever the training masks: runs at 250, 300 or 400 masked patches, or with
 random or frame masks, are then halved and choose their best model on the same task.
+
+The online probe (``--probe``, :class:`OnlineProbe`) scores the frozen features during the run:
+``ssamba probe``'s linear probe (and a kNN vote) on labelled sets, at step 0, every
+``probe_every`` steps and at the end, on rank 0 while the other ranks wait.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from ssamba.checkpoints import load_model, model_stats
-from ssamba.configs import OBJECTIVES, PretrainConfig
-from ssamba.data import AudioDataset, drop_bad, read_manifest
-from ssamba.errors import ManifestError, UsageError
+from ssamba.configs import OBJECTIVES, PretrainConfig, parse_probe_spec
+from ssamba.data import AudioDataset, Manifest, drop_bad, read_manifest
+from ssamba.embeddings import POOLINGS, model_device, resolve_layers
+from ssamba.errors import ManifestError, SsambaError, TrainingError, UsageError
 from ssamba.models.model import create_model
 from ssamba.models.patches import check_mask_size, draw_mask_index
-from ssamba.training import Distributed, LRSchedule, Task, ends_process_group, fit
+from ssamba.probe import holdout_split, probe_scores, subsample
+from ssamba.training import (
+    Distributed,
+    LRSchedule,
+    StepCallback,
+    Task,
+    ends_process_group,
+    fit,
+)
 
 log = logging.getLogger(__name__)
+
+PROBE_HOLDOUT = 0.2  # of TRAIN held out as the probe's TEST when --probe gives none
+BEST_PROBE = "best_probe"  # RUN/best_probe/: the model of the best mean probe score
+BEST_PROBE_FILE = "probe.json"  # in it: the step and the scores that selected it
 
 
 def default_mask_patch(num_patches: int) -> int:
@@ -170,20 +194,191 @@ def pretrain(cfg: PretrainConfig, device: str | None = None) -> dict:
             window="random" if train else "start",  # a new part of a long recording each epoch
         )
 
+    probe = online_probe(cfg, model)  # a bad probe set stops the run here, before it starts
     train_set = dataset(cfg.train, True)
     valid_set = dataset(cfg.valid, False) if cfg.valid else None
     if valid_set is None and dist.is_main:
         log.warning("no --valid set: the learning rate is never halved and best/ is not written")
-    return fit(task, cfg, dist, train_set, valid_set)
+    return fit(task, cfg, dist, train_set, valid_set, callback=probe)
+
+
+# ---------------------------------------------------------------------------- the online probe
+@dataclass
+class ProbeSet:
+    """One set of the online probe: a linear probe fit on ``train``, scored on ``test``."""
+
+    name: str
+    train: Manifest
+    test: Manifest
+
+
+def online_probe(cfg: PretrainConfig, model) -> OnlineProbe | None:
+    """The run's :class:`OnlineProbe` (None without ``--probe``); its options and manifests are
+    checked here, so that a bad one stops the run before training starts."""
+    if not cfg.probe:
+        return None
+    if cfg.probe_pooling not in POOLINGS:
+        raise UsageError(
+            f"--probe-pooling must be one of {', '.join(POOLINGS)}, got {cfg.probe_pooling!r}"
+        )
+    try:
+        resolve_layers(model, cfg.probe_layers)
+    except UsageError as err:
+        raise UsageError(f"--probe-layers: {err}") from None
+    return OnlineProbe(cfg, model, read_probe_sets(cfg))
+
+
+def read_probe_sets(cfg: PretrainConfig) -> list[ProbeSet]:
+    """The ``--probe`` sets: manifests read, TEST held out of TRAIN when not given (a stratified
+    :data:`PROBE_HOLDOUT` drawn with the run's seed), each split cut to ``probe_max_files`` (a
+    subset drawn with the seed), and every set named (default: TRAIN's parent folder)."""
+    sets: list[ProbeSet] = []
+    for spec in cfg.probe:
+        name, train_path, test_path = parse_probe_spec(spec)
+        try:
+            train, test = _probe_manifests(train_path, test_path, cfg.seed)
+        except (SsambaError, OSError) as err:
+            raise UsageError(f"--probe {spec}: {err}") from None
+        name = _unique_name(name or _default_probe_name(train_path), {s.name for s in sets})
+        cap = cfg.probe_max_files
+        sets.append(ProbeSet(name, subsample(train, cap, cfg.seed), subsample(test, cap, cfg.seed)))
+    return sets
+
+
+def _probe_manifests(train_path: str, test_path: str | None, seed: int):
+    train = read_manifest(train_path)
+    if not train.labeled:
+        raise UsageError(f"{train_path}: no labels; the probe needs a labelled manifest")
+    if test_path is None:
+        return holdout_split(train, PROBE_HOLDOUT, seed)
+    return train, read_manifest(test_path, train.classes, multilabel=train.multilabel)
+
+
+def _default_probe_name(train_path: str) -> str:
+    name = Path(train_path).expanduser().resolve().parent.name
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "probe"
+
+
+def _unique_name(name: str, taken: set[str]) -> str:
+    unique, n = name, 1
+    while unique in taken:
+        n += 1
+        unique = f"{name}_{n}"
+    return unique
+
+
+class OnlineProbe(StepCallback):
+    """``ssamba pretrain --probe``: ``ssamba probe``'s linear probe of the current weights (and a
+    kNN vote) on every probe set, logged as ``probe/<name>/score``, ``probe/<name>/knn``,
+    ``probe/score`` (the mean) and ``probe/seconds``; with ``keep_best_probe`` the model of the
+    best ``probe/score`` is kept in ``RUN/best_probe/``.
+
+    Rank 0 probes while the other ranks wait in a collective (DDP's next all-reduce would block
+    them anyway; waiting keeps every rank at the same step, so resume stays exact). The probe
+    leaves training as it was: the model's train mode and every random number generator are
+    restored, so a run with a probe ends with the weights of one without."""
+
+    def __init__(self, cfg: PretrainConfig, model, sets: list[ProbeSet]):
+        self.cfg, self.model, self.sets = cfg, model, sets
+        self.best_score, self.best_step = -math.inf, -1
+        self.seconds = 0.0  # spent probing in this session
+
+    def due(self, step: int, plan) -> bool:
+        """Step 0, every ``probe_every`` steps (0: with the evaluations) and the last step."""
+        every = self.cfg.probe_every or plan.eval_every
+        return step % every == 0 or step == plan.max_steps
+
+    def after_step(self, step: int, plan, dist: Distributed, run) -> None:
+        if not self.due(step, plan):
+            return
+        error = None
+        if dist.is_main:
+            try:
+                self.probe(step, run)
+            except Exception as err:  # raised below, once the other ranks know
+                error = err
+        # The other ranks wait here; the collective also tells them if rank 0 failed, so no
+        # rank is left waiting for one that stopped.
+        if not dist.all_true(error is None):
+            if error is not None:
+                raise error
+            raise TrainingError(f"the online probe failed on rank 0 at step {step} (see its error)")
+
+    def probe(self, step: int, run) -> None:
+        """Score every set, log the scores and keep the best model (the main rank)."""
+        started = time.perf_counter()
+        scores = self.scores()
+        seconds = time.perf_counter() - started
+        self.seconds += seconds
+        mean = float(np.mean([s["score"] for s in scores.values()]))
+        record: dict = {"kind": "probe", "step": step}
+        for name, result in scores.items():
+            record[f"probe/{name}/score"] = result["score"]
+            if "knn" in result:
+                record[f"probe/{name}/knn"] = result["knn"]
+        record.update({"probe/score": mean, "probe/seconds": round(seconds, 3)})
+        run.log_metrics(record)
+        shown = ", ".join(f"{k[6:]} {v:.4f}" for k, v in record.items() if k.startswith("probe/"))
+        log.info("step %d probe: %s", step, shown)
+        if mean > self.best_score:
+            self.best_score, self.best_step = mean, step
+            if self.cfg.keep_best_probe:
+                info = {"step": step, "score": mean, "sets": scores}
+                files = {BEST_PROBE_FILE: json.dumps(info, indent=2) + "\n"}
+                run.save_model(self.model, BEST_PROBE, files=files)
+
+    def scores(self) -> dict[str, dict]:
+        """Every set's scores with the current weights (eval mode, no gradients), the model's
+        mode and the random number generators restored after."""
+        device = model_device(self.model)
+        python_rng, was_training = random.getstate(), self.model.training
+        options = dict(layers=self.cfg.probe_layers, pooling=self.cfg.probe_pooling,
+                       on_bad_file=self.cfg.on_bad_file)  # fmt: skip
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                with torch.no_grad():
+                    self.model.eval()
+                    return {
+                        s.name: probe_scores(self.model, s.train, s.test, **options)
+                        for s in self.sets
+                    }
+        finally:
+            self.model.train(was_training)
+            random.setstate(python_rng)
+
+    def state_dict(self) -> dict:
+        return {"best_score": self.best_score, "best_step": self.best_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_score = float(state.get("best_score", -math.inf))
+        self.best_step = int(state.get("best_step", -1))
+
+    def summary(self, seconds: float) -> dict:
+        """The time spent probing (in this session) and its share of the run's wall time; the
+        best probe score and its step."""
+        found = self.best_step >= 0
+        return {
+            "probe_seconds": round(self.seconds, 1),
+            "probe_fraction": round(self.seconds / max(seconds, 1e-9), 4),
+            "best_probe_score": self.best_score if found else None,
+            "best_probe_step": self.best_step if found else None,
+        }
 
 
 __all__ = [
+    "BEST_PROBE",
+    "BEST_PROBE_FILE",
     "OBJECTIVES",
+    "PROBE_HOLDOUT",
     "MaskedPatchObjective",
+    "OnlineProbe",
     "PretrainConfig",
     "PretrainTask",
+    "ProbeSet",
     "build_model",
     "clip_masks",
     "default_mask_patch",
+    "online_probe",
     "pretrain",
+    "read_probe_sets",
 ]

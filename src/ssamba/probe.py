@@ -29,6 +29,7 @@ Procedure:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -49,15 +50,21 @@ from ssamba.fileio import atomic_write
 
 __all__ = [
     "DEFAULT_L2",
+    "KNN_K",
     "RESULTS_FILE",
     "embed_manifest",
     "fit_linear",
     "fit_probe",
+    "holdout_split",
+    "knn_accuracy",
     "linear_probe",
+    "probe_scores",
+    "subsample",
 ]
 
 DEFAULT_L2 = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 RESULTS_FILE = "probe_results.json"
+KNN_K = 20  # neighbours of the kNN score (fewer when the training split is smaller)
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,10 +301,7 @@ def linear_probe(
         pooling=pooling,
     )
     splits = {"train": train, "valid": valid} | ({"test": test} if test is not None else {})
-    data = {}
-    for name, manifest in splits.items():
-        x, kept, bad = embed_manifest(model, manifest, **opts)
-        data[name] = (x, _targets(manifest, kept), bad)
+    data = _embed_splits(model, splits, opts)
 
     results = fit_probe(
         {name: (x, y) for name, (x, y, _) in data.items()},
@@ -319,16 +323,30 @@ def linear_probe(
     return results
 
 
+def _embed_splits(model, splits: dict[str, Manifest], opts: dict) -> dict:
+    """name -> (embeddings, targets of the files kept, bad files) for every split."""
+    data = {}
+    for name, manifest in splits.items():
+        x, kept, bad = embed_manifest(model, manifest, **opts)
+        data[name] = (x, _targets(manifest, kept), bad)
+    return data
+
+
+def _standardised(data: dict) -> dict[str, np.ndarray]:
+    """Every split's features standardised (float64) with the "train" split's mean and
+    standard deviation; constant features stay 0."""
+    x_train = data["train"][0].astype(np.float64)
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0)
+    std[std < 1e-6 * max(float(std.max()), 1e-12)] = 1.0
+    return {name: (x.astype(np.float64) - mean) / std for name, (x, *_) in data.items()}
+
+
 def fit_probe(data: dict, multilabel: bool, classes, l2_grid=DEFAULT_L2, max_iter: int = 200):
     """Standardise features with the train statistics, fit a linear classifier per L2 weight,
     keep the best on "valid" and score every split. ``data``: name -> (features (N, D), targets).
     """
-    x_train = data["train"][0].astype(np.float64)
-    mean = x_train.mean(axis=0)
-    std = x_train.std(axis=0)
-    std[std < 1e-6 * max(float(std.max()), 1e-12)] = 1.0  # constant features stay 0
-
-    xs = {name: (x.astype(np.float64) - mean) / std for name, (x, _) in data.items()}
+    xs = _standardised(data)
     metric = "mAP" if multilabel else "accuracy"
     grid = []
     best = None
@@ -357,3 +375,105 @@ def fit_probe(data: dict, multilabel: bool, classes, l2_grid=DEFAULT_L2, max_ite
             **_metrics(probs, data[name][1], multilabel, classes),
         }
     return results
+
+
+# --------------------------------------------------------------------------------------------
+# The online probe's pieces (ssamba pretrain --probe): kNN, held-out split, subsets, one score
+# --------------------------------------------------------------------------------------------
+
+
+def knn_accuracy(
+    x_train: np.ndarray,
+    labels_train: np.ndarray,
+    x_test: np.ndarray,
+    labels_test: np.ndarray,
+    k: int = KNN_K,
+) -> float:
+    """Accuracy of a cosine k-nearest-neighbour vote (``k``, or every training point when there
+    are fewer): each test point takes the class most of its neighbours have; a tie goes to the
+    tied class of the nearest neighbour. Neighbours at equal similarity rank by training index.
+    ``labels_*``: class indices (single-label data)."""
+    labels_train = np.asarray(labels_train, dtype=np.int64)
+    labels_test = np.asarray(labels_test, dtype=np.int64)
+    k = max(1, min(int(k), len(x_train)))
+    a = torch.nn.functional.normalize(torch.as_tensor(x_train, dtype=torch.float64), dim=1)
+    b = torch.nn.functional.normalize(torch.as_tensor(x_test, dtype=torch.float64), dim=1)
+    similarity = (b @ a.T).numpy()
+    order = np.argsort(-similarity, axis=1, kind="stable")[:, :k]  # nearest first
+    neighbours = labels_train[order]  # (n_test, k) class indices
+    rows = np.arange(len(x_test))
+    votes = np.zeros((len(x_test), int(labels_train.max()) + 1), dtype=np.int64)
+    np.add.at(votes, (rows[:, None], neighbours), 1)
+    tied = votes[rows[:, None], neighbours] == votes.max(axis=1, keepdims=True)
+    predicted = neighbours[rows, tied.argmax(axis=1)]  # the nearest neighbour of a top class
+    return float(np.mean(predicted == labels_test))
+
+
+def holdout_split(manifest: Manifest, fraction: float, seed: int) -> tuple[Manifest, Manifest]:
+    """``manifest`` split into (train, held out): ``fraction`` of each class's files held out
+    (rounded, at least one of a class with two or more files), drawn with ``seed``; multi-label
+    data is split without strata. Files keep their order."""
+    rng = np.random.default_rng(seed)
+    if manifest.multilabel:
+        strata = [list(range(len(manifest)))]
+    else:
+        by_class: dict[int, list[int]] = {}
+        for i in range(len(manifest)):
+            by_class.setdefault(manifest.label_indices(i)[0], []).append(i)
+        strata = [by_class[c] for c in sorted(by_class)]
+    held = set()
+    for members in strata:
+        n = round(fraction * len(members))
+        n = max(n, 1) if len(members) >= 2 else 0
+        held.update(int(i) for i in rng.permutation(members)[:n])
+    if not held or len(held) == len(manifest):
+        raise UsageError(
+            f"{manifest.source}: {len(manifest)} files are too few to hold {fraction:.0%} out "
+            "for the probe's test split: give TRAIN,TEST"
+        )
+    kept = [ex for i, ex in enumerate(manifest.examples) if i not in held]
+    out = [ex for i, ex in enumerate(manifest.examples) if i in held]
+    return dataclasses.replace(manifest, examples=kept), dataclasses.replace(manifest, examples=out)
+
+
+def subsample(manifest: Manifest, max_files: int, seed: int) -> Manifest:
+    """At most ``max_files`` of the manifest's files: a subset drawn with ``seed`` (in the
+    manifest's order) when it has more, else the manifest itself."""
+    if len(manifest) <= max_files:
+        return manifest
+    keep = np.sort(np.random.default_rng(seed).choice(len(manifest), max_files, replace=False))
+    examples = [manifest.examples[int(i)] for i in keep]
+    return dataclasses.replace(manifest, examples=examples)
+
+
+def probe_scores(
+    model,
+    train: Manifest,
+    test: Manifest,
+    *,
+    layers=None,
+    pooling: str = "mean",
+    batch_size: int = 8,
+    device=None,
+    on_bad_file: str = "error",
+    l2_grid=DEFAULT_L2,
+    max_iter: int = 200,
+    k: int = KNN_K,
+) -> dict[str, Any]:
+    """The linear probe of ``model`` trained on ``train`` with ``l2`` chosen on ``test``, and a
+    kNN vote: exactly ``linear_probe(model, train, test, ...)`` without a cache, whose "valid"
+    score (accuracy; mAP for multi-label data) is ``score``. ``knn``: :func:`knn_accuracy` on the
+    standardised features (single-label data only)."""
+    opts = dict(layers=layers, batch_size=batch_size, device=device, on_bad_file=on_bad_file,
+                pooling=pooling)  # fmt: skip
+    data = _embed_splits(model, {"train": train, "valid": test}, opts)
+    multilabel = bool(train.multilabel)
+    results = fit_probe({name: (x, y) for name, (x, y, _) in data.items()}, multilabel,
+                        train.classes, l2_grid, max_iter)  # fmt: skip
+    out = {"score": results["valid"][results["metric"]], "metric": results["metric"]}
+    if not multilabel:
+        xs = _standardised(data)
+        labels = {name: y.argmax(axis=1) for name, (_, y, _) in data.items()}
+        out["knn"] = knn_accuracy(xs["train"], labels["train"], xs["valid"], labels["valid"], k)
+    out["files"] = {"train": len(data["train"][0]), "test": len(data["valid"][0])}
+    return out

@@ -34,6 +34,7 @@ from ssamba.cli.common import (
     positive_int,
     target_frames,
 )
+from ssamba.cli.evaluate import POOLINGS
 from ssamba.configs import (
     BAD_FILE_POLICIES,
     LOSSES,
@@ -313,8 +314,36 @@ def add_pretrain_parser(subparsers) -> None:
     options.add(g, "mpg_weight", "weight of the generative (MSE) loss", type=non_negative_float)
     options.add(g, "on_bad_file", "an unreadable audio file stops the run, or is skipped",
                 choices=BAD_FILE_POLICIES)  # fmt: skip
+    add_probe_options(p, options)
     add_train_options(p, options)
     p.set_defaults(func=run_pretrain)
+
+
+def add_probe_options(p, options: ConfigOptions) -> None:
+    """The online probe of ``ssamba pretrain`` (docs/pretraining.md, "Online probe")."""
+    g = p.add_argument_group(
+        "online probe",
+        "`ssamba probe`'s linear probe (and a 20-nearest-neighbour vote) of the current\n"
+        "weights on labelled sets, logged as probe/NAME/score and probe/NAME/knn. TEST\n"
+        "chooses the L2 weight: pass a validation split, not your final test set.",
+    )
+    options.add(g, "probe", "a labelled set to probe, repeatable: TRAIN,TEST manifests, or TRAIN "
+                "alone (20%% of it, stratified, held out as TEST); NAME= names it (default: none; "
+                "a set's name: TRAIN's parent folder)", action="append",
+                metavar="[NAME=]TRAIN[,TEST]")  # fmt: skip
+    options.add(g, "probe_every", "probe every N steps; 0: at every evaluation (--eval-every); "
+                "always at step 0 and at the end", type=non_negative_int,
+                metavar="N")  # fmt: skip
+    options.add(g, "probe_pooling", "clip vector, as `ssamba probe --pooling`",
+                choices=POOLINGS)  # fmt: skip
+    options.add(g, "probe_layers", "layer indices to concatenate, as `ssamba probe --layers`",
+                type=int, nargs="+", metavar="I")  # fmt: skip
+    options.add(g, "probe_max_files", "files per probe split at most: a larger split is probed "
+                "on a fixed subset drawn with --seed", type=positive_int,
+                metavar="N")  # fmt: skip
+    options.add(g, "keep_best_probe", "keep the model of the best mean probe score in "
+                "OUT/best_probe/ (with probe.json: its step and scores)",
+                action="store_true")  # fmt: skip
 
 
 def run_pretrain(args) -> int:
@@ -329,6 +358,12 @@ def run_pretrain(args) -> int:
     print(
         f"pretraining done: {summary['steps']} steps in {summary['seconds']} s -> {cfg.out}/final"
     )
+    if cfg.probe and is_main_process():
+        print(
+            f"online probe: {summary['probe_seconds']} s, "
+            f"{100 * summary['probe_fraction']:.1f}% of the run's wall time; best probe/score "
+            f"{summary['best_probe_score']:.4f} at step {summary['best_probe_step']}"
+        )
     return 0
 
 

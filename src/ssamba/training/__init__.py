@@ -33,7 +33,7 @@ from ssamba.training.run_folder import (
 )
 from ssamba.training.schedule import LRSchedule
 from ssamba.training.state import Progress, rng_state, seed_everything, set_rng_state
-from ssamba.training.task import Task
+from ssamba.training.task import StepCallback, Task
 
 __all__ = [
     "CHECKPOINTS",
@@ -49,6 +49,7 @@ __all__ = [
     "Progress",
     "ResumableSampler",
     "RunFolder",
+    "StepCallback",
     "Task",
     "TrainConfig",
     "TrainingError",

@@ -78,9 +78,11 @@ def check_installed(names: Iterable[str]) -> None:
 
 
 def _scalars(record: dict[str, Any]) -> dict[str, float]:
+    """``KIND/NAME`` -> value; a name that already starts with ``KIND/`` (the online probe's
+    ``probe/...``) is kept as it is."""
     kind = record.get("kind", "train")
     return {
-        f"{kind}/{k}": v
+        k if k.startswith(f"{kind}/") else f"{kind}/{k}": v
         for k, v in record.items()
         if k not in _NOT_SCALARS and isinstance(v, int | float) and not isinstance(v, bool)
     }

@@ -35,14 +35,23 @@ from ssamba.training.state import (
     seed_everything,
     trainer_state,
 )
-from ssamba.training.task import Task
+from ssamba.training.task import StepCallback, Task
 
 log = logging.getLogger(__name__)
 
 
-def fit(task: Task, cfg: TrainConfig, dist: Distributed, train_set, valid_set=None) -> dict:
+def fit(
+    task: Task,
+    cfg: TrainConfig,
+    dist: Distributed,
+    train_set,
+    valid_set=None,
+    callback: StepCallback | None = None,
+) -> dict:
     """Train ``task`` on ``train_set``, evaluating on ``valid_set``; returns the summary (also
-    written to ``summary.json``). Every rank calls it; the main rank writes the files."""
+    written to ``summary.json``). Every rank calls it; the main rank writes the files.
+    ``callback``: work between steps (:class:`~ssamba.training.task.StepCallback`)."""
+    callback = callback or StepCallback()
     run = open_run(task, cfg, dist)
     seed_everything(cfg.seed + dist.rank)
     model = task.model.to(dist.device)
@@ -50,7 +59,7 @@ def fit(task: Task, cfg: TrainConfig, dist: Distributed, train_set, valid_set=No
     scaler = torch.amp.GradScaler(dist.device.type, enabled=cfg.precision == "fp16")
     progress = Progress()
     if cfg.resume:
-        progress = resume(run, model, optimizer, task.schedule, dist, scaler)
+        progress = resume(run, model, optimizer, task.schedule, dist, scaler, callback)
     module = distribute(task.module.to(dist.device), dist, task.unused_parameters)
     plan = plan_steps(cfg, dist, train_set, task.sampling())
     meter = Meter(cfg, plan.max_steps, progress.step, dist.is_main)
@@ -58,6 +67,8 @@ def fit(task: Task, cfg: TrainConfig, dist: Distributed, train_set, valid_set=No
     loader = TrainLoader(
         train_set, plan.sampler, plan.per_rank, cfg.workers, cfg.seed, dist.device.type == "cuda"
     )
+    if progress.step == 0:
+        callback.after_step(0, plan, dist, run)  # the initial weights
     while progress.step < plan.max_steps:
         batches = loader.epoch(progress.epoch, progress.batch_in_epoch * cfg.accum_steps)
         while progress.step < plan.max_steps:
@@ -69,13 +80,16 @@ def fit(task: Task, cfg: TrainConfig, dist: Distributed, train_set, valid_set=No
             log_step(run, meter, progress, optimizer, metrics, plan.max_steps)
             end_of_epoch = progress.batch_in_epoch == plan.steps_per_epoch
             maybe_evaluate(task, valid_set, cfg, dist, run, progress, plan)
+            callback.after_step(progress.step, plan, dist, run)
             if end_of_epoch:
                 task.schedule.end_epoch(progress.epoch)
                 progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
-            maybe_save(run, task, optimizer, scaler, progress, plan, dist, cfg.keep, end_of_epoch)
+            maybe_save(
+                run, task, optimizer, scaler, progress, plan, dist, cfg.keep, end_of_epoch, callback
+            )
             if end_of_epoch:
                 break  # a new loader for the next epoch's order
-    return finish(run, model, progress, meter, metrics, dist)
+    return finish(run, model, progress, meter, metrics, dist, callback)
 
 
 # ---------------------------------------------------------------------------- set-up
@@ -148,10 +162,12 @@ def make_optimizer(task: Task, cfg: TrainConfig, device: torch.device) -> torch.
     return optimizer
 
 
-def resume(run: RunFolder, model, optimizer, schedule, dist: Distributed, scaler) -> Progress:
+def resume(
+    run: RunFolder, model, optimizer, schedule, dist: Distributed, scaler, callback: StepCallback
+) -> Progress:
     """Continue from the run's newest intact checkpoint (weights, optimiser, schedule, data
-    position, RNG states, the fp16 loss scale); from scratch, with no metrics kept, when it has
-    none yet."""
+    position, RNG states, the fp16 loss scale, the callback's state); from scratch, with no
+    metrics kept, when it has none yet."""
     found = run.resume_checkpoint(model)
     if found is None:
         if dist.is_main:
@@ -162,6 +178,7 @@ def resume(run: RunFolder, model, optimizer, schedule, dist: Distributed, scaler
     progress = restore_trainer_state(state, optimizer, schedule, dist)
     if scaler.is_enabled() and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
+    callback.load_state_dict(state.get("callback", {}))
     if dist.is_main:
         run.truncate_metrics(progress.step)
         log.info("resumed from %s (step %d)", ckpt, progress.step)
@@ -318,7 +335,9 @@ def maybe_evaluate(task: Task, valid_set, cfg, dist, run: RunFolder, progress, p
         log.info("step %d validation: %s", progress.step, shown)
 
 
-def maybe_save(run, task: Task, optimizer, scaler, progress, plan, dist, keep, end_of_epoch):
+def maybe_save(
+    run, task: Task, optimizer, scaler, progress, plan, dist, keep, end_of_epoch, callback
+):
     """A checkpoint every ``save_every`` steps, at every epoch's end and at the end."""
     if not (end_of_epoch or _due(progress.step, plan.save_every, plan.max_steps)):
         return
@@ -326,22 +345,25 @@ def maybe_save(run, task: Task, optimizer, scaler, progress, plan, dist, keep, e
     if dist.is_main:
         if scaler.is_enabled():
             state["scaler"] = scaler.state_dict()
+        state["callback"] = callback.state_dict()
         run.save_checkpoint(task.model, state, progress.step, keep)
     dist.barrier()
 
 
 # ---------------------------------------------------------------------------- finish
-def finish(run: RunFolder, model, progress: Progress, meter, metrics, dist) -> dict:
+def finish(run: RunFolder, model, progress: Progress, meter, metrics, dist, callback) -> dict:
     """Save final/ and summary.json; the summary."""
     meter.close()
+    elapsed = meter.elapsed()
     summary = {
         "steps": progress.step,
         "epochs": progress.epoch,
-        "seconds": round(meter.elapsed(), 1),
+        "seconds": round(elapsed, 1),
         "skipped_files": meter.skipped_files,
         "last_train": metrics,
         "best_metric": None if progress.best_step < 0 else progress.best_metric,
         "best_step": None if progress.best_step < 0 else progress.best_step,
+        **callback.summary(elapsed),
     }
     if dist.is_main:
         run.save_model(model, "final")

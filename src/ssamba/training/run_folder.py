@@ -1,11 +1,11 @@
 """A run's output folder: what it holds, and the checks that keep it consistent.
 
 ``run.json`` (the settings), ``metrics.jsonl``, ``checkpoints/step_N`` (model + trainer state),
-``latest`` (the newest checkpoint), ``best/`` and ``final/`` (model folders), ``summary.json``,
-``tb/`` (``--logger tensorboard``), ``wandb/`` (``--logger wandb``). Every file and folder is
-replaced atomically (:mod:`ssamba.fileio`): a run killed at any moment leaves the previous
-version or the new one, and the temporary files it leaves are removed when the run is started
-again.
+``latest`` (the newest checkpoint), ``best/`` and ``final/`` (model folders; ``best_probe/`` with
+``pretrain --keep-best-probe``), ``summary.json``, ``tb/`` (``--logger tensorboard``),
+``wandb/`` (``--logger wandb``). Every file and folder is replaced atomically
+(:mod:`ssamba.fileio`): a run killed at any moment leaves the previous version or the new one,
+and the temporary files it leaves are removed when the run is started again.
 
 ``--resume`` continues from the newest intact checkpoint: one that cannot be read (a truncated
 ``trainer_state.pt``, missing weights) is passed over with a warning; when checkpoints exist but
@@ -48,6 +48,7 @@ RESUMABLE_CHANGES = {
     "max_minutes",
     "epochs",
     "eval_every",
+    "probe_every",  # the online probe only watches training (docs/pretraining.md)
     "save_every",
     "keep",
     "workers",
@@ -162,7 +163,8 @@ class RunFolder:
     def start(self) -> None:
         """(Main rank) clear a replaced run, create the folder and write run.json."""
         if self.replace:
-            for name in (CHECKPOINTS, "best", "final", "tb", "wandb", METRICS, LATEST, RUN_FILE):
+            replaced = (CHECKPOINTS, "best", "best_probe", "final", "tb", "wandb", METRICS, LATEST)
+            for name in (*replaced, RUN_FILE):
                 target = self.path / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         (self.path / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
@@ -173,17 +175,18 @@ class RunFolder:
         atomic_write_json(self.path / RUN_FILE, self.settings, default=str)
 
     # ------------------------------------------------------------------------ models
-    def _write_model(self, model, folder: Path) -> None:
+    def _write_model(self, model, folder: Path, files: dict[str, str] | None = None) -> None:
         save_pretrained(model, folder)
-        for name, text in self.extra_files.items():
+        for name, text in {**self.extra_files, **(files or {})}.items():
             (folder / name).write_text(text)  # inside a staged folder: renamed whole
 
-    def save_model(self, model, name: str) -> Path:
-        """A complete model folder (best/, final/), replaced atomically."""
+    def save_model(self, model, name: str, files: dict[str, str] | None = None) -> Path:
+        """A complete model folder (best/, final/), replaced atomically; ``files`` (name ->
+        text) are written into it besides the run's extra files (e.g. what selected it)."""
         target = self.path / name
         try:
             with staged_folder(target) as tmp:
-                self._write_model(model, tmp)
+                self._write_model(model, tmp, files)
         except WRITE_ERRORS as err:
             raise _save_error(target, err, f"{name}/ is as it was") from None
         return target

@@ -84,3 +84,30 @@ class Task(Protocol):
         """Files (name -> text) written into every saved model folder, e.g. the class list; a
         checkpoint resumed must hold the same. Default: none."""
         return {}
+
+
+class StepCallback:
+    """Work between optimiser steps that is no part of the training itself (pretraining's online
+    probe, :class:`ssamba.pretrain.OnlineProbe`): ``fit(..., callback=)``. This base class does
+    nothing; a callback overrides what it needs.
+
+    The loop calls :meth:`after_step` on every rank, so a callback that works on one rank must
+    make the others wait (a collective) and must not change what training computes."""
+
+    def after_step(self, step: int, plan: Any, dist: Distributed, run: Any) -> None:
+        """After optimiser step ``step`` (its logging and evaluation done, its checkpoint not
+        yet written), and with ``step`` 0 before the first step of a run that starts from
+        scratch. ``plan``: the :class:`~ssamba.training.loop.StepPlan` (``max_steps``,
+        ``eval_every``); ``run``: the :class:`~ssamba.training.RunFolder`."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the callback needs to continue after ``--resume`` (saved in every checkpoint's
+        trainer state by the main rank)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` when a run is resumed (every rank)."""
+
+    def summary(self, seconds: float) -> dict[str, Any]:
+        """Entries for summary.json; ``seconds``: this session's wall time so far."""
+        return {}

@@ -15,6 +15,7 @@ import soundfile as sf
 import torch
 
 import ssamba
+from conftest import TONE_CLASSES, make_wav
 from ssamba.cli import main
 from ssamba.configs import RUN_CONTROL, DaslConfig, FinetuneConfig, PretrainConfig
 from ssamba.errors import TrainingError
@@ -171,17 +172,25 @@ def test_continue_pretraining_from_an_official_checkpoint(audio, tmp_path):
     reason="no torchrun",
 )
 def test_torchrun_two_processes_match_a_single_process(audio, tmp_path):
+    """... with the online probe in the DDP run only: rank 0 probes while the other rank waits,
+    and the training is the same as without it."""
     train, _ = audio
     common = ["pretrain", "--depth", "2", "--drop-path", "0", "--train", str(train)]
     common += ["--target-length", "64", "--batch-size", "8", "--max-steps", "4", "--lr", "1e-3"]
     common += ["--warmup-steps", "2", "--no-progress", "--log-every", "1"]
     assert main(common + ["--out", str(tmp_path / "single")]) == 0
+    for split, n in (("train", 3), ("test", 2)):
+        for name, freq in TONE_CLASSES.items():
+            for k in range(n):
+                make_wav(tmp_path / "tones" / split / name / f"{k}.wav", 0.3, freq * (1 + k / 50))
+    probe = ["--probe", f"{tmp_path / 'tones' / 'train'},{tmp_path / 'tones' / 'test'}"]
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
         [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "ssamba"]
         + common
-        + ["--out", str(tmp_path / "ddp")],
+        + probe
+        + ["--probe-every", "2", "--out", str(tmp_path / "ddp")],
         env=env,
         capture_output=True,
         text=True,
@@ -199,6 +208,8 @@ def test_torchrun_two_processes_match_a_single_process(audio, tmp_path):
     diffs = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
     assert diffs.max() <= 2 * 1e-3 * 4 and diffs.median() < 1e-6
     assert json.loads((tmp_path / "ddp" / "run.json").read_text())["world_size"] == 2
+    records = read_metrics(tmp_path / "ddp" / "metrics.jsonl")
+    assert [r["step"] for r in records if r["kind"] == "probe"] == [0, 2, 4]  # by rank 0 alone
 
 
 def test_progress_bar_under_a_time_budget_names_it_instead_of_a_step_total():

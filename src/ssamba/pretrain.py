@@ -33,7 +33,7 @@ from ssamba.checkpoints import load_model, model_stats
 from ssamba.configs import OBJECTIVES, PretrainConfig, parse_probe_spec
 from ssamba.data import AudioDataset, Manifest, drop_bad, read_manifest
 from ssamba.embeddings import POOLINGS, model_device, resolve_layers
-from ssamba.errors import ManifestError, SsambaError, TrainingError, UsageError
+from ssamba.errors import AudioError, ManifestError, SsambaError, TrainingError, UsageError
 from ssamba.models.model import create_model
 from ssamba.models.patches import check_mask_size, draw_mask_index
 from ssamba.probe import holdout_split, probe_scores, subsample
@@ -338,13 +338,19 @@ class OnlineProbe(StepCallback):
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 with torch.no_grad():
                     self.model.eval()
-                    return {
-                        s.name: probe_scores(self.model, s.train, s.test, **options)
-                        for s in self.sets
-                    }
+                    return {s.name: self._scores(s, options) for s in self.sets}
         finally:
             self.model.train(was_training)
             random.setstate(python_rng)
+
+    def _scores(self, probe_set: ProbeSet, options: dict) -> dict:
+        try:
+            return probe_scores(self.model, probe_set.train, probe_set.test, **options)
+        except AudioError as err:
+            raise TrainingError(
+                f"online probe {probe_set.name}: cannot embed {err} (--on-bad-file skip leaves "
+                "bad files out)"
+            ) from None
 
     def state_dict(self) -> dict:
         return {"best_score": self.best_score, "best_step": self.best_step}

@@ -40,8 +40,10 @@ CHUNK = 64  # steps between saved states; the backward keeps (CHUNK + 1) states 
 BWD_LANES = 32
 GROUP = 4  # backward channel blocks per work item (fixed: results must not depend on threads)
 # planes of the backward's per-block scratch, (_W_PLANES, CHUNK + 1, BWD_LANES)
-_W_U, _W_DT, _W_DU, _W_SPG, _W_DY, _W_GZ, _W_Y, _W_DDT, _W_HB, _W_ST, _W_DEC, _W_H = range(12)
-_W_PLANES = 12
+_W_U, _W_DT, _W_DU, _W_SPG, _W_DY, _W_GZ, _W_Y, _W_DDT, _W_HB, _W_ST, _W_DEC, _W_H, _W_HD = range(
+    13
+)
+_W_PLANES = 13
 
 # Fast-math flags. Reassociation lets LLVM vectorise the reductions over channels; we leave out
 # nnan/ninf so that comparisons (softplus threshold, exp clamping) keep their IEEE meaning.
@@ -372,7 +374,7 @@ def _grad_tile(s0, h, d_a, a, work, bt, ct, dbacc, dcacc, zero, steps, w):
     distinct, so each loop updates one or two."""
     dtb, dub, dyb = work[_W_DT], work[_W_DU], work[_W_DY]
     ddt, hb, yb = work[_W_DDT], work[_W_HB], work[_W_Y]
-    st, dec, hbuf = work[_W_ST], work[_W_DEC], work[_W_H]
+    st, dec, hbuf, hd = work[_W_ST], work[_W_DEC], work[_W_H], work[_W_HD]
     for n in range(s0.shape[0]):
         for c in range(w):
             st[0, c] = s0[n, c]
@@ -384,13 +386,21 @@ def _grad_tile(s0, h, d_a, a, work, bt, ct, dbacc, dcacc, zero, steps, w):
                 dec[i, c] = e
                 s0[n, c] = v
                 st[i + 1, c] = v
+        # hd[i] = h_i exp(dt_i A), what step i passes back to step i - 1. A plane rather than
+        # a running row: keeping h[n] in registers across this backward loop needs a runtime
+        # alias check that LLVM words too strictly for a descending loop, and falls back to
+        # scalar code (4x slower, measured).
+        for c in range(w):
+            hd[steps, c] = h[n, c]
         for r in range(steps):
             i = steps - 1 - r  # (a negative range step would make LLVM fear negative indices)
             cn = ct[n, i]
             for c in range(w):
-                hv = h[n, c] + dyb[i, c] * cn
+                hv = hd[i + 1, c] + dyb[i, c] * cn
                 hbuf[i, c] = hv
-                h[n, c] = hv * dec[i, c]
+                hd[i, c] = hv * dec[i, c]
+        for c in range(w):
+            h[n, c] = hd[0, c]
         for i in range(steps):
             for c in range(w):
                 q = hbuf[i, c] * st[i, c] * dec[i, c]
@@ -618,7 +628,7 @@ def _forward_call(inp: _Inputs, save: bool, out: torch.Tensor | None = None):
     wd = inp.dtype
     if out is None:
         out = torch.empty(nb, length, n_chan, dtype=wd)
-    save_ypre = save and inp.has_z
+    save_ypre = False  # the backward rebuilds ypre from its recomputed states
     ypre = torch.empty_like(out) if save_ypre else torch.zeros(1, 1, 1, dtype=wd)
     n_chunks = (length + CHUNK - 1) // CHUNK
     shape = (nb, n_chunks, n_state, n_chan) if save else (1, 1, 1, 1)
@@ -637,9 +647,9 @@ class _SelectiveScanCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
         inp = _Inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
-        out, ypre, ckpt = _forward(inp, save=True)
+        out, _, ckpt = _forward(inp, save=True)
         ctx.inp = inp
-        ctx.save_for_backward(ypre, ckpt)
+        ctx.save_for_backward(ckpt)
         inputs = (u, delta, A, B, C, D, z, delta_bias)
         ctx.dtypes = tuple(t.dtype if t is not None else None for t in inputs)
         return out.to(u.dtype)
@@ -647,7 +657,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         inp = ctx.inp
-        ypre, ckpt = ctx.saved_tensors
+        (ckpt,) = ctx.saved_tensors
         wd = inp.dtype
         nb, length, n_chan = inp.u.shape
         n_state = inp.a_t.shape[0]

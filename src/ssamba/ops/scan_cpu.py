@@ -66,6 +66,7 @@ _LOG2E = np.float32(1.4426950408889634)
 _LN2_HI = np.float32(0.693359375)  # ln 2 split in two so that k * _LN2_HI is exact
 _LN2_LO = np.float32(-2.12194440e-4)
 _EXP_SHIFT = np.float32(128.5)  # + 0.5 rounds to nearest; + 128 makes int() truncation a floor
+_EXP_BIAS = np.float32(128.0)
 _EXP_P = tuple(
     np.float32(c)
     for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
@@ -90,8 +91,10 @@ def _int32_bits_as_float32(typingctx, bits):
 def _exp32(x):
     """exp for float32, branch-free: 2^k * P(r), x = k ln2 + r, |r| <= ln2/2; ~2e-7 relative."""
     x = min(max(x, _EXP_LO), _EXP_HI)
-    k = np.int32(x * _LOG2E + _EXP_SHIFT) - np.int32(128)
-    kf = np.float32(k)
+    # k + 128 stays an int32 and k is taken in float: numba widens int32 arithmetic to int64, and
+    # without AVX-512 an int64 -> float conversion is scalar code (it halved the speed on AVX2)
+    kb = np.int32(x * _LOG2E + _EXP_SHIFT)
+    kf = np.float32(kb) - _EXP_BIAS
     r = x - kf * _LN2_HI
     r = r - kf * _LN2_LO
     p0, p1, p2, p3, p4, p5 = _EXP_P
@@ -101,7 +104,7 @@ def _exp32(x):
     p = p * r + p4
     p = p * r + p5
     p = p * r * r + r + _F1
-    return p * _int32_bits_as_float32((k + np.int32(127)) << np.int32(23))
+    return p * _int32_bits_as_float32(np.int32(kb - np.int32(1)) << np.int32(23))  # 2^k
 
 
 @njit(fastmath=_POLY_FLAGS, error_model="numpy", cache=True)

@@ -11,11 +11,15 @@ measured in the same run (torch.exp in cache on one thread, a streaming copy). V
 interleaved, best of ``--repeats``, because a shared VM's clock drifts. ``--clock cpu`` times the
 calling thread's CPU time instead of wall time (1 thread only): steadier on a loaded machine, but
 it leaves out time the thread waits, e.g. for page faults served elsewhere.
+``--keep-freed-memory`` makes glibc serve large allocations from its heap and keep freed memory
+(mallopt), so that the (batch, L, D) outputs of long scans stop costing one page fault per 4 KiB
+on every call (see docs/scan.md): the library itself leaves the process's allocator alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import sys
 import time
 
@@ -40,6 +44,16 @@ def make_inputs(batch, length, chans, n_state, seed=0):
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 TARGET_LENGTHS = (512, 2048, 8192)
+
+
+def keep_freed_memory() -> None:
+    """glibc: no fresh mmap for large blocks, no trimming of the heap's free top (1 GiB / 4 GiB)."""
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc = ctypes.CDLL(None)
+    ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1
+    ok = ok and libc.mallopt(m_trim_threshold, ctypes.c_int((1 << 31) - 1)) == 1
+    if not ok:
+        sys.exit("mallopt refused the thresholds (not glibc?)")
 
 
 def best_time(fn, repeats, clock=time.perf_counter):
@@ -96,6 +110,8 @@ def parse_args():
                    help="time the (slow) reference only up to this length; 0: never")  # fmt: skip
     p.add_argument("--ref-repeats", type=int, default=1)
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="glibc mallopt: large blocks from the heap, freed memory kept")  # fmt: skip
     lengths = " ".join(map(str, TARGET_LENGTHS))
     p.add_argument("--targets", action="store_true",
                    help=f"lengths {lengths}, 1 thread, no reference")  # fmt: skip
@@ -140,9 +156,12 @@ def length_ratio(rows, short=512, long=8192):
 
 def main():
     a = parse_args()
+    if a.keep_freed_memory:
+        keep_freed_memory()
     rows = measure(a)
+    alloc = "; glibc keeps freed memory" if a.keep_freed_memory else ""
     print(f"batch {a.batch}, d_inner {a.d_inner}, d_state {a.d_state}, fp32; {a.clock} clock, "
-          f"best of {a.repeats} (reference: {a.ref_repeats})\n")  # fmt: skip
+          f"best of {a.repeats} (reference: {a.ref_repeats}){alloc}\n")  # fmt: skip
     print("| L | pass | backend | threads | ms | G updates/s | vs reference | vs 1 thread |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -4,19 +4,31 @@ Layout and semantics are those of :mod:`ssamba.ops.scan` (u, delta, z: (batch, L
 (batch, L, N); A: (D, N)). How the kernels are made fast (measured on this machine class, see
 docs/scan.md):
 
-* Work item = (batch row, block of ``LANES`` channels). The ``(N, LANES)`` state tile lives in L1
-  and the innermost loop runs over the channels of the block, so LLVM vectorises it and ``y``
-  needs no horizontal sum. Work items are spread over threads by :func:`run_parallel`.
+* Forward work item = (batch row, block of ``LANES`` channels). The ``(N, LANES)`` state tile
+  lives in L1 and the innermost loop runs over the channels of the block, so LLVM vectorises it
+  and ``y`` needs no horizontal sum. Work items are spread over threads by :func:`run_parallel`.
+* numba leaves LLVM's SLP vectoriser off: a channel loop of constant trip count with a small body
+  is fully unrolled into scalar code before the loop vectoriser sees it. The backward's blocks
+  are therefore ``BWD_LANES`` = 32 channels wide (its small loops stay loops and vectorise; 5x
+  faster than at 16), the exp-bound forward keeps 16.
 * ``exp`` in float32 is a branch-free polynomial (``_exp32``) that LLVM can vectorise; the scalar
-  libm call numba emits for ``math.exp`` is 3-5x slower. float64 keeps the exact ``math.exp`` (the
-  polynomial is not accurate enough for gradcheck); the same kernel source serves both dtypes
-  through the ``_exp``/``_softplus``/``_sigmoid`` overloads.
+  libm call numba emits for ``math.exp`` is 3-5x slower. Its integer part stays int32 (numba
+  widens int arithmetic to int64, whose conversion to float is scalar without AVX-512). float64
+  keeps the exact ``math.exp`` (the polynomial is not accurate enough for gradcheck); the same
+  kernel source serves both dtypes through the ``_exp``/``_softplus``/``_sigmoid`` overloads.
 * Inner loops index 1-D row views (``row[c]``), never ``x[b, t, d0 + c]``: the latter made LLVM
   emit gathers.
-* The forward saves the state every ``CHUNK`` steps (never a (batch, L, D, N) tensor); the backward
-  recomputes each chunk's states into a small buffer and runs the adjoint recurrence in reverse.
-* d(B) and d(C) are sums over channels, i.e. over work items running in parallel: each channel
-  block writes its own partial sums and torch adds them up afterwards (no races, no atomics).
+* The forward saves the state every ``CHUNK`` steps (never a (batch, L, D, N) tensor), and not
+  the pre-gate output ``ypre``. Backward work item = (batch row, group of ``GROUP`` blocks), run
+  chunk by chunk from the end, all blocks of the group inside a chunk, so that the chunk's rows
+  of every (batch, L, D) array are used while in cache and B, C are read once per group. Per
+  chunk and block: one elementwise pass (softplus and its derivative from one exp, the gate's
+  dy and dz factor), then per state row the states are recomputed into an L1-sized plane and the
+  adjoint recurrence runs back through them (rebuilding ``ypre`` on the way), then one pass
+  writes du, d(delta), dz.
+* d(B) and d(C) are sums over channels: summed over the blocks of a group inside the kernel, one
+  partial per group (fixed by the shape, not the thread count, so results do not depend on it),
+  added up by torch (no races, no atomics).
 """
 
 from __future__ import annotations

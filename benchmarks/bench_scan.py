@@ -1,16 +1,26 @@
 """Time the selective scan: PyTorch reference vs the fused numba CPU backend.
 
     python benchmarks/bench_scan.py            # batch 4, d_inner 384, d_state 16, L 512 and 2048
+    python benchmarks/bench_scan.py --targets  # the CPU targets' table: 1 thread, cpu backend,
+                                               # L 512, 2048, 8192, fwd and fwd+bwd
 
 Prints a Markdown table: milliseconds per call, G state-updates/s (batch * D * L * N / time), the
-speed-up over the reference, and 2-thread scaling; plus two machine limits measured in the same
-run (torch.exp in cache on one thread, a streaming copy). Variants run interleaved, best of
-``--repeats``, because this shared VM's clock drifts.
+speed-up over the reference, and 2-thread scaling; when L = 512 and 8192 are both run, the ratio
+of their fwd+bwd rates (the cost per token should not grow with length); plus two machine limits
+measured in the same run (torch.exp in cache on one thread, a streaming copy). Variants run
+interleaved, best of ``--repeats``, because a shared VM's clock drifts. ``--clock cpu`` times the
+calling thread's CPU time instead of wall time (1 thread only): steadier on a loaded machine, but
+it leaves out time the thread waits, e.g. for page faults served elsewhere.
+``--keep-freed-memory`` makes glibc serve large allocations from its heap and keep freed memory
+(mallopt), so that the (batch, L, D) outputs of long scans stop costing one page fault per 4 KiB
+on every call (see docs/scan.md): the library itself leaves the process's allocator alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import sys
 import time
 
 import torch
@@ -32,13 +42,27 @@ def make_inputs(batch, length, chans, n_state, seed=0):
     return [u, delta, A, B, C, D, z, bias]
 
 
-def best_time(fn, repeats):
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+TARGET_LENGTHS = (512, 2048, 8192)
+
+
+def keep_freed_memory() -> None:
+    """glibc: no fresh mmap for large blocks, no trimming of the heap's free top (1 GiB / 4 GiB)."""
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc = ctypes.CDLL(None)
+    ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1
+    ok = ok and libc.mallopt(m_trim_threshold, ctypes.c_int((1 << 31) - 1)) == 1
+    if not ok:
+        sys.exit("mallopt refused the thresholds (not glibc?)")
+
+
+def best_time(fn, repeats, clock=time.perf_counter):
     fn()  # warm-up (and numba compile / cache load on the first call)
     best = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return best
 
 
@@ -74,7 +98,7 @@ def machine_limits(repeats):
     return exp_rate, big.numel() / t
 
 
-def main():
+def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--d-inner", type=int, default=384)
@@ -83,10 +107,25 @@ def main():
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--ref-max-length", type=int, default=512,
-                   help="time the (slow) reference only up to this length")  # fmt: skip
+                   help="time the (slow) reference only up to this length; 0: never")  # fmt: skip
     p.add_argument("--ref-repeats", type=int, default=1)
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="glibc mallopt: large blocks from the heap, freed memory kept")  # fmt: skip
+    lengths = " ".join(map(str, TARGET_LENGTHS))
+    p.add_argument("--targets", action="store_true",
+                   help=f"lengths {lengths}, 1 thread, no reference")  # fmt: skip
     a = p.parse_args()
+    if a.targets:
+        a.lengths, a.threads, a.ref_max_length = list(TARGET_LENGTHS), [1], 0
+    if a.clock == "cpu" and a.threads != [1]:
+        sys.exit("--clock cpu measures one thread: use --threads 1")
+    return a
 
+
+def measure(a):
+    """Rows (L, pass, backend, threads, ms, G updates/s, vs reference, vs 1 thread)."""
+    clock = CLOCKS[a.clock]
     rows = []
     for length in a.lengths:
         args = make_inputs(a.batch, length, a.d_inner, a.d_state)
@@ -95,10 +134,10 @@ def main():
             times = {}
             for th in a.threads:
                 torch.set_num_threads(th)
-                times[("cpu", th)] = best_time(make(selective_scan_cpu, args), a.repeats)
+                times[("cpu", th)] = best_time(make(selective_scan_cpu, args), a.repeats, clock)
                 if length <= a.ref_max_length:
                     times[("reference", th)] = best_time(
-                        make(selective_scan_ref, args), a.ref_repeats
+                        make(selective_scan_ref, args), a.ref_repeats, clock
                     )
             for (backend, th), t in times.items():
                 ref = times.get(("reference", th))
@@ -106,14 +145,31 @@ def main():
                 rows.append((length, mode, backend, th, t * 1e3, updates / t / 1e9,
                              f"{ref / t:.0f}x" if ref and backend == "cpu" else "",
                              f"{one / t:.2f}x" if one and th != 1 else ""))  # fmt: skip
+    return rows
 
-    exp_rate, copy_rate = machine_limits(a.repeats)
-    print(f"batch {a.batch}, d_inner {a.d_inner}, d_state {a.d_state}, fp32; "
-          f"best of {a.repeats} (reference: {a.ref_repeats})\n")  # fmt: skip
+
+def length_ratio(rows, short=512, long=8192):
+    """fwd+bwd G updates/s at ``long`` over that at ``short`` (cpu, 1 thread), or None."""
+    rate = {r[0]: r[5] for r in rows if r[1:4] == ("fwd+bwd", "cpu", 1)}
+    return rate[long] / rate[short] if short in rate and long in rate else None
+
+
+def main():
+    a = parse_args()
+    if a.keep_freed_memory:
+        keep_freed_memory()
+    rows = measure(a)
+    alloc = "; glibc keeps freed memory" if a.keep_freed_memory else ""
+    print(f"batch {a.batch}, d_inner {a.d_inner}, d_state {a.d_state}, fp32; {a.clock} clock, "
+          f"best of {a.repeats} (reference: {a.ref_repeats}){alloc}\n")  # fmt: skip
     print("| L | pass | backend | threads | ms | G updates/s | vs reference | vs 1 thread |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.1f} | {r[5]:.3f} | {r[6]} | {r[7]} |")
+    ratio = length_ratio(rows)
+    if ratio is not None:
+        print(f"\nfwd+bwd, 1 thread: G updates/s at L = 8192 / at L = 512 = {ratio:.2f}")
+    exp_rate, copy_rate = machine_limits(a.repeats)
     print(f"\nMachine limits (1 thread): torch.exp in cache {exp_rate / 1e9:.2f} G/s; "
           f"streaming copy {copy_rate / 1e9:.2f} G fp32 elements/s")  # fmt: skip
 

@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from scan_cases import NAMES, make_inputs, rel_err
+from scan_cases import NAMES, check_against_reference, make_inputs, rel_err
 from ssamba.ops import scan as scan_mod
 from ssamba.ops.scan import selective_scan, selective_scan_ref
 
@@ -193,9 +193,22 @@ def test_cpu_reverse_matches_flipped_reference(length):
         assert rel_err(got.grad, want.grad) < 2e-5, name
 
 
-def test_cpu_threads_give_identical_results():
-    """Work items are independent: 1 and 2 threads must agree bit for bit."""
-    args = make_inputs(3, 100, 48, 16, seed=8)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_cpu_backward_several_channel_groups(reverse):
+    """The backward's work items are groups of ``GROUP`` blocks of ``BWD_LANES`` channels; dB and
+    dC add up one partial per group. 200 channels: two groups, the second one ragged (its last
+    block 8 channels wide); 130 steps: a ragged last chunk."""
+    chans = scan_cpu.GROUP * scan_cpu.BWD_LANES + 72
+    assert scan_cpu._n_groups(chans) == 2 and chans % scan_cpu.BWD_LANES
+    args = make_inputs(2, 130, chans, 16, seed=21)
+    check_against_reference(scan_cpu.selective_scan_cpu, args, True, reverse, 1e-5, 2e-5)
+
+
+@pytest.mark.parametrize("chans", [48, 200])
+def test_cpu_threads_give_identical_results(chans):
+    """Work items are independent and their partial sums are added in a fixed order: 1 and 2
+    threads must agree bit for bit (one channel group, and two)."""
+    args = make_inputs(3, 100, chans, 16, seed=8)
     old = torch.get_num_threads()
     try:
         outs = []

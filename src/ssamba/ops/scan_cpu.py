@@ -4,19 +4,31 @@ Layout and semantics are those of :mod:`ssamba.ops.scan` (u, delta, z: (batch, L
 (batch, L, N); A: (D, N)). How the kernels are made fast (measured on this machine class, see
 docs/scan.md):
 
-* Work item = (batch row, block of ``LANES`` channels). The ``(N, LANES)`` state tile lives in L1
-  and the innermost loop runs over the channels of the block, so LLVM vectorises it and ``y``
-  needs no horizontal sum. Work items are spread over threads by :func:`run_parallel`.
+* Forward work item = (batch row, block of ``LANES`` channels). The ``(N, LANES)`` state tile
+  lives in L1 and the innermost loop runs over the channels of the block, so LLVM vectorises it
+  and ``y`` needs no horizontal sum. Work items are spread over threads by :func:`run_parallel`.
+* numba leaves LLVM's SLP vectoriser off: a channel loop of constant trip count with a small body
+  is fully unrolled into scalar code before the loop vectoriser sees it. The backward's blocks
+  are therefore ``BWD_LANES`` = 32 channels wide (its small loops stay loops and vectorise; 5x
+  faster than at 16), the exp-bound forward keeps 16.
 * ``exp`` in float32 is a branch-free polynomial (``_exp32``) that LLVM can vectorise; the scalar
-  libm call numba emits for ``math.exp`` is 3-5x slower. float64 keeps the exact ``math.exp`` (the
-  polynomial is not accurate enough for gradcheck); the same kernel source serves both dtypes
-  through the ``_exp``/``_softplus``/``_sigmoid`` overloads.
+  libm call numba emits for ``math.exp`` is 3-5x slower. Its integer part stays int32 (numba
+  widens int arithmetic to int64, whose conversion to float is scalar without AVX-512). float64
+  keeps the exact ``math.exp`` (the polynomial is not accurate enough for gradcheck); the same
+  kernel source serves both dtypes through the ``_exp``/``_softplus``/``_sigmoid`` overloads.
 * Inner loops index 1-D row views (``row[c]``), never ``x[b, t, d0 + c]``: the latter made LLVM
   emit gathers.
-* The forward saves the state every ``CHUNK`` steps (never a (batch, L, D, N) tensor); the backward
-  recomputes each chunk's states into a small buffer and runs the adjoint recurrence in reverse.
-* d(B) and d(C) are sums over channels, i.e. over work items running in parallel: each channel
-  block writes its own partial sums and torch adds them up afterwards (no races, no atomics).
+* The forward saves the state every ``CHUNK`` steps (never a (batch, L, D, N) tensor), and not
+  the pre-gate output ``ypre``. Backward work item = (batch row, group of ``GROUP`` blocks), run
+  chunk by chunk from the end, all blocks of the group inside a chunk, so that the chunk's rows
+  of every (batch, L, D) array are used while in cache and B, C are read once per group. Per
+  chunk and block: one elementwise pass (softplus and its derivative from one exp, the gate's
+  dy and dz factor), then per state row the states are recomputed into an L1-sized plane and the
+  adjoint recurrence runs back through them (rebuilding ``ypre`` on the way), then one pass
+  writes du, d(delta), dz.
+* d(B) and d(C) are sums over channels: summed over the blocks of a group inside the kernel, one
+  partial per group (fixed by the shape, not the thread count, so results do not depend on it),
+  added up by torch (no races, no atomics).
 """
 
 from __future__ import annotations
@@ -33,7 +45,17 @@ from numba.extending import intrinsic, overload
 from ssamba.ops.shapes import check_scan_shapes
 
 LANES = 16  # channels per work item: one (N x 16) fp32 tile = 1 KiB for N = 16
-CHUNK = 64  # steps between saved states; the backward keeps (CHUNK + 1) states of one tile
+CHUNK = 64  # steps between saved states; the backward keeps (CHUNK + 1) states of one tile row
+# The backward's channel blocks are wider: numba leaves LLVM's SLP vectoriser off, so a 16-lane
+# loop with a small body is fully unrolled into scalar code, while a 32-lane one still reaches the
+# loop vectoriser (measured 5x faster on its small loops, the same on the exp-bound ones).
+BWD_LANES = 32
+GROUP = 4  # backward channel blocks per work item (fixed: results must not depend on threads)
+# planes of the backward's per-block scratch, (_W_PLANES, CHUNK + 1, BWD_LANES)
+_W_U, _W_DT, _W_DU, _W_SPG, _W_DY, _W_GZ, _W_Y, _W_DDT, _W_HB, _W_ST, _W_DEC, _W_H, _W_HD = range(
+    13
+)
+_W_PLANES = 13
 
 # Fast-math flags. Reassociation lets LLVM vectorise the reductions over channels; we leave out
 # nnan/ninf so that comparisons (softplus threshold, exp clamping) keep their IEEE meaning.
@@ -56,6 +78,7 @@ _LOG2E = np.float32(1.4426950408889634)
 _LN2_HI = np.float32(0.693359375)  # ln 2 split in two so that k * _LN2_HI is exact
 _LN2_LO = np.float32(-2.12194440e-4)
 _EXP_SHIFT = np.float32(128.5)  # + 0.5 rounds to nearest; + 128 makes int() truncation a floor
+_EXP_BIAS = np.float32(128.0)
 _EXP_P = tuple(
     np.float32(c)
     for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
@@ -80,8 +103,10 @@ def _int32_bits_as_float32(typingctx, bits):
 def _exp32(x):
     """exp for float32, branch-free: 2^k * P(r), x = k ln2 + r, |r| <= ln2/2; ~2e-7 relative."""
     x = min(max(x, _EXP_LO), _EXP_HI)
-    k = np.int32(x * _LOG2E + _EXP_SHIFT) - np.int32(128)
-    kf = np.float32(k)
+    # k + 128 stays an int32 and k is taken in float: numba widens int32 arithmetic to int64, and
+    # without AVX-512 an int64 -> float conversion is scalar code (it halved the speed on AVX2)
+    kb = np.int32(x * _LOG2E + _EXP_SHIFT)
+    kf = np.float32(kb) - _EXP_BIAS
     r = x - kf * _LN2_HI
     r = r - kf * _LN2_LO
     p0, p1, p2, p3, p4, p5 = _EXP_P
@@ -91,7 +116,7 @@ def _exp32(x):
     p = p * r + p4
     p = p * r + p5
     p = p * r * r + r + _F1
-    return p * _int32_bits_as_float32((k + np.int32(127)) << np.int32(23))
+    return p * _int32_bits_as_float32(np.int32(kb - np.int32(1)) << np.int32(23))  # 2^k
 
 
 @njit(fastmath=_POLY_FLAGS, error_model="numpy", cache=True)
@@ -164,6 +189,33 @@ def _sigmoid_impl(x):
         return p if x >= 0.0 else e * p
 
     return sig64
+
+
+def _softplus_sigmoid(x):
+    return _softplus(x), (1.0 if x > 20.0 else _sigmoid(x))
+
+
+@overload(_softplus_sigmoid, jit_options=_POLY_JIT)
+def _softplus_sigmoid_impl(x):
+    """(softplus(x), its derivative) with torch's threshold; float32: one exp(-|x|) serves both
+    (the value is ``_softplus``'s, operation for operation)."""
+    if _is_f32(x):
+
+        def sps32(x):
+            e = _exp32(-abs(x))
+            v = max(x, _F0) + _log1p_unit32(e)
+            p = _F1 / (_F1 + e)
+            g = p if x >= _F0 else e * p
+            big = x > _SOFTPLUS_THRESHOLD
+            return (x if big else v), (_F1 if big else g)
+
+        return sps32
+
+    def sps64(x):
+        big = x > 20.0
+        return (x if big else math.log1p(math.exp(x))), (1.0 if big else _sigmoid(x))
+
+    return sps64
 
 
 @njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True)
@@ -278,149 +330,213 @@ def _forward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, rev,
 
 
 @njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True)
-def _recompute_tile(s0, a, dtb, dub, bt, states, decays, steps, w):
-    """states[n, i] = s_{t0+i-1} (states[n, 0] = s0, the saved one), decays[n, i] = exp(dt A).
+def _stage_bc(bm, cm, rev, b, t0, steps, bt, ct):
+    """B and C of one chunk transposed to (N, steps): the tile loops run n-outer."""
+    length = bm.shape[1]
+    for i in range(steps):
+        tm = _tm(t0 + i, length, rev)
+        for n in range(bm.shape[2]):
+            bt[n, i] = bm[b, tm, n]
+            ct[n, i] = cm[b, tm, n]
 
-    The running state lives in the row ``s0`` (updated in place): reading states[n, i] right
-    after writing it made LLVM see a dependence and give up vectorising."""
+
+@njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True)
+def _stage_grad_rows(uf, df, zf, doutf, bias, dv, softplus, has_z, rev, b, t0, steps, length,
+                     n_chan, d0, work, w):  # fmt: skip
+    """One pass over one chunk of one channel block, before its tile: everything elementwise.
+
+    Fills the ``work`` planes (see :data:`_W_U` ...): u, dt = softplus(delta + bias), dt u,
+    softplus' (1 without softplus), dy = dL/dy through the gate out = y silu(z), dz's factor
+    (dz = factor * ypre once the tile has rebuilt ypre), ypre's direct term D u, and zeros for
+    the tile's accumulators."""
+    for i in range(steps):
+        off = _row(b, _tm(t0 + i, length, rev), length, n_chan, d0)
+        for c in range(w):
+            j = off + np.uint64(c)
+            x = df[j] + bias[c]
+            if softplus:
+                v, gs = _softplus_sigmoid(x)
+            else:
+                v, gs = x, _F1
+            uv = uf[j]
+            g = doutf[j]
+            if has_z:
+                zv = zf[j]
+                sg = _sigmoid(zv)
+                work[_W_GZ, i, c] = g * sg * (_F1 + zv * (_F1 - sg))
+                g = g * zv * sg
+            work[_W_U, i, c] = uv
+            work[_W_DT, i, c] = v
+            work[_W_DU, i, c] = v * uv
+            work[_W_SPG, i, c] = gs
+            work[_W_DY, i, c] = g
+            work[_W_Y, i, c] = dv[c] * uv
+            work[_W_DDT, i, c] = _F0
+            work[_W_HB, i, c] = _F0
+
+
+@njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True)
+def _grad_tile(s0, h, d_a, a, work, bt, ct, dbacc, dcacc, zero, steps, w):
+    """Gradients through one chunk of one channel block, one state row n at a time.
+
+    Rows are independent in both recurrences, so each row first recomputes its states
+    (s_{t0-1} .. s_{t0+steps-1} from the saved ``s0``) into a (CHUNK + 1, w) plane that stays in
+    L1, then runs the adjoint backwards: h_t = dL/ds_t = dy_t C_t + exp(dt_{t+1} A) h_{t+1}
+    (``h`` carries it across chunks), and with q = h_t s_{t-1} exp(dt_t A):
+      dA += q dt,  ddt += sum_n q A,  hb += sum_n h B (-> du, ddt),  dB_n += sum_c h dt u,
+      dC_n += sum_c dy s_t,  ypre += C_n s_t (the forward does not save ypre).
+    LLVM does not vectorise a loop that read-modify-writes several arrays it cannot prove
+    distinct, so each loop updates one or two."""
+    dtb, dub, dyb = work[_W_DT], work[_W_DU], work[_W_DY]
+    ddt, hb, yb = work[_W_DDT], work[_W_HB], work[_W_Y]
+    st, dec, hbuf, hd = work[_W_ST], work[_W_DEC], work[_W_H], work[_W_HD]
     for n in range(s0.shape[0]):
         for c in range(w):
-            states[n, 0, c] = s0[n, c]
-        for i in range(steps):
+            st[0, c] = s0[n, c]
+        for i in range(steps):  # the running state lives in s0: reading st back blocks SIMD
             bn = bt[n, i]
             for c in range(w):
                 e = _exp(dtb[i, c] * a[n, c])
                 v = e * s0[n, c] + dub[i, c] * bn
-                decays[n, i, c] = e
+                dec[i, c] = e
                 s0[n, c] = v
-                states[n, i + 1, c] = v
-
-
-@njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True)
-def _adjoint_tile(h, states, decays, a, dyb, dtb, dub, bt, ct, d_a, ddt, hb, hbuf, dcb, dbb,
-                  zero, steps, w):  # fmt: skip
-    """Run the adjoint recurrence backwards through one chunk; h (N, w) carries dL/ds across.
-
-    Per step, with h_t = dL/ds_t = dy_t C_t + exp(dt_{t+1} A) h_{t+1} and
-    q = h_t * s_{t-1} * exp(dt_t A):
-      dA += q dt,  ddt += sum_n q A,  hb += sum_n h B (-> du, ddt),  dB_n = sum_c h dt u,
-      dC_n = sum_c dy s_t.
-    Each state row n is independent: first its recurrence (storing h_t in ``hbuf``), then the
-    step-parallel products in separate simple loops. LLVM does not vectorise a loop that
-    read-modify-writes several arrays it cannot prove distinct, so each loop updates one or two.
-    """
-    for n in range(h.shape[0]):
+                st[i + 1, c] = v
+        # hd[i] = h_i exp(dt_i A), what step i passes back to step i - 1. A plane rather than
+        # a running row: keeping h[n] in registers across this backward loop needs a runtime
+        # alias check that LLVM words too strictly for a descending loop, and falls back to
+        # scalar code (4x slower, measured).
+        for c in range(w):
+            hd[steps, c] = h[n, c]
         for r in range(steps):
             i = steps - 1 - r  # (a negative range step would make LLVM fear negative indices)
             cn = ct[n, i]
             for c in range(w):
-                hv = h[n, c] + dyb[i, c] * cn
+                hv = hd[i + 1, c] + dyb[i, c] * cn
                 hbuf[i, c] = hv
-                h[n, c] = hv * decays[n, i, c]
+                hd[i, c] = hv * dec[i, c]
+        for c in range(w):
+            h[n, c] = hd[0, c]
         for i in range(steps):
             for c in range(w):
-                q = hbuf[i, c] * states[n, i, c] * decays[n, i, c]
+                q = hbuf[i, c] * st[i, c] * dec[i, c]
                 d_a[n, c] += q * dtb[i, c]
                 ddt[i, c] += q * a[n, c]
         for i in range(steps):
             bn = bt[n, i]
+            cn = ct[n, i]
             for c in range(w):
                 hb[i, c] += hbuf[i, c] * bn
+                yb[i, c] += st[i + 1, c] * cn
         for i in range(steps):
             acc_c = zero
             acc_b = zero
             for c in range(w):
-                acc_c += dyb[i, c] * states[n, i + 1, c]
+                acc_c += dyb[i, c] * st[i + 1, c]
                 acc_b += hbuf[i, c] * dub[i, c]
-            dcb[n, i] = acc_c
-            dbb[n, i] = acc_b
+            dcacc[i, n] += acc_c
+            dbacc[i, n] += acc_b
+
+
+@njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True)
+def _write_grad_rows(duf, ddeltaf, dzf, dv, has_z, rev, b, t0, steps, length, n_chan, d0, work,
+                     dd, dbias, w):  # fmt: skip
+    """One pass after the tile: du, d(delta), dz of the chunk; D's and delta_bias' sums."""
+    for i in range(steps):
+        off = _row(b, _tm(t0 + i, length, rev), length, n_chan, d0)
+        for c in range(w):
+            j = off + np.uint64(c)
+            dyv = work[_W_DY, i, c]
+            uv = work[_W_U, i, c]
+            hbv = work[_W_HB, i, c]
+            duf[j] = dyv * dv[c] + hbv * work[_W_DT, i, c]
+            g = (work[_W_DDT, i, c] + hbv * uv) * work[_W_SPG, i, c]
+            ddeltaf[j] = g
+            dbias[c] += g
+            dd[c] += dyv * uv
+            if has_z:
+                dzf[j] = work[_W_GZ, i, c] * work[_W_Y, i, c]
+
+
+@njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True)
+def _block_grads(uf, df, zf, doutf, duf, ddeltaf, dzf, bias, dv, softplus, has_z, rev, b, t0,
+                 steps, length, n_chan, d0, s0, h, d_a, a, dd, dbias, work, bt, ct, dbacc, dcacc,
+                 zero, w):  # fmt: skip
+    """Stage, tile, write back: one chunk of one channel block (three passes over its rows)."""
+    _stage_grad_rows(uf, df, zf, doutf, bias, dv, softplus, has_z, rev, b, t0, steps, length,
+                     n_chan, d0, work, w)  # fmt: skip
+    _grad_tile(s0, h, d_a, a, work, bt, ct, dbacc, dcacc, zero, steps, w)
+    _write_grad_rows(duf, ddeltaf, dzf, dv, has_z, rev, b, t0, steps, length, n_chan, d0, work,
+                     dd, dbias, w)  # fmt: skip
 
 
 @njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True, nogil=True)
-def _backward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, rev, ypref, ckpt,
-                     doutf, duf, ddeltaf, dzf, da_part, db_part, dc_part, dd_part, dbias_part,
-                     lanes, j0, j1):  # fmt: skip
-    """Gradients of the scan. Per-item partial sums: da/dd/dbias per batch row, db/dc per block."""
+def _backward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, rev, ckpt, doutf,
+                     duf, ddeltaf, dzf, da_part, db_part, dc_part, dd_part, dbias_part, lanes,
+                     group, j0, j1):  # fmt: skip
+    """Gradients of the scan. Work item = (batch row, group of ``group`` channel blocks), run
+    chunk by chunk backwards, all blocks of the group within a chunk: the chunk's rows of every
+    (batch, L, D) array are read and written while in cache, B and C are staged once per group,
+    and dB, dC (sums over channels) are summed over the group's blocks in place, one partial
+    per group. da/dd/dbias: one partial per batch row."""
     nb, length, n_state = bm.shape
     n_chan = a_t.shape[1]
     nblk = (n_chan + lanes - 1) // lanes
+    ngrp = (nblk + group - 1) // group
     n_chunks = (length + CHUNK - 1) // CHUNK
+    wd = a_t.dtype
+    zero = np.zeros(1, wd)[0]
     for job in range(j0, j1):
-        b, d0, w = _block(job, nblk, n_chan, lanes)
-        blk = job % nblk
-        wd = a_t.dtype
-        zero = np.zeros(1, wd)[0]
-        a = a_t[:, d0 : d0 + w].copy()
-        dv = dvec[d0 : d0 + w]
-        bs = bias[d0 : d0 + w]
-        ub = np.empty((CHUNK, w), wd)
-        dtb = np.empty((CHUNK, w), wd)
-        dub = np.empty((CHUNK, w), wd)
-        dyb = np.empty((CHUNK, w), wd)
-        ddt = np.empty((CHUNK, w), wd)
-        hb = np.empty((CHUNK, w), wd)
-        hbuf = np.empty((CHUNK, w), wd)
+        b, g = job // ngrp, job % ngrp
+        blk0 = g * group
+        nbk = min(nblk, blk0 + group) - blk0
+        # per block of the group: A, the adjoint carried across chunks, dA, dD, d(delta_bias)
+        a = np.zeros((nbk, n_state, lanes), wd)
+        h = np.zeros((nbk, n_state, lanes), wd)
+        d_a = np.zeros((nbk, n_state, lanes), wd)
+        dd = np.zeros((nbk, lanes), wd)
+        dbias = np.zeros((nbk, lanes), wd)
+        for bi in range(nbk):
+            d0 = (blk0 + bi) * lanes
+            a[bi, :, : min(lanes, n_chan - d0)] = a_t[:, d0 : d0 + lanes]
+        work = np.zeros((_W_PLANES, CHUNK + 1, lanes), wd)
+        s0 = np.zeros((n_state, lanes), wd)
         bt = np.empty((n_state, CHUNK), wd)
         ct = np.empty((n_state, CHUNK), wd)
-        dcb = np.empty((n_state, CHUNK), wd)
-        dbb = np.empty((n_state, CHUNK), wd)
-        states = np.empty((n_state, CHUNK + 1, w), wd)
-        decays = np.empty((n_state, CHUNK, w), wd)
-        s0 = np.empty((n_state, w), wd)
-        h = np.zeros((n_state, w), wd)
-        d_a = np.zeros((n_state, w), wd)
-        dd = np.zeros(w, wd)
-        dbias = np.zeros(w, wd)
+        dbacc = np.empty((CHUNK, n_state), wd)
+        dcacc = np.empty((CHUNK, n_state), wd)
         for k in range(n_chunks - 1, -1, -1):
             t0 = k * CHUNK
             steps = min(CHUNK, length - t0)
-            _stage_chunk(uf, df, bm, cm, bs, softplus, rev, b, t0, steps, n_chan, d0, w,
-                         ub, dtb, dub, bt, ct)  # fmt: skip
-            s0[:] = ckpt[b, k, :, d0 : d0 + w]
-            # dy = dL/dy through the gate out = y * silu(z); dz on the way
-            for i in range(steps):
-                off = _row(b, _tm(t0 + i, length, rev), length, n_chan, d0)
-                for c in range(w):
-                    j = off + np.uint64(c)
-                    g = doutf[j]
-                    if has_z:
-                        zv = zf[j]
-                        sg = _sigmoid(zv)
-                        dzf[j] = g * ypref[j] * sg * (_F1 + zv * (_F1 - sg))
-                        g = g * zv * sg
-                    dyb[i, c] = g
-                    ddt[i, c] = zero
-                    hb[i, c] = zero
-            if w == lanes:  # constant trip count: LLVM vectorises the channel loop completely
-                _recompute_tile(s0, a, dtb, dub, bt, states, decays, steps, LANES)
-                _adjoint_tile(h, states, decays, a, dyb, dtb, dub, bt, ct, d_a, ddt, hb, hbuf,
-                              dcb, dbb, zero, steps, LANES)  # fmt: skip
-            else:
-                _recompute_tile(s0, a, dtb, dub, bt, states, decays, steps, w)
-                _adjoint_tile(h, states, decays, a, dyb, dtb, dub, bt, ct, d_a, ddt, hb, hbuf,
-                              dcb, dbb, zero, steps, w)  # fmt: skip
+            _stage_bc(bm, cm, rev, b, t0, steps, bt, ct)
+            dbacc[:] = zero
+            dcacc[:] = zero
+            for bi in range(nbk):
+                d0 = (blk0 + bi) * lanes
+                w = min(lanes, n_chan - d0)
+                s0[:, :w] = ckpt[b, k, :, d0 : d0 + w]
+                bs = bias[d0 : d0 + w]
+                dv = dvec[d0 : d0 + w]
+                if w == lanes:  # constant trip count: LLVM vectorises the channel loops fully
+                    _block_grads(uf, df, zf, doutf, duf, ddeltaf, dzf, bs, dv, softplus, has_z,
+                                 rev, b, t0, steps, length, n_chan, d0, s0, h[bi], d_a[bi], a[bi],
+                                 dd[bi], dbias[bi], work, bt, ct, dbacc, dcacc, zero,
+                                 BWD_LANES)  # fmt: skip
+                else:
+                    _block_grads(uf, df, zf, doutf, duf, ddeltaf, dzf, bs, dv, softplus, has_z,
+                                 rev, b, t0, steps, length, n_chan, d0, s0, h[bi], d_a[bi], a[bi],
+                                 dd[bi], dbias[bi], work, bt, ct, dbacc, dcacc, zero,
+                                 w)  # fmt: skip
             for i in range(steps):
                 tm = _tm(t0 + i, length, rev)
                 for n in range(n_state):
-                    dc_part[blk, b, tm, n] = dcb[n, i]
-                    db_part[blk, b, tm, n] = dbb[n, i]
-            # du and d(delta) from the direct term D u, the drive dt u B and the decay
-            for i in range(steps):
-                off = _row(b, _tm(t0 + i, length, rev), length, n_chan, d0)
-                for c in range(w):
-                    j = off + np.uint64(c)
-                    dtv = dtb[i, c]
-                    duf[j] = dyb[i, c] * dv[c] + hb[i, c] * dtv
-                    g = ddt[i, c] + hb[i, c] * ub[i, c]
-                    if softplus:
-                        x = df[j] + bs[c]
-                        g = g if x > _SOFTPLUS_THRESHOLD else g * _sigmoid(x)
-                    ddeltaf[j] = g
-                    dbias[c] += g
-                    dd[c] += dyb[i, c] * ub[i, c]
-        da_part[b, :, d0 : d0 + w] = d_a
-        dd_part[b, d0 : d0 + w] = dd
-        dbias_part[b, d0 : d0 + w] = dbias
+                    db_part[g, b, tm, n] = dbacc[i, n]
+                    dc_part[g, b, tm, n] = dcacc[i, n]
+        for bi in range(nbk):
+            d0 = (blk0 + bi) * lanes
+            w = min(lanes, n_chan - d0)
+            da_part[b, :, d0 : d0 + w] = d_a[bi, :, :w]
+            dd_part[b, d0 : d0 + w] = dd[bi, :w]
+            dbias_part[b, d0 : d0 + w] = dbias[bi, :w]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,6 +590,12 @@ def run_parallel(calls) -> None:
         f.result()
 
 
+def _n_groups(n_chan: int) -> int:
+    """Backward work items per batch row: groups of ``GROUP`` channel blocks."""
+    nblk = (n_chan + BWD_LANES - 1) // BWD_LANES
+    return (nblk + GROUP - 1) // GROUP
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
 
@@ -521,7 +643,7 @@ def _forward_call(inp: _Inputs, save: bool, out: torch.Tensor | None = None):
     wd = inp.dtype
     if out is None:
         out = torch.empty(nb, length, n_chan, dtype=wd)
-    save_ypre = save and inp.has_z
+    save_ypre = False  # the backward rebuilds ypre from its recomputed states
     ypre = torch.empty_like(out) if save_ypre else torch.zeros(1, 1, 1, dtype=wd)
     n_chunks = (length + CHUNK - 1) // CHUNK
     shape = (nb, n_chunks, n_state, n_chan) if save else (1, 1, 1, 1)
@@ -540,9 +662,9 @@ class _SelectiveScanCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
         inp = _Inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
-        out, ypre, ckpt = _forward(inp, save=True)
+        out, _, ckpt = _forward(inp, save=True)
         ctx.inp = inp
-        ctx.save_for_backward(ypre, ckpt)
+        ctx.save_for_backward(ckpt)
         inputs = (u, delta, A, B, C, D, z, delta_bias)
         ctx.dtypes = tuple(t.dtype if t is not None else None for t in inputs)
         return out.to(u.dtype)
@@ -550,24 +672,25 @@ class _SelectiveScanCPU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         inp = ctx.inp
-        ypre, ckpt = ctx.saved_tensors
+        (ckpt,) = ctx.saved_tensors
         wd = inp.dtype
         nb, length, n_chan = inp.u.shape
         n_state = inp.a_t.shape[0]
-        nblk = (n_chan + LANES - 1) // LANES
+        ngrp = _n_groups(n_chan)
         dout = dout.detach().to(wd).contiguous()
         du = torch.empty(nb, length, n_chan, dtype=wd)
         ddelta = torch.empty_like(du)
         dz = torch.empty_like(du) if inp.has_z else torch.zeros(1, 1, 1, dtype=wd)
         da = torch.empty(nb, n_state, n_chan, dtype=wd)
-        db = torch.empty(nblk, nb, length, n_state, dtype=wd)
+        db = torch.empty(ngrp, nb, length, n_state, dtype=wd)
         dc = torch.empty_like(db)
         dd = torch.empty(nb, n_chan, dtype=wd)
         dbias = torch.empty_like(dd)
-        args = (*inp.args(), _flat(ypre), _np(ckpt), _flat(dout), _flat(du), _flat(ddelta),
-                _flat(dz), _np(da), _np(db), _np(dc), _np(dd), _np(dbias), LANES)  # fmt: skip
-        run_parallel([(_backward_kernel, args, inp.n_jobs)])
-        grads = [du, ddelta, da.sum(0).t(), db.sum(0), dc.sum(0), dd.sum(0),
+        args = (*inp.args(), _np(ckpt), _flat(dout), _flat(du), _flat(ddelta), _flat(dz),
+                _np(da), _np(db), _np(dc), _np(dd), _np(dbias), BWD_LANES, GROUP)  # fmt: skip
+        run_parallel([(_backward_kernel, args, nb * ngrp)])
+        db, dc = (db[0], dc[0]) if ngrp == 1 else (db.sum(0), dc.sum(0))
+        grads = [du, ddelta, da.sum(0).t(), db, dc, dd.sum(0),
                  dz if inp.has_z else None, dbias.sum(0)]  # fmt: skip
         out = []
         for g, dtype, need in zip(grads, ctx.dtypes, ctx.needs_input_grad[:8], strict=True):

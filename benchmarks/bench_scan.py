@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import sys
 import time
 
@@ -113,6 +114,7 @@ def parse_args():
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="glibc mallopt: large blocks from the heap, freed memory kept")  # fmt: skip
     lengths = " ".join(map(str, TARGET_LENGTHS))
+    p.add_argument("--json", metavar="FILE", help="also write the rows to FILE as JSON")
     p.add_argument("--targets", action="store_true",
                    help=f"lengths {lengths}, 1 thread, no reference")  # fmt: skip
     a = p.parse_args()
@@ -169,6 +171,11 @@ def main():
     ratio = length_ratio(rows)
     if ratio is not None:
         print(f"\nfwd+bwd, 1 thread: G updates/s at L = 8192 / at L = 512 = {ratio:.2f}")
+    if a.json:
+        keys = ("L", "pass", "backend", "threads", "ms", "gups")
+        with open(a.json, "w") as f:
+            json.dump({"settings": vars(a), "rows": [dict(zip(keys, r[:6], strict=True))
+                                                     for r in rows]}, f, indent=1)  # fmt: skip
     exp_rate, copy_rate = machine_limits(a.repeats)
     print(f"\nMachine limits (1 thread): torch.exp in cache {exp_rate / 1e9:.2f} G/s; "
           f"streaming copy {copy_rate / 1e9:.2f} G fp32 elements/s")  # fmt: skip

@@ -377,9 +377,9 @@ def _add_pretrain_mix(sub) -> None:
         "Debian recordings, sped up or slowed down at times; coloured noise, filtered or in "
         "bursts at times; and mixtures of two clips of different kinds. Only training voices and "
         "programs are used (no valid/test voice, program or speaker line of the labelled sets). "
-        "Clip i depends on --seed, --seconds and i only: more --minutes in the same folder renders only the "
-        "new clips. Writes manifest.txt (one path per line) and meta.csv (how each clip was "
-        "made).",
+        "Clip i depends on --seed, --seconds and i only: more --minutes in the same folder "
+        "renders only the new clips. Writes manifest.txt (one path per line) and meta.csv (how "
+        "each clip was made).",
     )
     m.add_argument("--minutes", type=positive_float, default=12.0, help="total minutes of audio")
     m.add_argument("--seconds", type=positive_float, default=2.0, metavar="S", help="clip length")

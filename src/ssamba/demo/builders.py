@@ -10,7 +10,8 @@ with paths relative to ``out`` (readable by :func:`ssamba.data.read_manifest`):
 Everything a clip is made of is drawn from ``numpy.random.default_rng([seed, task, ...])`` seeded
 per clip, so a clip does not depend on which other clips are (re)built. Re-running with the same
 arguments reuses the WAVs already there (an interrupted build resumes); different arguments first
-delete the files the previous build listed in its ``meta.csv`` (and nothing else).
+delete the files the previous build listed in its ``meta.csv`` (and nothing else), except that the
+pretraining mix grows: more minutes keep the clips already made.
 
 Hold-outs are fixed, whatever the seed (:mod:`.sources`): keyword test/valid voices, instrument
 test/valid programs and speaker test/valid lines never appear in training, and the pretraining
@@ -864,7 +865,8 @@ def build_pretrain_mix(
         "soundfonts": {k: str(v) for k, v in src.soundfonts.items()},
         "recorded": {k: len(v) for k, v in src.recorded.items()},
     }
-    _prepare_out(out, spec, growable=("minutes",))
+    if not _prepare_out(out, spec, growable=("minutes",)):
+        (out / "meta.csv").unlink(missing_ok=True)  # its sources were another build's
     n_clips = max(1, round(minutes * 60 / seconds))
     clips = _plan_pretrain_mix(seed, n_clips, seconds, kinds, w, src)
     _delete_listed_wavs(out, keep=[c.path for c in clips])  # a shorter build than the last
@@ -965,7 +967,8 @@ class _MixPlanner:
             rate = round(float(rng.uniform(*SPEECH_RATE)), 3)
             pitch = round(float(rng.uniform(*SPEECH_PITCH)), 3)
             request = S.TTSRequest(voice, text, rate=rate, pitch=pitch)
-            return {"kind": kind, "_request": request, "speed": float(rng.uniform(*SPEECH_SPEED))}
+            speed = float(rng.uniform(*SPEECH_SPEED))
+            return {"kind": kind, "_request": request, "speed": speed, "source": voice.key}
         if kind == "music":
             style = weighted_choice(list(MUSIC_STYLES), MUSIC_STYLES, rng)
             pool = DRUM_KITS if style == "drums" else self.programs

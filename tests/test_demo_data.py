@@ -19,6 +19,7 @@ import soundfile as sf
 from ssamba.data import read_manifest
 from ssamba.demo import builders as B
 from ssamba.demo import sources as S
+from ssamba.errors import UsageError
 
 
 def _skip_unless(ok: bool, *packages: str, pip: bool = False) -> None:
@@ -326,6 +327,15 @@ def test_pretrain_mix_each_kind_sounds_plausible(tmp_path):
     a, b = (_render_one(worker, q)[0] for q in p["parts"])
     ref = a / B.rms(a) + b / B.rms(b) * B.db(p["ratio_db"])
     np.testing.assert_allclose(x, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_pretrain_mix_shares_choose_the_kinds(tmp_path):
+    need_mix_sources()
+    result = B.build_pretrain_mix(tmp_path, 0.1, seconds=1.0, shares={"noise": 1}, progress=False)
+    assert result["kinds"] == {"noise": 6}
+    _check_wavs(tmp_path, [r["path"] for r in _meta(tmp_path)], seconds=1.0)
+    with pytest.raises(UsageError, match="unknown kinds"):
+        B.build_pretrain_mix(tmp_path, 0.1, shares={"speach": 1}, progress=False)
 
 
 def test_mix_signals_noise_colours_bands_and_bursts():

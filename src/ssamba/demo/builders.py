@@ -52,6 +52,7 @@ from ssamba.demo.signals import (
     trim,
     weighted_choice,
 )
+from ssamba.errors import UsageError
 from ssamba.fileio import atomic_write_bytes, atomic_write_text
 
 BUILD_VERSION = 1
@@ -928,14 +929,14 @@ def _pretrain_kinds(shares: dict[str, float], src: _MixSources) -> tuple[list[st
     """The kinds of clip the mix can have here, and their shares renormalised over them."""
     unknown = set(shares) - set(PRETRAIN_SHARES)
     if unknown:
-        raise ValueError(f"unknown kinds of the pretraining mix: {sorted(unknown)}")
+        raise UsageError(f"unknown kinds of the pretraining mix: {sorted(unknown)}")
     parts = _part_kinds(src)
     if parts == ["noise"]:
         raise S.MissingSourceError("any audio source for the pretraining mix", "espeak-ng")
     available = set(parts) | {"mixture"}
     kinds = [k for k in shares if k in available and shares[k] > 0]
     if not kinds:
-        raise ValueError(f"no kind of the pretraining mix has a positive share: {shares}")
+        raise UsageError(f"no kind of the pretraining mix has a positive share: {shares}")
     w = np.array([shares[k] for k in kinds], dtype=np.float64)
     return kinds, w / w.sum()
 

@@ -336,6 +336,12 @@ def test_pretrain_mix_shares_choose_the_kinds(tmp_path):
     _check_wavs(tmp_path, [r["path"] for r in _meta(tmp_path)], seconds=1.0)
     with pytest.raises(UsageError, match="unknown kinds"):
         B.build_pretrain_mix(tmp_path, 0.1, shares={"speach": 1}, progress=False)
+    # a kind without a share is not in the mixtures either
+    src = B._pretrain_sources()
+    kinds, w = B._pretrain_kinds({"music": 1, "recorded": 1, "mixture": 2}, src)
+    clips = B._plan_pretrain_mix(0, 200, 1.0, kinds, w, src)
+    parts = {q["kind"] for c in clips for q in c.params.get("parts", ())}
+    assert parts == {"music", "recorded"} and set(kinds) == {c.params["kind"] for c in clips}
 
 
 def test_mix_signals_noise_colours_bands_and_bursts():

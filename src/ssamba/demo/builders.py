@@ -990,9 +990,13 @@ class _MixPlanner:
         return {"kind": "noise", "source": "synthetic"}
 
     def mixture(self, rng: np.random.Generator, shares: dict[str, float]) -> dict:
-        """Two parts of different kinds, drawn by their shares, the second at a random ratio."""
-        kinds = _part_kinds(self.src)
-        w = np.array([shares.get(k, 0.0) or 1e-3 for k in kinds])
+        """Two parts of different kinds, drawn by their shares (any two kinds, evenly, when
+        fewer than two have a share), the second at a random level ratio."""
+        kinds = [k for k in _part_kinds(self.src) if shares.get(k, 0.0) > 0]
+        w = np.array([shares[k] for k in kinds])
+        if len(kinds) < 2:
+            kinds = _part_kinds(self.src)
+            w = np.ones(len(kinds))
         pair = rng.choice(len(kinds), size=2, replace=False, p=w / w.sum())
         parts = [self.part(kinds[int(j)], rng) for j in pair]
         return {"kind": "mixture", "parts": parts, "ratio_db": float(rng.uniform(*MIX_RATIO_DB))}

@@ -242,6 +242,7 @@ def test_pretrain_mix_deterministic_growable_and_prefix(tmp_path, monkeypatch):
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # the first 12 untouched
     assert json.loads((grown / "build.json").read_text())["minutes"] == 0.4
     B.build_pretrain_mix(fresh, minutes=0.4, workers=1, **kw)
+    _check_wavs(fresh, [r["path"] for r in _meta(fresh)], seconds=1.0)
     assert _wav_bytes(grown) == _wav_bytes(fresh) and len(_wav_bytes(fresh)) == 24
     assert _meta(grown) == _meta(fresh)  # sources of reused clips kept from the first run
     assert (grown / "manifest.txt").read_text() == (fresh / "manifest.txt").read_text()

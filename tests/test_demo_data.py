@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import soundfile as sf
 from ssamba.data import read_manifest
 from ssamba.demo import builders as B
 from ssamba.demo import sources as S
+from ssamba.errors import UsageError
 
 
 def _skip_unless(ok: bool, *packages: str, pip: bool = False) -> None:
@@ -214,30 +217,161 @@ def test_speakers_lines_disjoint(tmp_path):
     assert read_manifest(result["manifest"]).num_classes == len({r["label"] for r in rows})
 
 
-def test_pretrain_mix_uses_training_sources_only(tmp_path):
+def need_mix_sources() -> None:
     need_tts()
     need_soundfonts()
-    result = B.build_pretrain_mix(tmp_path, minutes=0.25, seconds=1.0, seed=0, progress=False)
-    m = read_manifest(result["manifest"])
-    assert result["list"] == result["manifest"]
-    assert not m.labeled and len(m) == 15 == result["clips"]
-    assert all(p.exists() for p in m.paths())
-    rows = list(csv.DictReader((tmp_path / "meta.csv").open(newline="")))
-    _check_wavs(tmp_path, [r["path"] for r in rows], seconds=1.0)
-    assert {r["kind"] for r in rows} <= {"speech", "music", "recorded"}
-    train_keys = {v.key for v in S.voices_by_split()["train"]}
+    need_hedgewars()
+
+
+def _wav_bytes(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.wav"))}
+
+
+def test_pretrain_mix_deterministic_growable_and_prefix(tmp_path, monkeypatch):
+    """Clip i depends on (seed, i) only: a build grows by rendering only its new clips, equals
+    a fresh build of the same size (whatever the number of threads), and shrinks back."""
+    need_mix_sources()
+    monkeypatch.setattr(B, "MIX_CHUNK", 5)  # several chunks, so the threads share the work
+    grown, fresh = tmp_path / "grown", tmp_path / "fresh"
+    kw = {"seconds": 1.0, "seed": 3, "progress": False}
+    first = B.build_pretrain_mix(grown, minutes=0.2, workers=2, **kw)
+    assert first["rendered"] == 12 and first["reused"] == 0
+    mtimes = {p: p.stat().st_mtime_ns for p in grown.rglob("*.wav")}
+    more = B.build_pretrain_mix(grown, minutes=0.4, workers=2, **kw)
+    assert more["rendered"] == 12 and more["reused"] == 12 and more["clips"] == 24
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # the first 12 untouched
+    assert json.loads((grown / "build.json").read_text())["minutes"] == 0.4
+    B.build_pretrain_mix(fresh, minutes=0.4, workers=1, **kw)
+    _check_wavs(fresh, [r["path"] for r in _meta(fresh)], seconds=1.0)
+    assert _wav_bytes(grown) == _wav_bytes(fresh) and len(_wav_bytes(fresh)) == 24
+    assert _meta(grown) == _meta(fresh)  # sources of reused clips kept from the first run
+    assert (grown / "manifest.txt").read_text() == (fresh / "manifest.txt").read_text()
+    # shrinking drops the clips past the end; the same arguments again render nothing
+    less = B.build_pretrain_mix(grown, minutes=0.2, workers=2, **kw)
+    assert less["rendered"] == 0 and len(_wav_bytes(grown)) == 12 == len(_meta(grown))
+    assert _wav_bytes(grown) == {
+        k: v for k, v in _wav_bytes(fresh).items() if k in _wav_bytes(grown)
+    }
+    # another seed is another build: nothing reused, the old files removed
+    other = B.build_pretrain_mix(grown, minutes=0.2, workers=2, **{**kw, "seed": 4})
+    assert other["reused"] == 0 and len(_wav_bytes(grown)) == 12
+    assert _wav_bytes(grown) != {
+        k: v for k, v in _wav_bytes(fresh).items() if k in _wav_bytes(grown)
+    }
+
+
+def _mix_sources_used(params: dict) -> list[dict]:
+    return [params, *params.get("parts", ())]
+
+
+def test_pretrain_mix_plan_uses_training_sources_only():
+    """Over a plan of 3000 clips (240 min at 5 s; planning renders nothing): only the keywords
+    task's training voices, the instruments task's training programs (or 80..127, or drum kits)
+    and no hedgewars voice-pack recording; every kind and music style is drawn."""
+    need_mix_sources()
+    src = B._pretrain_sources()
+    kinds, w = B._pretrain_kinds(B.PRETRAIN_SHARES, src)
+    clips = B._plan_pretrain_mix(0, 3000, 5.0, kinds, w, src)
+    by_split = S.voices_by_split()
+    held_voices = {v.key for s in ("valid", "test") for v in by_split[s]}
+    train_voices = {v.key for v in by_split["train"]}
+    held_programs = {
+        p for fam in S.instrument_program_splits().values() for s in ("valid", "test")
+        for p in fam[s]
+    }  # fmt: skip
     allowed = set(B.pretrain_programs())
-    held_out = {p for fam in S.instrument_program_splits().values() for p in fam["test"]}
-    for r in rows:
-        if r["kind"] == "speech":
-            assert r["source"] in train_keys
-        elif r["kind"] == "music":
-            program = int(r["source"].split(":")[1])
-            assert program in allowed and program not in held_out
-        else:
-            assert str(S.HEDGEWARS_VOICES) not in r["source"]
-    again = B.build_pretrain_mix(tmp_path, minutes=0.25, seconds=1.0, seed=0, progress=False)
-    assert again["rendered"] == 0
+    assert not allowed & held_programs and held_voices and not train_voices & held_voices
+    parts = [q for c in clips for q in _mix_sources_used(c.params)]
+    seen_voices = {q["_request"].voice.key for q in parts if q["kind"] == "speech"}
+    assert seen_voices <= train_voices and len(seen_voices) > 300
+    music = [q for q in parts if q["kind"] == "music"]
+    assert {q["style"] for q in music} == set(B.MUSIC_STYLES)
+    for q in music:
+        assert q["program"] in (B.DRUM_KITS if q["style"] == "drums" else allowed)
+    assert len({(q["soundfont"], q["program"]) for q in music if q["style"] != "drums"}) > 150
+    rates = [q["_request"].rate for q in parts if q["kind"] == "speech"]
+    assert min(rates) < 0.8 and max(rates) > 1.4
+    for package in {q["package"] for q in parts if q["kind"] == "recorded"}:
+        assert not any(S.HEDGEWARS_VOICES in f.parents for f in src.recorded[package])
+    assert {c.params["kind"] for c in clips} == set(B.PRETRAIN_SHARES)
+    pairs = [tuple(q["kind"] for q in c.params["parts"]) for c in clips if "parts" in c.params]
+    assert all(a != b for a, b in pairs) and len(set(pairs)) >= 10
+
+
+def _render_one(worker, p: dict) -> tuple[np.ndarray, str, str]:
+    return worker.clip(p, B._synthesize_in_turn(B._mix_requests([B.Clip("x", "", "", p)])))
+
+
+def test_pretrain_mix_each_kind_sounds_plausible(tmp_path):
+    """One clip of every kind and music style: finite, not silent, full length; a mixture is its
+    two parts at their ratio; the written clip peaks at <= 1."""
+    need_mix_sources()
+    src = B._pretrain_sources()
+    planner = B._MixPlanner(src, 1.0)
+    worker = B._MixWorker(tmp_path, src.soundfonts, src.recorded, 1.0)
+    rng = np.random.default_rng(0)
+    plans = [planner.part(k, rng) for k in ("speech", "recorded", "noise")]
+    for style in B.MUSIC_STYLES:
+        while (p := planner.part("music", rng))["style"] != style:
+            pass
+        plans.append(p)
+    plans.append(planner.mixture(rng, B.PRETRAIN_SHARES))
+    for i, p in enumerate(plans):
+        p["_seed"] = (0, i)
+        for j, q in enumerate(p.get("parts", ())):
+            q["_seed"] = (0, i, j)
+        x, source, detail = _render_one(worker, p)
+        assert len(x) == 16000 and np.isfinite(x).all() and source and detail
+        assert B.rms(x) > 1e-3, (p["kind"], p.get("style"), detail)
+        y = B.normalise(x, -14.0)
+        assert np.abs(y).max() <= 0.99 + 1e-6
+    a, b = (_render_one(worker, q)[0] for q in p["parts"])
+    ref = a / B.rms(a) + b / B.rms(b) * B.db(p["ratio_db"])
+    np.testing.assert_allclose(x, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_pretrain_mix_shares_choose_the_kinds(tmp_path):
+    need_mix_sources()
+    result = B.build_pretrain_mix(tmp_path, 0.1, seconds=1.0, shares={"noise": 1}, progress=False)
+    assert result["kinds"] == {"noise": 6}
+    _check_wavs(tmp_path, [r["path"] for r in _meta(tmp_path)], seconds=1.0)
+    with pytest.raises(UsageError, match="unknown kinds"):
+        B.build_pretrain_mix(tmp_path, 0.1, shares={"speach": 1}, progress=False)
+    # a kind without a share is not in the mixtures either
+    src = B._pretrain_sources()
+    kinds, w = B._pretrain_kinds({"music": 1, "recorded": 1, "mixture": 2}, src)
+    clips = B._plan_pretrain_mix(0, 200, 1.0, kinds, w, src)
+    parts = {q["kind"] for c in clips for q in c.params.get("parts", ())}
+    assert parts == {"music", "recorded"} and set(kinds) == {c.params["kind"] for c in clips}
+
+
+def test_mix_signals_noise_colours_bands_and_bursts():
+    """Brown noise has more low-frequency power than white; a band-pass keeps its band; a burst
+    envelope rises well above its floor; chords sound several keys at once, within the range."""
+    from ssamba.demo import signals as G
+
+    n = 16000
+
+    def low_share(x):  # noqa: E306
+        p = np.abs(np.fft.rfft(x)) ** 2
+        return p[: len(p) // 16].sum() / p.sum()  # below 500 Hz
+
+    rng = np.random.default_rng(0)
+    white, brown = G.coloured_noise(n, 0.0, rng), G.coloured_noise(n, 2.0, rng)
+    assert low_share(brown) > 0.9 > 0.2 > low_share(white)
+    f = np.fft.rfftfreq(n, 1 / 16000)
+    gain = G.band_pass_gain(f, 500.0, 2000.0, 4)
+    assert gain[np.argmin(abs(f - 1000))] > 0.9 and gain[np.argmin(abs(f - 100))] < 1e-2
+    assert gain[np.argmin(abs(f - 7000))] < 1e-2
+    env = G.burst_envelope(n, rng)
+    assert env.max() > 10 * env.min() > 0
+    for seed in range(20):
+        notes = G.music_notes("chords", np.random.default_rng(seed), 40, 80, 2.0)
+        assert all(40 <= key <= 80 for _, _, key, _ in notes)
+        starts = Counter(round(s, 1) for s, _, _, _ in notes)
+        assert max(starts.values()) >= 2 or len(notes) == 1
+    voicings = {tuple(G.chord_voicing(np.random.default_rng(s), 40, 80)) for s in range(50)}
+    assert len(voicings) > 40 and all(len(v) >= 1 for v in voicings)
 
 
 # --------------------------------------------------------------------------------------------------

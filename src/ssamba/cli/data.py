@@ -371,14 +371,26 @@ def _add_pretrain_mix(sub) -> None:
     m = add_command(
         sub,
         "pretrain-mix",
-        help="unlabelled pretraining corpus: TTS speech, GM notes/phrases, real recordings",
-        description="Unlabelled clips from training voices/programs only (no valid/test voice, "
-        "program or speaker line of the labelled sets) and Debian recordings. Writes "
-        "manifest.txt (one path per line).",
+        help="unlabelled pretraining corpus: speech, music, recordings, noise and mixtures",
+        description="Unlabelled clips of five kinds: TTS sentences at random speaking rates and "
+        "pitches; General MIDI notes, phrases, chords, arpeggios and drum patterns; crops of "
+        "Debian recordings, sped up or slowed down at times; coloured noise, filtered or in "
+        "bursts at times; and mixtures of two clips of different kinds. Only training voices and "
+        "programs are used (no valid/test voice, program or speaker line of the labelled sets). "
+        "Clip i depends on --seed, --seconds and i only: more --minutes in the same folder "
+        "renders only the new clips. Writes manifest.txt (one path per line) and meta.csv (how "
+        "each clip was made).",
     )
     m.add_argument("--minutes", type=positive_float, default=12.0, help="total minutes of audio")
     m.add_argument("--seconds", type=positive_float, default=2.0, metavar="S", help="clip length")
-    _add_builder_common(m, "demo_out/data/pretrain", tts=True)
+    m.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=2,
+        metavar="N",
+        help="threads that synthesize, render and write the clips (0: one)",
+    )
+    _add_builder_common(m, "demo_out/data/pretrain")
 
 
 def _add_builder_common(p: argparse.ArgumentParser, default_out: str, tts: bool = False) -> None:

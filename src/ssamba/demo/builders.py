@@ -10,7 +10,8 @@ with paths relative to ``out`` (readable by :func:`ssamba.data.read_manifest`):
 Everything a clip is made of is drawn from ``numpy.random.default_rng([seed, task, ...])`` seeded
 per clip, so a clip does not depend on which other clips are (re)built. Re-running with the same
 arguments reuses the WAVs already there (an interrupted build resumes); different arguments first
-delete the files the previous build listed in its ``meta.csv`` (and nothing else).
+delete the files the previous build listed in its ``meta.csv`` (and nothing else), except that the
+pretraining mix grows: more minutes keep the clips already made.
 
 Hold-outs are fixed, whatever the seed (:mod:`.sources`): keyword test/valid voices, instrument
 test/valid programs and speaker test/valid lines never appear in training, and the pretraining
@@ -23,11 +24,12 @@ import csv
 import io
 import json
 import os
+import threading
 import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +38,21 @@ import soundfile as sf
 
 from ssamba.constants import SAMPLE_RATE
 from ssamba.demo import sources as S
+from ssamba.demo.signals import (
+    DRUM_KITS,
+    MUSIC_STYLES,
+    coloured_noise,
+    db,
+    fade,
+    fit,
+    music_notes,
+    normalise,
+    rms,
+    shaped_noise,
+    trim,
+    weighted_choice,
+)
+from ssamba.errors import UsageError
 from ssamba.fileio import atomic_write_bytes, atomic_write_text
 
 BUILD_VERSION = 1
@@ -52,8 +69,22 @@ UNKNOWN_WORDS = (
 KEYWORD_CLASSES = (*KEYWORDS, "unknown", "silence")
 #: Share of each TTS engine in a split's voices (renormalised over the engines present).
 ENGINE_WEIGHTS = {"espeak": 0.6, "flite": 0.3, "festival": 0.1}
-#: Shares of the pretraining mix (renormalised over the kinds whose sources are present).
-PRETRAIN_SHARES = {"speech": 0.35, "music": 0.30, "recorded": 0.35}
+#: Version of the pretraining mix's rendering: an earlier version's build is rebuilt, not extended.
+MIX_BUILD_VERSION = 2
+#: Shares of the pretraining mix's kinds (renormalised over the kinds whose sources are present).
+PRETRAIN_SHARES = {"speech": 0.30, "music": 0.25, "recorded": 0.20, "mixture": 0.15, "noise": 0.10}
+#: The kinds a clip of the mix, or each of a mixture's two (different) parts, can be.
+MIX_PART_KINDS = ("speech", "music", "recorded", "noise")
+#: Ranges the mix draws from (uniformly; the recordings' speed log-uniformly).
+SPEECH_RATE = (0.7, 1.5)  # TTS speaking-rate factor (espeak-ng -s 115..248 words a minute)
+SPEECH_PITCH = (0.55, 1.6)  # TTS pitch factor (espeak-ng -p 27..80; flite's mean f0)
+SPEECH_SPEED = (0.92, 1.08)  # then played this much faster by resampling
+RECORDED_SPEED = (0.8, 1.25)  # a recording's crop played this much faster ...
+RECORDED_SPEED_PROB = 0.5  # ... this often (else as recorded)
+MIX_RATIO_DB = (-10.0, 10.0)  # a mixture's second part relative to its first
+MIX_LEVEL_DB = (-28.0, -14.0)  # RMS level of every clip
+#: Clips per task of the mix's worker processes (each synthesizes, renders and writes its own).
+MIX_CHUNK = 24
 
 
 # --------------------------------------------------------------------------------------------------
@@ -100,26 +131,47 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return buf.getvalue()
 
 
-def _prepare_out(out: Path, spec: dict) -> bool:
+def _prepare_out(out: Path, spec: dict, growable: Sequence[str] = ()) -> bool:
     """Create ``out``; True when a previous build with the same spec may be reused.
 
-    When ``build.json`` differs, the WAVs listed in the old ``meta.csv`` are deleted first.
+    When ``build.json`` differs (in other keys than ``growable``: a build that only grows keeps
+    its files), the WAVs listed in the old ``meta.csv`` are deleted first.
     """
     out.mkdir(parents=True, exist_ok=True)
     spec_path = out / "build.json"
     text = json.dumps(spec, indent=2, sort_keys=True) + "\n"
     if spec_path.exists():
-        if spec_path.read_text() == text:
+        old = spec_path.read_text()
+        if old == text or _without(_json_or_none(old), growable) == _without(spec, growable):
+            _write_text_if_changed(spec_path, text)
             return True
-        meta = out / "meta.csv"
-        if meta.exists():
-            with meta.open(newline="") as f:
-                for row in csv.DictReader(f):
-                    p = (out / row["path"]).resolve()
-                    if out.resolve() in p.parents and p.suffix == ".wav":
-                        p.unlink(missing_ok=True)
+        _delete_listed_wavs(out, keep=())
     _write_text_if_changed(spec_path, text)
     return False
+
+
+def _json_or_none(text: str) -> dict | None:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _without(spec: dict | None, keys: Sequence[str]) -> dict | None:
+    return None if spec is None else {k: v for k, v in spec.items() if k not in keys}
+
+
+def _delete_listed_wavs(out: Path, keep: Sequence[str]) -> None:
+    """Delete the WAVs the build's ``meta.csv`` lists, except the paths in ``keep``."""
+    meta = out / "meta.csv"
+    if not meta.exists():
+        return
+    kept = set(keep)
+    with meta.open(newline="") as f:
+        for row in csv.DictReader(f):
+            p = (out / row["path"]).resolve()
+            if row["path"] not in kept and out.resolve() in p.parents and p.suffix == ".wav":
+                p.unlink(missing_ok=True)
 
 
 def _write_manifests(out: Path, clips: Sequence[Clip], meta_keys: Sequence[str]) -> dict:
@@ -243,60 +295,7 @@ def format_summary(result: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Signal helpers
-
-
-def _db(x: float) -> float:
-    return 10 ** (x / 20.0)
-
-
-def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
-
-
-def _trim(x: np.ndarray, threshold_db: float = -35.0, frame: int = 160) -> np.ndarray:
-    """Cut leading/trailing frames quieter than ``threshold_db`` below the loudest frame."""
-    n = len(x) // frame
-    if n == 0:
-        return x
-    e = np.sqrt(np.mean(x[: n * frame].reshape(n, frame) ** 2, axis=1)) + 1e-10
-    loud = np.nonzero(20 * np.log10(e / e.max()) > threshold_db)[0]
-    if len(loud) == 0:
-        return x[:0]
-    return x[loud[0] * frame : (loud[-1] + 1) * frame]
-
-
-def _fade(x: np.ndarray, n: int = 160) -> np.ndarray:
-    x = x.copy()
-    n = min(n, len(x) // 2)
-    if n:
-        ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
-        x[:n] *= ramp
-        x[-n:] *= ramp[::-1]
-    return x
-
-
-def _fit(x: np.ndarray, length: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """Place ``x`` at a random offset in ``length`` zeros, or take a random window of it."""
-    out = np.zeros(length, np.float32)
-    if len(x) >= length:
-        start = int(rng.integers(0, len(x) - length + 1))
-        out[:] = x[start : start + length]
-        return out, -start
-    offset = int(rng.integers(0, length - len(x) + 1))
-    out[offset : offset + len(x)] = x
-    return out, offset
-
-
-def coloured_noise(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
-    """Unit-RMS noise with a 1/f**exponent power spectrum (0 white, 1 pink, 2 brown)."""
-    spec = np.fft.rfft(rng.standard_normal(n))
-    f = np.arange(len(spec), dtype=np.float64)
-    f[0] = 1.0
-    spec *= f ** (-exponent / 2.0)
-    spec[0] = 0.0
-    x = np.fft.irfft(spec, n)
-    return (x / (_rms(x) + 1e-12)).astype(np.float32)
+# Background noise (keywords)
 
 
 NOISE_KINDS = ("white", "pink", "brown", "hum", "recorded")
@@ -313,16 +312,16 @@ def make_noise(kind: str, n: int, rng: np.random.Generator, ambience: Sequence[P
             x = S.read_segment(path, start, n / SAMPLE_RATE)[:n]
             if len(x) < n:
                 x = np.tile(x, int(np.ceil(n / max(len(x), 1))))[:n] if len(x) else x
-            if len(x) == n and _rms(x) > 1e-3:
-                return (x / _rms(x)).astype(np.float32)
+            if len(x) == n and rms(x) > 1e-3:
+                return (x / rms(x)).astype(np.float32)
         kind = "pink"
     if kind == "hum":
         t = np.arange(n) / SAMPLE_RATE
         base = 50.0 if rng.random() < 0.5 else 60.0
         phase = rng.uniform(0, 2 * np.pi, 6)
         x = sum(np.sin(2 * np.pi * base * (k + 1) * t + phase[k]) / (k + 1) for k in range(6))
-        x = x / (_rms(x) + 1e-12) + 0.5 * coloured_noise(n, 1.0, rng)
-        return (x / _rms(x)).astype(np.float32)
+        x = x / (rms(x) + 1e-12) + 0.5 * coloured_noise(n, 1.0, rng)
+        return (x / rms(x)).astype(np.float32)
     exponent = {"white": 0.0, "pink": 1.0, "brown": 2.0}.get(kind, 1.0)
     return coloured_noise(n, exponent, rng)
 
@@ -537,16 +536,16 @@ def _render_keyword(c: Clip, n: int, raw: dict, ambience: Sequence[Path]) -> np.
     rng = _rng(*p["_seed"])
     noise = make_noise(p["noise"], n, rng, ambience)
     if c.label == "silence":
-        return noise * _db(p["level_db"])
+        return noise * db(p["level_db"])
     wave, sr = raw[p["_request"]]
-    speech = _trim(_tts_to_16k(wave, sr, p["speed"]))
+    speech = trim(_tts_to_16k(wave, sr, p["speed"]))
     if len(speech) == 0:
         speech = np.zeros(1, np.float32)
-    speech = _fade(speech[:n])
-    speech = speech / (np.abs(speech).max() + 1e-9) * _db(p["level_db"])
-    level = _rms(speech)
-    placed, p["offset"] = _fit(speech, n, rng)
-    mix = placed + noise * level / _db(p["snr_db"])
+    speech = fade(speech[:n])
+    speech = speech / (np.abs(speech).max() + 1e-9) * db(p["level_db"])
+    level = rms(speech)
+    placed, p["offset"] = fit(speech, n, rng)
+    mix = placed + noise * level / db(p["snr_db"])
     peak = np.abs(mix).max()
     return mix / peak * 0.99 if peak > 0.99 else mix
 
@@ -561,42 +560,21 @@ def _render_note_clip(
     program: int,
     rng: np.random.Generator,
     seconds: float,
-    phrase: bool = False,
+    style: str = "note",
     tries: int = 12,
 ) -> tuple[np.ndarray, dict]:
-    """A note (or short phrase) with energy: redraws key/velocity while the preset is silent."""
+    """Notes of a ``style`` (:data:`ssamba.demo.signals.MUSIC_STYLES`; ``drums``: ``program`` is
+    a GM drum kit) with energy: redraws while the preset is silent at the keys drawn."""
     lo, hi = S.program_key_range(program)
     for attempt in range(tries):
         if attempt >= tries // 2:  # narrow to the middle of the range after failures
             mid = (lo + hi) // 2
             lo, hi = max(lo, mid - 6), min(hi, mid + 6)
-        if phrase:
-            notes, t = [], float(rng.uniform(0, 0.15))
-            root = int(rng.integers(lo, hi + 1))
-            scale = np.array([0, 2, 4, 5, 7, 9, 11, 12])
-            while t < seconds - 0.2:
-                dur = float(rng.choice([0.125, 0.25, 0.25, 0.375, 0.5]))
-                key = int(np.clip(root + rng.choice(scale) - 5, lo, hi))
-                vel = int(rng.integers(50, 128))
-                notes.append((t, dur * 0.9, key, vel))
-                if rng.random() < 0.2:  # a dyad now and then
-                    notes.append((t, dur * 0.9, int(np.clip(key + 4, lo, hi)), vel))
-                t += dur
-        else:
-            start = float(rng.uniform(0, 0.15))
-            dur = float(rng.uniform(0.3, min(1.6, seconds - start)))
-            key, vel = int(rng.integers(lo, hi + 1)), int(rng.integers(60, 128))
-            notes = [(start, dur, key, vel)]
-        x = renderer.render(soundfont, program, notes, seconds)
-        if np.all(np.isfinite(x)) and _rms(x) > 1e-3 and np.abs(x).max() > 5e-3:
+        notes = music_notes(style, rng, lo, hi, seconds)
+        x = renderer.render(soundfont, program, notes, seconds, drums=style == "drums")
+        if np.all(np.isfinite(x)) and rms(x) > 1e-3 and np.abs(x).max() > 5e-3:
             return x, {"key": notes[0][2], "velocity": notes[0][3], "notes": len(notes)}
     raise RuntimeError(f"{soundfont} program {program}: silent after {tries} tries")
-
-
-def _normalise(x: np.ndarray, level_db: float) -> np.ndarray:
-    x = x * (_db(level_db) / (_rms(x) + 1e-12))
-    peak = np.abs(x).max()
-    return x / peak * 0.99 if peak > 0.99 else x
 
 
 def _plan_instruments(
@@ -674,7 +652,7 @@ def build_instruments(
             state["renderer"], p["soundfont"], p["program"], _rng(*p["_seed"]), clip_seconds
         )
         p.update(info)
-        return _normalise(x, p["level_db"])
+        return normalise(x, p["level_db"])
 
     rendered, reused = _render_missing(out, clips, render, "instruments", progress, prepare)
     paths = _write_manifests(out, clips, ("program", "soundfont"))
@@ -758,9 +736,9 @@ def build_speakers(
     n = round(clip_seconds * SAMPLE_RATE)
 
     def render(c: Clip) -> np.ndarray:
-        x = _trim(S.read_segment(Path(c.params["source"])), threshold_db=-45)
-        x, _ = _fit(_fade(x), n, _rng(*c.params["_seed"]))
-        return _normalise(x, c.params["level_db"])
+        x = trim(S.read_segment(Path(c.params["source"])), threshold_db=-45)
+        x, _ = fit(fade(x), n, _rng(*c.params["_seed"]))
+        return normalise(x, c.params["level_db"])
 
     rendered, reused = _render_missing(out, clips, render, "speakers", progress)
     paths = _write_manifests(out, clips, ("line", "source"))
@@ -852,15 +830,26 @@ def build_pretrain_mix(
 ) -> dict:
     """Unlabelled pretraining corpus: ``minutes`` of ``seconds``-long clips.
 
-    Three kinds (``shares``, default :data:`PRETRAIN_SHARES`): TTS sentences (training voices of
-    the keywords task only), GM notes and short phrases (training programs of the instruments
-    task and programs 80..127 only), and random crops of real recordings (effects, ambience and
-    music of the Debian packages present; the hedgewars voice packs of the speakers task are
-    excluded). So nothing of the labelled tasks' valid/test sets is seen in pretraining, apart
-    from the keyword task's background noises (not what it labels).
+    Five kinds (``shares``, default :data:`PRETRAIN_SHARES`, renormalised over the kinds whose
+    sources are present): TTS sentences at a random speaking rate, pitch and speed; GM music (a
+    note, a melodic phrase, chords with random voicings, an arpeggio or a drum pattern:
+    :data:`ssamba.demo.signals.MUSIC_STYLES`); crops of real recordings, sped up or slowed down
+    by resampling half the time; coloured noise (white/pink/brown, band-passed or in bursts at
+    times); and mixtures of two clips of different kinds at a random level ratio.
+
+    Exclusions, whatever the seed: speech uses the keywords task's training voices only, music the
+    instruments task's training programs, programs 80..127 and the drum kits only, and recordings
+    never include the hedgewars voice packs of the speakers task. So nothing of the labelled tasks'
+    valid/test sets is heard in pretraining, apart from the keyword task's background noises (not
+    what it labels).
+
+    Clip ``i`` depends only on ``seed``, ``i``, ``seconds`` and the sources found, not on
+    ``minutes``: a longer build extends a shorter one, and re-running with more ``minutes`` in
+    the same folder renders only the new clips (fewer deletes the clips past the end). Rendering
+    runs in ``workers`` processes.
 
     Writes ``manifest.txt`` (one relative path per line, read by ``read_manifest``; the result's
-    ``"manifest"`` and ``"list"``) and ``meta.csv`` (path, kind, source).
+    ``"manifest"`` and ``"list"``) and ``meta.csv`` (path, kind, source, detail).
     """
     t0 = time.perf_counter()
     out, minutes, seed, seconds = Path(out), float(minutes), int(seed), float(seconds)
@@ -868,7 +857,7 @@ def build_pretrain_mix(
     kinds, w = _pretrain_kinds(dict(shares or PRETRAIN_SHARES), src)
     spec = {
         "builder": "pretrain-mix",
-        "version": BUILD_VERSION,
+        "version": MIX_BUILD_VERSION,
         "minutes": minutes,
         "seed": seed,
         "seconds": seconds,
@@ -877,41 +866,31 @@ def build_pretrain_mix(
         "soundfonts": {k: str(v) for k, v in src.soundfonts.items()},
         "recorded": {k: len(v) for k, v in src.recorded.items()},
     }
-    _prepare_out(out, spec)
+    if not _prepare_out(out, spec, growable=("minutes",)):
+        (out / "meta.csv").unlink(missing_ok=True)  # its sources were another build's
     n_clips = max(1, round(minutes * 60 / seconds))
     clips = _plan_pretrain_mix(seed, n_clips, seconds, kinds, w, src)
-    raw: dict = {}
-    state: dict = {}
-
-    def prepare(todo: Sequence[Clip]) -> None:
-        if any(c.params["kind"] == "music" for c in todo):
-            state["renderer"] = S.NoteRenderer(src.soundfonts)
-        raw.update(_synthesize_all(_tts_requests(todo), workers, progress, "pretrain-mix: TTS"))
-
-    def render(c: Clip) -> np.ndarray:
-        return _render_mix_clip(c, raw, state.get("renderer"), src.recorded, seconds)
-
-    rendered, reused = _render_missing(out, clips, render, "pretrain-mix", progress, prepare)
+    _delete_listed_wavs(out, keep=[c.path for c in clips])  # a shorter build than the last
+    todo = [c for c in clips if not (out / c.path).exists()]
+    # listed before rendering, so that an interrupted build's files are known to the next one
+    _write_mix_meta(out / "meta.csv", clips, {})
+    made = _render_mix(out, todo, src, seconds, workers, progress)
+    _write_mix_meta(out / "meta.csv", clips, made)
     list_path = out / "manifest.txt"
     _write_text_if_changed(list_path, "".join(c.path + "\n" for c in clips))
-    meta_rows = [(c.path, c.params["kind"], c.params.get("source", "")) for c in clips]
-    # sources of recorded clips are only known once rendered: keep a previous meta's entries
-    _write_meta_preserving(out / "meta.csv", meta_rows)
-    kinds_count = Counter(c.params["kind"] for c in clips)
-    clips_by_kind = [Clip(c.path, c.params["kind"], "pretrain") for c in clips]
     return _summary(
         "pretrain-mix",
         out,
-        clips_by_kind,
+        [Clip(c.path, c.params["kind"], "pretrain") for c in clips],
         seconds,
-        rendered,
-        reused,
+        len(todo),
+        len(clips) - len(todo),
         time.perf_counter() - t0,
         src.notes,
         None,
         {"manifest": list_path, "list": list_path, "meta": out / "meta.csv"},
         {
-            "kinds": dict(kinds_count),
+            "kinds": dict(Counter(c.params["kind"] for c in clips)),
             "sources": _tts_sources({"train": src.voices})
             + [f"soundfont {k}" for k in src.soundfonts]
             + [f"{k}: {len(v)} recordings" for k, v in src.recorded.items()],
@@ -940,100 +919,218 @@ def _pretrain_sources() -> _MixSources:
     return _MixSources(voices, soundfonts, recorded, notes)
 
 
+def _part_kinds(src: _MixSources) -> list[str]:
+    """The kinds a clip (or a mixture's part) can be here: noise is always possible."""
+    found = {"speech": src.voices, "music": src.soundfonts, "recorded": src.recorded, "noise": 1}
+    return [k for k in MIX_PART_KINDS if found[k]]
+
+
 def _pretrain_kinds(shares: dict[str, float], src: _MixSources) -> tuple[list[str], np.ndarray]:
     """The kinds of clip the mix can have here, and their shares renormalised over them."""
-    available = {
-        "speech": bool(src.voices),
-        "music": bool(src.soundfonts),
-        "recorded": bool(src.recorded),
-    }
-    kinds = [k for k in shares if available.get(k) and shares[k] > 0]
-    if not kinds:
+    unknown = set(shares) - set(PRETRAIN_SHARES)
+    if unknown:
+        raise UsageError(f"unknown kinds of the pretraining mix: {sorted(unknown)}")
+    parts = _part_kinds(src)
+    if parts == ["noise"]:
         raise S.MissingSourceError("any audio source for the pretraining mix", "espeak-ng")
+    available = set(parts) | {"mixture"}
+    kinds = [k for k in shares if k in available and shares[k] > 0]
+    if not kinds:
+        raise UsageError(f"no kind of the pretraining mix has a positive share: {shares}")
     w = np.array([shares[k] for k in kinds], dtype=np.float64)
     return kinds, w / w.sum()
+
+
+@dataclass
+class _MixPlanner:
+    """Draws what one clip (or one part of a mixture) of the mix is made of."""
+
+    src: _MixSources
+    seconds: float
+    pools: dict[str, list[S.Voice]] = field(init=False)
+    programs: list[int] = field(init=False)
+    package_weights: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pools = _engine_pools(self.src.voices)
+        self.programs = pretrain_programs()
+        # a package is drawn in proportion to the square root of its hours of audio
+        hours = [
+            sum(S.audio_info(f)[0] / S.audio_info(f)[1] for f in self.src.recorded[k])
+            for k in sorted(self.src.recorded)
+        ]
+        self.package_weights = np.sqrt(np.array(hours, dtype=np.float64))
+
+    def part(self, kind: str, rng: np.random.Generator) -> dict:
+        if kind == "speech":
+            voice = _pick_voice(self.pools, rng)
+            text = random_sentence(rng, min_words=int(self.seconds * 2.5) + 1)
+            rate = round(float(rng.uniform(*SPEECH_RATE)), 3)
+            pitch = round(float(rng.uniform(*SPEECH_PITCH)), 3)
+            request = S.TTSRequest(voice, text, rate=rate, pitch=pitch)
+            speed = float(rng.uniform(*SPEECH_SPEED))
+            return {"kind": kind, "_request": request, "speed": speed, "source": voice.key}
+        if kind == "music":
+            style = weighted_choice(list(MUSIC_STYLES), MUSIC_STYLES, rng)
+            pool = DRUM_KITS if style == "drums" else self.programs
+            program = int(pool[int(rng.integers(len(pool)))])
+            soundfonts = sorted(self.src.soundfonts)
+            sfn = soundfonts[int(rng.integers(len(soundfonts)))]
+            name = f"drum kit {program}" if style == "drums" else str(program)
+            return {"kind": kind, "style": style, "program": program, "soundfont": sfn,
+                    "source": f"{sfn}:{name}"}  # fmt: skip
+        if kind == "recorded":
+            packages = sorted(self.src.recorded)
+            w = self.package_weights
+            package = packages[int(rng.choice(len(packages), p=w / w.sum()))]
+            speed = 1.0
+            if rng.random() < RECORDED_SPEED_PROB:
+                speed = float(np.exp(rng.uniform(*np.log(RECORDED_SPEED))))
+            return {"kind": kind, "package": package, "speed": speed}
+        return {"kind": "noise", "source": "synthetic"}
+
+    def mixture(self, rng: np.random.Generator, shares: dict[str, float]) -> dict:
+        """Two parts of different kinds, drawn by their shares (any two kinds, evenly, when
+        fewer than two have a share), the second at a random level ratio."""
+        kinds = [k for k in _part_kinds(self.src) if shares.get(k, 0.0) > 0]
+        w = np.array([shares[k] for k in kinds])
+        if len(kinds) < 2:
+            kinds = _part_kinds(self.src)
+            w = np.ones(len(kinds))
+        pair = rng.choice(len(kinds), size=2, replace=False, p=w / w.sum())
+        parts = [self.part(kinds[int(j)], rng) for j in pair]
+        return {"kind": "mixture", "parts": parts, "ratio_db": float(rng.uniform(*MIX_RATIO_DB))}
 
 
 def _plan_pretrain_mix(
     seed: int, n_clips: int, seconds: float, kinds: list[str], w: np.ndarray, src: _MixSources
 ) -> list[Clip]:
-    """Every clip of the mix: its kind and what it is made of (voice and sentence, GM program
-    and soundfont, or the package whose recordings it crops)."""
-    pools = _engine_pools(src.voices)
-    programs = pretrain_programs()
-    sf_names = sorted(src.soundfonts)
-    packages = sorted(src.recorded)
-    # a package is drawn in proportion to the square root of its hours of audio
-    pkg_w = np.array(
-        [
-            np.sqrt(sum(S.audio_info(f)[0] / S.audio_info(f)[1] for f in src.recorded[k]))
-            for k in packages
-        ]
-    )
+    """Every clip of the mix: its kind and what it is made of (voice, sentence, rate and pitch;
+    GM program, soundfont and style; the package whose recordings it crops; or two parts).
+
+    Clip ``i`` draws from ``_rng(seed, 8, i)`` only, so it is the same in any ``n_clips``."""
+    planner = _MixPlanner(src, seconds)
+    shares = dict(zip(kinds, w, strict=True))
     clips: list[Clip] = []
     for i in range(n_clips):
         rng = _rng(seed, 8, i)
         kind = kinds[int(rng.choice(len(kinds), p=w))]
-        p: dict = {"kind": kind, "_seed": (seed, 9, i), "level_db": float(rng.uniform(-28, -14))}
-        if kind == "speech":
-            voice = _pick_voice(pools, rng)
-            text = random_sentence(rng, min_words=int(seconds * 2.5) + 1)
-            p.update(
-                source=voice.key,
-                _request=S.TTSRequest(
-                    voice,
-                    text,
-                    rate=round(float(rng.uniform(0.85, 1.25)), 3),
-                    pitch=round(float(rng.uniform(0.8, 1.3)), 3),
-                ),
-                speed=float(rng.uniform(0.95, 1.05)),
-            )
-        elif kind == "music":
-            prog = programs[int(rng.integers(len(programs)))]
-            sfn = sf_names[int(rng.integers(len(sf_names)))]
-            p.update(program=prog, soundfont=sfn, phrase=bool(rng.random() < 0.5))
-            p["source"] = f"{sfn}:{prog}"
-        else:
-            pkg = packages[int(rng.choice(len(packages), p=pkg_w / pkg_w.sum()))]
-            p["package"] = pkg
+        level = float(rng.uniform(*MIX_LEVEL_DB))
+        p = planner.mixture(rng, shares) if kind == "mixture" else planner.part(kind, rng)
+        p.update(level_db=level, _seed=(seed, 9, i))
+        for j, part in enumerate(p.get("parts", ())):
+            part["_seed"] = (seed, 9, i, j)
         clips.append(Clip(f"wav/{kind}/{kind}_{i:05d}.wav", "", "pretrain", p))
     return clips
 
 
-def _render_mix_clip(
-    c: Clip,
-    raw: dict,
-    renderer: S.NoteRenderer | None,
-    recorded: dict[str, tuple[Path, ...]],
-    seconds: float,
-) -> np.ndarray:
-    """One clip of the mix: synthesized speech, a rendered note/phrase or a recording's crop."""
-    n = round(seconds * SAMPLE_RATE)
-    p = c.params
-    rng = _rng(*p["_seed"])
-    if p["kind"] == "speech":
-        wave, sr = raw[p["_request"]]
-        x = _fade(_trim(_tts_to_16k(wave, sr, p["speed"])))
-        x, _ = _fit(x, n, rng)
-    elif p["kind"] == "music":
-        x, _ = _render_note_clip(renderer, p["soundfont"], p["program"], rng, seconds, p["phrase"])
-    else:
-        files = recorded[p["package"]]
-        for _ in range(10):  # redraw crops that are (nearly) silent
+def _mix_requests(clips: Sequence[Clip]) -> list[S.TTSRequest]:
+    parts = [q for c in clips for q in (c.params, *c.params.get("parts", ()))]
+    return [q["_request"] for q in parts if "_request" in q]
+
+
+def _render_mix(
+    out: Path, todo: Sequence[Clip], src: _MixSources, seconds: float, workers: int, progress: bool
+) -> dict[str, tuple[str, str]]:
+    """Render and write ``todo`` in chunks of :data:`MIX_CHUNK` on ``workers`` threads; returns
+    ``{path: (source, detail)}``.
+
+    Threads, not processes: most of the time goes to the TTS programs (subprocesses) and to
+    writing files, which release the GIL; the soundfont synth is shared under a lock."""
+    chunks = [todo[k : k + MIX_CHUNK] for k in range(0, len(todo), MIX_CHUNK)]
+    worker = _MixWorker(out, src.soundfonts, src.recorded, seconds)
+    made: dict[str, tuple[str, str]] = {}
+    with _progress(len(todo), "pretrain-mix", progress) as bar:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            for done in as_completed([pool.submit(worker.chunk, c) for c in chunks]):
+                result = done.result()
+                made.update(result)
+                bar.update(len(result))
+    return made
+
+
+class _MixWorker:
+    """Synthesizes, renders and writes chunks of the mix; threads share one (locked) synth,
+    loaded on first use."""
+
+    def __init__(self, out: Path, soundfonts: dict, recorded: dict, seconds: float):
+        self.out, self.soundfonts, self.recorded = Path(out), soundfonts, recorded
+        self.seconds, self.n = seconds, round(seconds * SAMPLE_RATE)
+        self._notes: S.NoteRenderer | None = None
+        self._lock = threading.Lock()
+
+    def chunk(self, clips: Sequence[Clip]) -> dict[str, tuple[str, str]]:
+        raw = _synthesize_in_turn(_mix_requests(clips))
+        made = {}
+        for c in clips:
+            x, source, detail = self.clip(c.params, raw)
+            write_wav(self.out / c.path, normalise(x, c.params["level_db"]))
+            made[c.path] = (source, detail)
+        return made
+
+    def clip(self, p: dict, raw: dict) -> tuple[np.ndarray, str, str]:
+        """One clip or part at any level -> (wave, source, detail)."""
+        rng = _rng(*p["_seed"])
+        kind = p["kind"]
+        if kind == "mixture":
+            (a, sa, da), (b, sb, db_) = (self.clip(q, raw) for q in p["parts"])
+            x = a / (rms(a) + 1e-12) + b / (rms(b) + 1e-12) * db(p["ratio_db"])
+            ka, kb = (q["kind"] for q in p["parts"])
+            detail = f"{ka}: {da}; {kb}: {db_}; ratio {p['ratio_db']:+.1f} dB"
+            return x, f"{ka}={sa} | {kb}={sb}", detail
+        if kind == "speech":
+            req = p["_request"]
+            wave, sr = raw[req]
+            x, _ = fit(fade(trim(_tts_to_16k(wave, sr, p["speed"]))), self.n, rng)
+            detail = f"rate {req.rate:g} pitch {req.pitch:g} speed {p['speed']:.3f}"
+            return x, req.voice.key, detail
+        if kind == "music":
+            with self._lock:
+                if self._notes is None:
+                    self._notes = S.NoteRenderer(self.soundfonts)
+                x, info = _render_note_clip(
+                    self._notes, p["soundfont"], p["program"], rng, self.seconds, p["style"]
+                )
+            return x, p["source"], f"{p['style']}, {info['notes']} notes"
+        if kind == "recorded":
+            return self.recorded_crop(p, rng)
+        x, detail = shaped_noise(self.n, rng)
+        return x, p["source"], detail
+
+    def recorded_crop(self, p: dict, rng: np.random.Generator) -> tuple[np.ndarray, str, str]:
+        """A crop of a random recording of the package, at ``p["speed"]`` (one resampling:
+        decoding to 16 kHz / speed and playing at 16 kHz); (nearly) silent crops are redrawn."""
+        files, speed = self.recorded[p["package"]], p["speed"]
+        span = self.seconds * speed
+        for _ in range(10):
             f = files[int(rng.integers(len(files)))]
             frames, sr = S.audio_info(f)
-            start = float(rng.uniform(0, max(frames / sr - seconds, 0)))
-            x, _ = _fit(_fade(S.read_segment(f, start, seconds)), n, rng)
-            if _rms(x) > 3e-3:
+            start = float(rng.uniform(0, max(frames / sr - span, 0)))
+            x = S.read_segment(f, start, span, sample_rate=round(SAMPLE_RATE / speed))
+            x, _ = fit(fade(x), self.n, rng)
+            if rms(x) > 3e-3:
                 break
-        p["source"] = str(f)
-    return _normalise(x, p["level_db"])
+        return x, str(f), f"from {start:.2f} s, speed {speed:.3f}"
 
 
-def _write_meta_preserving(path: Path, rows: list[tuple[str, str, str]]) -> None:
-    old = {}
+def _synthesize_in_turn(reqs: Sequence[S.TTSRequest]) -> dict:
+    """Synthesize unique requests one after the other (festival batched per voice)."""
+    unique = list(dict.fromkeys(reqs))
+    fest = [r for r in unique if r.voice.engine == "festival"]
+    results = dict(zip(fest, S.synthesize_festival_batch(fest), strict=True)) if fest else {}
+    results.update((r, S.synthesize(r)) for r in unique if r.voice.engine != "festival")
+    return results
+
+
+def _write_mix_meta(path: Path, clips: Sequence[Clip], made: dict[str, tuple[str, str]]) -> None:
+    """path, kind, source, detail; the source and detail of a clip are known once rendered, so
+    those of clips reused from an earlier run are kept from its ``meta.csv``."""
+    old: dict[str, tuple[str, str]] = {}
     if path.exists():
         with path.open(newline="") as f:
-            old = {r["path"]: r["source"] for r in csv.DictReader(f)}
-    rows = [(p, k, s or old.get(p, "")) for p, k, s in rows]
-    _write_text_if_changed(path, _csv_text(("path", "kind", "source"), rows))
+            old = {r["path"]: (r.get("source", ""), r.get("detail", "")) for r in csv.DictReader(f)}
+    rows = []
+    for c in clips:
+        source, detail = made.get(c.path) or old.get(c.path) or (c.params.get("source", ""), "")
+        rows.append((c.path, c.params["kind"], source, detail))
+    _write_text_if_changed(path, _csv_text(("path", "kind", "source", "detail"), rows))

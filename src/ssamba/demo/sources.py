@@ -317,6 +317,8 @@ PROGRAM_RANGES: dict[int, tuple[int, int]] = {
 #: Programs held out per family (index within the family, 0..7): fixed, seed-independent.
 #: Chosen so that neither split is made only of the family's "typical" instrument.
 PROGRAM_HOLDOUT = {"test": (2, 6), "valid": (4,)}
+#: The soundfont bank of the GM drum kits (no labelled task uses drums).
+DRUM_BANK = 128
 
 
 def find_soundfonts(require: bool = True) -> dict[str, Path]:
@@ -390,12 +392,15 @@ class NoteRenderer:
         program: int,
         notes: Sequence[tuple[float, float, int, int]],
         seconds: float,
+        drums: bool = False,
     ) -> np.ndarray:
-        """Render ``notes`` = [(start_s, duration_s, key, velocity), ...] -> mono float32."""
+        """Render ``notes`` = [(start_s, duration_s, key, velocity), ...] -> mono float32.
+
+        ``drums``: ``program`` is a GM drum kit (bank 128) and the keys are percussion sounds."""
         synth, sfid = self._synths[soundfont]
         synth.sounds_off()
         synth.generate(self.sample_rate // 10)  # flush the previous tails
-        synth.program_select(0, sfid, 0, program)
+        synth.program_select(0, sfid, DRUM_BANK if drums else 0, program, drums)
         events = []
         for start, dur, key, vel in notes:
             events.append((round(start * self.sample_rate), 1, key, vel))

@@ -11,8 +11,9 @@ no copy of ``x`` is made. With weight (D, 1, K) and bias (D,):
 The anti-causal form equals the causal conv of the time-reversed input, reversed back: it lets the
 backward branch of the bidirectional mixer run without flipped copies. The backward of the conv
 is again such a conv (of the gradient, in the other direction, without bias or activation), so
-one kernel serves both passes; the weight gradient is a handful of torch reductions. The forward
-saves no pre-activation: the backward recomputes it in the kernel that applies silu's derivative.
+one kernel serves both passes; the weight and bias gradients come from one more kernel pass
+(partial sums per work item). The forward saves no pre-activation: the backward recomputes it
+in the kernel that applies silu's derivative.
 
 For inference over a long sequence in pieces, :func:`conv1d_silu_window_cpu` computes the output
 of one piece from the piece and the K - 1 neighbouring inputs its conv reads.
@@ -112,20 +113,45 @@ def _as_full(x: torch.Tensor):
     return x.contiguous(), 0
 
 
-def _dweight(g, x, k_size, reverse):
-    """d(weight) (D, 1, K): sum over batch and time of g[t] * x[t -+ shift]."""
+@njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True, nogil=True)
+def _dweight_kernel(gf, xf, length, width, c0, k_size, rev, part, j0, j1):
+    """Per work item (batch row, block of T_BLOCK steps): part[job, i] = sum over its steps of
+    g[t] * x[t -+ (K - 1 - i)] (the weight gradient's share), part[job, K] = sum of g[t] (the
+    bias'). g is flat (B*L*D), x a channel slice of the flat (B*L*W) input."""
+    n_chan = part.shape[2]
+    ntb = (length + T_BLOCK - 1) // T_BLOCK
+    for job in range(j0, j1):
+        b = job // ntb
+        t0 = (job % ntb) * T_BLOCK
+        acc = part[job]
+        for t in range(t0, min(length, t0 + T_BLOCK)):
+            go = np.uint64((b * length + t) * n_chan)
+            grow = gf[go : go + np.uint64(n_chan)]
+            brow = acc[k_size]
+            for d in range(n_chan):
+                brow[d] += grow[d]
+            for i in range(k_size):
+                s = t + (k_size - 1 - i) if rev else t - (k_size - 1) + i
+                if s >= 0 and s < length:
+                    off = np.uint64((b * length + s) * width + c0)
+                    xr = xf[off : off + np.uint64(n_chan)]
+                    arow = acc[i]
+                    for d in range(n_chan):
+                        arow[d] += grow[d] * xr[d]
+
+
+def _dweight_dbias(g, x, k_size, reverse):
+    """(d weight (D, 1, K), d bias (D,)) from the contiguous (B, L, D) gradient through silu:
+    one pass over g and x, partial sums per work item (no (B, L, D) product per tap)."""
     nb, length, n_chan = g.shape
-    out = g.new_zeros(n_chan, 1, k_size)
-    for i in range(k_size):
-        shift = k_size - 1 - i
-        if shift >= length:
-            continue
-        if reverse:  # g[t] * x[t + shift]
-            prod = (g[:, : length - shift] * x[:, shift:]).sum((0, 1))
-        else:  # g[t] * x[t - shift]
-            prod = (g[:, shift:] * x[:, : length - shift]).sum((0, 1))
-        out[:, 0, i] = prod
-    return out
+    full, c0 = _as_full(x)
+    n_jobs = nb * ((length + T_BLOCK - 1) // T_BLOCK)
+    part = torch.zeros(n_jobs, k_size + 1, n_chan, dtype=g.dtype)
+    args = (g.reshape(-1).numpy(), full.detach().reshape(-1).numpy(), length, full.shape[2], c0,
+            k_size, bool(reverse), part.numpy())  # fmt: skip
+    run_parallel([(_dweight_kernel, args, n_jobs)])
+    total = part.sum(0)
+    return total[:k_size].t().reshape(n_chan, 1, k_size), total[k_size]
 
 
 class _ConvSilu(torch.autograd.Function):
@@ -154,10 +180,10 @@ class _ConvSilu(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             call, dx = _conv_call(g, 0, g.shape[2], weight, None, not ctx.reverse, CONV)
             run_parallel([call])
-        if ctx.needs_input_grad[1]:
-            dw = _dweight(g, x.detach(), weight.shape[-1], ctx.reverse).to(weight.dtype)
-        if bias is not None and ctx.needs_input_grad[2]:
-            db = g.sum((0, 1)).to(bias.dtype)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            dw, db = _dweight_dbias(g, x.detach(), weight.shape[-1], ctx.reverse)
+            dw = dw.to(weight.dtype) if ctx.needs_input_grad[1] else None
+            db = db.to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None
         return dx, dw, db, None
 
 

@@ -201,9 +201,10 @@ class BiMambaMixer(nn.Module):
     def _infer_pieces(self, source, norm, mirrored, out):
         """:meth:`infer` in pieces. The causal direction runs first, from the start; the
         anti-causal one then from the end, beginning with the piece the first finished on
-        (its projection and its first-direction output are kept for that)."""
+        (its projection and its first-direction output are kept for that). Each piece's
+        tensors are dropped as soon as they are used, so that at most about four pieces'
+        (B, piece, d_inner) tensors (seven where the directions meet) exist at a time."""
         length, chunk = source.shape[1], self.inference_chunk
-        k = self.forward_branch.conv1d.weight.shape[-1]
         passes = [(self.forward_branch, mirrored)]
         if self.backward_branch is not None:
             passes.append((self.backward_branch, not mirrored))
@@ -216,27 +217,40 @@ class BiMambaMixer(nn.Module):
             order = pieces[::-1] if rev else pieces
             for i, (t0, t1) in enumerate(order):
                 meet = len(passes) == 2 and (n_pass, i) in ((0, len(order) - 1), (1, 0))
-                if kept is not None and meet:
+                keep = meet and n_pass == 0  # finish this piece in the second pass
+                if meet and not keep:
                     x, z, offset, y_kept = kept
-                else:  # the piece with K - 1 steps either side: either direction can use it
-                    a, b = max(0, t0 - (k - 1)), min(length, t1 + k - 1)
-                    h = source[:, a:b] if norm is None else norm(source[:, a:b])
-                    x, z = self._project(h, rows_z=slice(t0 - a, t1 - a))
-                    offset, y_kept = t0 - a, None
-                    del h
+                    kept = None
+                else:
+                    x, z, offset = self._project_piece(source, norm, t0, t1)
+                    y_kept = None
                 u = conv1d_silu_window(x, branch.conv1d.weight, branch.conv1d.bias, rev, offset,
                                        t1 - t0)  # fmt: skip
+                if not keep:
+                    x = None
                 (y,), (state,) = selective_scan_many([(*branch._scan_args(u, z), rev)],
                                                      states=[state])  # fmt: skip
-                del u
-                if meet and kept is None:  # the first pass's last piece: finish it in the second
+                u = None
+                if keep:
                     kept = (x, z, offset, y)
+                    x = z = y = None
                     continue
+                z = None
                 if y_kept is not None:
                     y = y.add_(y_kept)
-                    kept = y_kept = None
+                    y_kept = None
                 out[:, t0:t1].add_(F.linear(y, w_out))
+                y = None
         return out
+
+    def _project_piece(self, source, norm, t0, t1):
+        """(x, z, offset) of steps [t0, t1): x with the K - 1 steps either side that a conv in
+        either direction reads (the piece starts at ``offset`` in it), z of the piece only."""
+        k = self.forward_branch.conv1d.weight.shape[-1]
+        a, b = max(0, t0 - (k - 1)), min(source.shape[1], t1 + k - 1)
+        h = source[:, a:b] if norm is None else norm(source[:, a:b])
+        x, z = self._project(h, rows_z=slice(t0 - a, t1 - a))
+        return x, z, t0 - a
 
     def reference_forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """The plain formulation of the official code (flipped copies for the backward branch,

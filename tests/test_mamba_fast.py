@@ -206,12 +206,16 @@ def test_conv_window_equals_whole_sequence(reverse):
 @pytest.mark.parametrize("mirrored", [False, True])
 @pytest.mark.parametrize(
     ("batch", "length", "chunk"),
-    [(1, 8, 8), (2, 7, 8), (3, 16, 8), (2, 19, 8), (1, 11, 2), (2, 9, 1)],
+    [(1, 8, 8), (2, 15, 8), (3, 16, 8), (2, 19, 8), (3, 17, 4), (1, 11, 2), (2, 9, 1)],
 )
-def test_mixer_in_pieces_matches_reference(mirrored, batch, length, chunk):
-    """Below, at and above the piece size (a multiple or not; pieces narrower than the conv)."""
+def test_mixer_in_pieces_matches_reference(mirrored, batch, length, chunk, monkeypatch):
+    """Whole (under twice the piece size) and in pieces (from twice on: 2, 2 uneven, 4, 5 and
+    9 pieces; pieces narrower than the conv's reach)."""
     m = _mixer(seed=length + chunk)
     m.inference_chunk = chunk
+    calls = []
+    pieces = BiMambaMixer._infer_pieces
+    monkeypatch.setattr(BiMambaMixer, "_infer_pieces", lambda *a: calls.append(1) or pieces(*a))
     h = torch.randn(batch, length, 32, generator=torch.Generator().manual_seed(length))
     with torch.no_grad():
         want = m.reference_forward(h.flip(1) if mirrored else h)
@@ -221,6 +225,7 @@ def test_mixer_in_pieces_matches_reference(mirrored, batch, length, chunk):
         m.infer(h, mirrored=mirrored, out=into)
     assert _rel(got, want) < 1e-5
     assert _rel(into - 1, want) < 1e-5
+    assert len(calls) == (2 if length >= 2 * chunk else 0)
 
 
 def test_unidirectional_mixer_in_pieces():

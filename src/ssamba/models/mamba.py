@@ -8,6 +8,7 @@ Kernels are reached only through ``ssamba.ops`` (backend dispatch by device and 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -25,9 +26,10 @@ from ssamba.ops import (
     selective_scan_many,
 )
 
-# Inference on the numba backend runs sequences longer than this in pieces of this many steps
-# (BiMambaMixer.infer): the layer's memory then grows with the length only through its input and
-# output; below it the whole sequence runs at once, as fast as before.
+# Inference on the numba backend runs sequences of at least twice this many steps in pieces of
+# at least this many (BiMambaMixer.infer): the layer's memory then grows with the length only
+# through its input and output; shorter ones run whole, as fast as before (pieces cost a second
+# input projection of most of the sequence and a second out_proj).
 INFERENCE_CHUNK = 2048
 
 
@@ -79,9 +81,9 @@ class BiMambaMixer(nn.Module):
     ``dt_proj_b``, ``A_b_log`` and ``D_b`` on the mixer itself; the checkpoint loader maps them onto
     ``backward``'s submodule (see ssamba.checkpoints).
 
-    ``inference_chunk``: at inference on the numba backend, sequences longer than this many steps
-    run in pieces of it (:meth:`infer`); the class attribute is the default, an instance may set
-    its own (the tests use tiny pieces).
+    ``inference_chunk``: at inference on the numba backend, sequences of at least twice this many
+    steps run in pieces of at least this many (:meth:`infer`); the class attribute is the
+    default, an instance may set its own (the tests use tiny pieces).
     """
 
     inference_chunk = INFERENCE_CHUNK
@@ -154,14 +156,15 @@ class BiMambaMixer(nn.Module):
         """No autograd: ``forward(norm(source), mirrored)``, added into ``out`` if given (and
         returned), else a new tensor. ``norm`` (per token, e.g. the block's pre-norm) or None.
 
-        Longer than ``inference_chunk`` steps on the numba backend, the layer runs over pieces
-        of that many steps, each direction from its own end: the projection of a piece (with
+        From twice ``inference_chunk`` steps on, on the numba backend, the layer runs over
+        ``length // inference_chunk`` equal pieces (each of at least ``inference_chunk`` and
+        under twice as many steps), each direction from its own end: the projection of a piece (with
         the K - 1 neighbours its conv reads), conv + silu, the scan from the state the previous
         piece left, and out_proj of the piece added into the output (linear: out_proj(y_f + y_b)
         / 2 is the sum of the pieces' halves). No (B, L, d_inner) tensor of the whole sequence
         exists, so the layer's memory beyond its input and output is a few pieces' worth."""
         length = source.shape[1]
-        if length <= self.inference_chunk or not self._chunkable(source):
+        if length < 2 * self.inference_chunk or not self._chunkable(source):
             hidden = source if norm is None else norm(source)
             if not _fast_path(hidden):
                 y = self._reference(hidden, mirrored)
@@ -204,13 +207,15 @@ class BiMambaMixer(nn.Module):
         (its projection and its first-direction output are kept for that). Each piece's
         tensors are dropped as soon as they are used, so that at most about four pieces'
         (B, piece, d_inner) tensors (seven where the directions meet) exist at a time."""
-        length, chunk = source.shape[1], self.inference_chunk
+        length = source.shape[1]
+        n_pieces = max(1, length // self.inference_chunk)
         passes = [(self.forward_branch, mirrored)]
         if self.backward_branch is not None:
             passes.append((self.backward_branch, not mirrored))
         passes.sort(key=lambda p: p[1])  # causal (False) first
         w_out = self.out_proj.weight * (0.5 if len(passes) == 2 else 1.0)
-        pieces = [(t0, min(t0 + chunk, length)) for t0 in range(0, length, chunk)]
+        cuts = [length * i // n_pieces for i in range(n_pieces + 1)]
+        pieces = list(itertools.pairwise(cuts))
         kept = None
         for n_pass, (branch, rev) in enumerate(passes):
             state = None

@@ -139,17 +139,15 @@ class BiMambaMixer(nn.Module):
             return self.reference_forward(hidden.flip(1)).flip(1)
         return self.reference_forward(hidden)
 
-    def _project(self, hidden, rows_x=None, rows_z=None):
-        """x and z of the input projection as two products (the first ``rows_x`` / ``rows_z``
-        time slices of ``hidden`` when given): two contiguous tensors, so the scan reads z
-        without a copy and the backward adds two input gradients instead of concatenating
-        (B, L, 2 d_inner) of them."""
+    def _project(self, hidden, rows_z=None):
+        """x and z of the input projection as two products (z of the time steps ``rows_z`` only,
+        when given): two contiguous tensors, so the scan reads z without a copy and the backward
+        adds two input gradients instead of concatenating (B, L, 2 d_inner) of them."""
         w, bias = self.in_proj.weight, self.in_proj.bias
         e = w.shape[0] // 2
         bx, bz = (None, None) if bias is None else (bias[:e], bias[e:])
-        hx = hidden if rows_x is None else hidden[:, rows_x]
         hz = hidden if rows_z is None else hidden[:, rows_z]
-        return F.linear(hx, w[:e], bx), F.linear(hz, w[e:], bz)
+        return F.linear(hidden, w[:e], bx), F.linear(hz, w[e:], bz)
 
     @torch.no_grad()
     def infer(self, source, norm=None, mirrored: bool = False, out=None) -> torch.Tensor:
@@ -158,11 +156,13 @@ class BiMambaMixer(nn.Module):
 
         From twice ``inference_chunk`` steps on, on the numba backend, the layer runs over
         ``length // inference_chunk`` equal pieces (each of at least ``inference_chunk`` and
-        under twice as many steps), each direction from its own end: the projection of a piece (with
-        the K - 1 neighbours its conv reads), conv + silu, the scan from the state the previous
-        piece left, and out_proj of the piece added into the output (linear: out_proj(y_f + y_b)
-        / 2 is the sum of the pieces' halves). No (B, L, d_inner) tensor of the whole sequence
-        exists, so the layer's memory beyond its input and output is a few pieces' worth."""
+        under twice as many steps), each direction from its own end: the projection of a piece
+        (with the K - 1 neighbours its conv reads), conv + silu, the scan from the state the
+        previous piece left, and out_proj of the piece added into the output (linear:
+        out_proj(y_f + y_b) / 2 is the sum of the pieces' halves). No (B, L, d_inner) tensor of
+        the whole sequence exists, so the layer's memory beyond its input and output is a few
+        pieces' worth. Shorter sequences (and other backends) run whole, as :meth:`forward`
+        did before."""
         length = source.shape[1]
         if length < 2 * self.inference_chunk or not self._chunkable(source):
             hidden = source if norm is None else norm(source)

@@ -1,5 +1,6 @@
 """The fast CPU path of the SSAMBA mixer/encoder (fused conv + silu, reverse scans, mirrored
-layers, no flipped copies) against the plain formulation: values and gradients, float32."""
+layers, no flipped copies, inference in pieces) against the plain formulation: values and
+gradients, float32."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from ssamba.models.mamba import (
 )
 
 pytest.importorskip("ssamba.ops.scan_cpu")
-from ssamba.ops.conv_cpu import conv1d_silu_cpu  # noqa: E402
+from scan_cases import make_inputs  # noqa: E402
+from ssamba.ops.conv_cpu import conv1d_silu_cpu, conv1d_silu_window_cpu  # noqa: E402
+from ssamba.ops.scan import selective_scan_many, selective_scan_ref  # noqa: E402
 
 
 def _rel(got, want):
@@ -142,3 +145,134 @@ def test_reference_backend_env_uses_plain_path(monkeypatch):
         monkeypatch.setenv("SSAMBA_SCAN", "reference")
         plain = m(h, mirrored=True)
     assert _rel(fast, plain) < 1e-5
+
+
+# ---------------------------------------------------------------- inference in pieces
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_kernel_carries_state_across_pieces(reverse):
+    """Two pieces with the state carried equal one scan of the whole, and the last state is the
+    reference's (the second piece in scan order is the earlier one in time when reversed)."""
+    args = make_inputs(2, 37, 40, 16, seed=3)  # 40 channels: a narrow last channel block
+    cut = 15
+    with torch.no_grad():
+        want, want_state = selective_scan_ref(*args, reverse=reverse, return_last_state=True)
+
+        def piece(lo, hi, state):
+            part = [a[:, lo:hi] if i in (0, 1, 3, 4, 6) else a for i, a in enumerate(args)]
+            (y,), (last,) = selective_scan_many([(*part, True, reverse)], states=[state])
+            return y, last
+
+        first, second = ((cut, 37), (0, cut)) if reverse else ((0, cut), (cut, 37))
+        y1, s1 = piece(*first, None)
+        y2, s2 = piece(*second, s1)
+        _, s1_ref = selective_scan_ref(*[a[:, first[0] : first[1]] if i in (0, 1, 3, 4, 6)
+                                         else a for i, a in enumerate(args)],
+                                       reverse=reverse, return_last_state=True)  # fmt: skip
+    got = torch.cat([y2, y1] if reverse else [y1, y2], dim=1)
+    assert _rel(got, want) < 1e-5
+    assert _rel(s1, s1_ref) < 1e-5 and _rel(s2, want_state) < 1e-5
+    assert s2.shape == (2, 40, 16)
+
+
+def test_reference_scan_state_split_in_two():
+    """The reference's own state carry: scanning [0, t) then [t, L) from its state is the scan."""
+    args = make_inputs(1, 20, 8, 4, dtype=torch.float64, seed=4)
+    time_args = (0, 1, 3, 4, 6)
+
+    def cut(lo, hi):
+        return [a[:, lo:hi] if i in time_args else a for i, a in enumerate(args)]
+
+    y1, s1 = selective_scan_ref(*cut(0, 7), return_last_state=True)
+    y2 = selective_scan_ref(*cut(7, 20), initial_state=s1)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), selective_scan_ref(*args))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_conv_window_equals_whole_sequence(reverse):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 30, 24, generator=g)[..., 4:20]  # a channel slice, as the mixer has
+    w, b = torch.randn(16, 1, 4, generator=g), torch.randn(16, generator=g)
+    whole = conv1d_silu_cpu(x, w, b, reverse)
+    for t0, t1 in ((0, 10), (10, 20), (20, 30), (12, 13)):
+        lo, hi = max(0, t0 - 3), min(30, t1 + 3)  # the piece and its K - 1 neighbours
+        got = conv1d_silu_window_cpu(x[:, lo:hi], w, b, reverse, t0 - lo, t1 - t0)
+        assert _rel(got, whole[:, t0:t1]) < 1e-6
+    with pytest.raises(ValueError, match="window"):
+        conv1d_silu_window_cpu(x, w, b, reverse, 25, 10)
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+@pytest.mark.parametrize(
+    ("batch", "length", "chunk"),
+    [(1, 8, 8), (2, 15, 8), (3, 16, 8), (2, 19, 8), (3, 17, 4), (1, 11, 2), (2, 9, 1)],
+)
+def test_mixer_in_pieces_matches_reference(mirrored, batch, length, chunk, monkeypatch):
+    """Whole (under twice the piece size) and in pieces (from twice on: 2, 2 uneven, 4, 5 and
+    9 pieces; pieces narrower than the conv's reach)."""
+    m = _mixer(seed=length + chunk)
+    m.inference_chunk = chunk
+    calls = []
+    pieces = BiMambaMixer._infer_pieces
+    monkeypatch.setattr(BiMambaMixer, "_infer_pieces", lambda *a: calls.append(1) or pieces(*a))
+    h = torch.randn(batch, length, 32, generator=torch.Generator().manual_seed(length))
+    with torch.no_grad():
+        want = m.reference_forward(h.flip(1) if mirrored else h)
+        want = want.flip(1) if mirrored else want
+        got = m(h, mirrored=mirrored)
+        into = torch.ones_like(want)
+        m.infer(h, mirrored=mirrored, out=into)
+    assert _rel(got, want) < 1e-5
+    assert _rel(into - 1, want) < 1e-5
+    assert len(calls) == (2 if length >= 2 * chunk else 0)
+
+
+def test_unidirectional_mixer_in_pieces():
+    torch.manual_seed(2)
+    m = BiMambaMixer(32, bidirectional=False)
+    init_mamba_branch(m.forward_branch)
+    m.inference_chunk = 4
+    h = torch.randn(2, 13, 32)
+    with torch.no_grad():
+        assert _rel(m(h), m.reference_forward(h)) < 1e-5
+
+
+@pytest.mark.parametrize("chunk", [5, 64])
+def test_encoder_inference_in_pieces_matches_plain(chunk):
+    """The eval encoder without autograd (in-place residual streams, per-piece norms, mixers
+    in pieces) against the plain loop, per-pair streams included."""
+    enc = _encoder_pair().encoder.eval()
+    for layer in enc.layers:
+        layer.mixer.inference_chunk = chunk
+    tokens = torch.randn(2, 23, 32, generator=torch.Generator().manual_seed(4))
+    before = tokens.clone()
+    with torch.no_grad():
+        got, streams = enc(tokens, return_layers=True)
+        want = _plain_encoder_forward(enc, tokens)
+    want_streams = enc(tokens, return_layers=True)[1]  # autograd on: the training-path loop
+    assert torch.equal(tokens, before)  # the input is never written to
+    assert _rel(got, want) < 1e-5
+    assert len(streams) == len(want_streams) == 2
+    for s, w in zip(streams, want_streams, strict=True):
+        assert _rel(s, w.detach()) < 1e-5
+
+
+def test_training_graph_keeps_few_full_size_tensors():
+    """What the training graph keeps of (B, L, d_inner) size or more: x (its conv's input), the
+    two conv outputs, the two pre-gate scan outputs and out_proj's input: 6. The conv + silu
+    keeps no pre-activation (its backward recomputes it) and in_proj's output is not kept as
+    one (B, L, 2 d_inner) tensor (the scans' own inputs, z among them, are not seen by the
+    hooks). The code before this count kept 8."""
+    m = _mixer(seed=6)
+    h = torch.randn(2, 64, 32, requires_grad=True)
+    full = 2 * 64 * 64 * 4  # B * L * d_inner float32 bytes
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        m(h)
+    assert sum(n >= full for n in saved.values()) <= 6

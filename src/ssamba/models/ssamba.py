@@ -53,6 +53,8 @@ class MambaEncoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor, return_layers: bool = False):
         """tokens (B, L, E) -> normalised (B, L, E) [, per-pair (or per-layer) streams]."""
+        if self.bidirectional and not self.training and not torch.is_grad_enabled():
+            return self._infer(tokens, return_layers)
         hidden, residual = tokens, None
         streams = []
         if self.bidirectional:
@@ -73,6 +75,32 @@ class MambaEncoder(nn.Module):
         out = self.norm_f(residual.to(self.norm_f.weight.dtype))
         # The official AMBAModel applies norm_f a second time; the trained weights expect it.
         out = self.norm_f(out)
+        return (out, streams) if return_layers else out
+
+    def _infer(self, tokens: torch.Tensor, return_layers: bool):
+        """:meth:`forward` in eval mode without autograd, holding as few (B, L, E) streams as it
+        can: both layers of a pair see the same residual r = residual + hidden (drop path is
+        the identity in eval), so it is formed once, in place, each mixer adds its output into
+        one buffer (normalising r piece by piece) and the pair's new residual, r_f + r_b, is
+        2 r, in place too. Only ``tokens`` is never written to."""
+        hidden, residual = tokens, None
+        streams = []
+        for k in range(len(self.layers) // 2):
+            first, second = self.layers[2 * k], self.layers[2 * k + 1]
+            residual = hidden if residual is None else residual.add_(hidden)
+            hidden = None  # the old stream goes before the mixers write the new one
+            hidden = first.mix_into(residual)
+            second.mix_into(residual, hidden, mirrored=True)
+            if first.residual_in_fp32:
+                residual = residual.float()  # a copy only while it is still ``tokens``
+            residual = residual * 2 if k == 0 else residual.mul_(2)
+            if return_layers:
+                streams.append(residual + hidden)
+        residual = residual.add_(hidden)
+        hidden = None
+        out = self.norm_f(residual.to(self.norm_f.weight.dtype))
+        residual = None
+        out = self.norm_f(out)  # applied twice, as in :meth:`forward`
         return (out, streams) if return_layers else out
 
     def reference_forward(self, tokens: torch.Tensor) -> torch.Tensor:

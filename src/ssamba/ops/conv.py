@@ -7,7 +7,8 @@ Layout (B, L, D), weight (D, 1, K), bias (D,):
     out = silu(pre)
 
 The anti-causal form is the causal conv of the time-reversed input, reversed back, computed
-without flips. Which implementation runs follows the scan backend that
+without flips. :func:`conv1d_silu_window` gives the output of one piece of a long sequence (for
+inference in pieces). Which implementation runs follows the scan backend that
 :func:`ssamba.ops.scan.resolve_backend` picks for the tensors' device (the mixer runs conv and scan
 on the same backend): ``cpu``: the numba kernel (ops/conv_cpu.py); ``triton`` and ``cuda``: the
 Triton kernel (ops/scan_triton.py) where Triton runs on the device, else the torch form; ``torch``:
@@ -96,3 +97,17 @@ def conv1d_silu_pair(x, branches, backend=None):
 
         return conv1d_silu_pair_cpu(x, branches)
     return [conv1d_silu(x, w, b, rev, backend=name) for w, b, rev in branches]
+
+
+def conv1d_silu_window(x, weight, bias, reverse, offset, length, backend=None):
+    """Inference: silu(conv) of ``x`` (B, L_in, D) at times [offset, offset + length), x being
+    zero outside: the output of a piece of a longer sequence, computed from the piece and the
+    K - 1 neighbouring inputs its conv reads (before it if causal, after it if ``reverse``).
+    The numba kernel computes only the window; elsewhere the whole of ``x``, then a slice."""
+    name = resolve_backend(x.device, backend)
+    if name == "cpu" and _numba_ok(x, weight):
+        from ssamba.ops.conv_cpu import conv1d_silu_window_cpu
+
+        return conv1d_silu_window_cpu(x, weight, bias, reverse, offset, length)
+    out = conv1d_silu(x, weight, bias, reverse, backend=name)
+    return out[:, offset : offset + length]

@@ -11,7 +11,12 @@ no copy of ``x`` is made. With weight (D, 1, K) and bias (D,):
 The anti-causal form equals the causal conv of the time-reversed input, reversed back: it lets the
 backward branch of the bidirectional mixer run without flipped copies. The backward of the conv
 is again such a conv (of the gradient, in the other direction, without bias or activation), so
-one kernel serves both passes; the weight gradient is a handful of torch reductions.
+one kernel serves both passes; the weight and bias gradients come from one more kernel pass
+(partial sums per work item). The forward saves no pre-activation: the backward recomputes it
+in the kernel that applies silu's derivative.
+
+For inference over a long sequence in pieces, :func:`conv1d_silu_window_cpu` computes the output
+of one piece from the piece and the K - 1 neighbouring inputs its conv reads.
 """
 
 from __future__ import annotations
@@ -20,60 +25,73 @@ import numpy as np
 import torch
 from numba import njit
 
-from ssamba.ops.scan_cpu import _KERNEL_FLAGS, _sigmoid, run_parallel
+from ssamba.ops.scan_cpu import _F1, _KERNEL_FLAGS, _sigmoid, run_parallel
 
 T_BLOCK = 64  # time steps per work item
+# What the kernel writes: the conv, silu(conv), or the gradient through silu of a given dout
+# (the backward recomputes the pre-activation instead of keeping it from the forward).
+CONV, SILU, SILU_GRAD = 0, 1, 2
 
 
 @njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True, nogil=True)
-def _conv_kernel(xf, length, width, c0, w_t, bias, rev, act, outf, pref, save_pre, j0, j1):
-    """Work item = (batch row, block of T_BLOCK steps); x and out are flat (B*L*W), (B*L*D)."""
+def _conv_kernel(xf, in_len, width, c0, w_t, bias, rev, mode, gf, outf, out_len, offset,
+                 j0, j1):  # fmt: skip
+    """Work item = (batch row, block of T_BLOCK output steps); x and out are flat (B*in_len*W),
+    (B*out_len*D). Output step t is the conv at input time t + offset (zero outside x); with
+    ``mode`` SILU_GRAD it is gf[t] * silu'(pre[t]) (gf shaped like out)."""
     k_size, n_chan = w_t.shape
-    ntb = (length + T_BLOCK - 1) // T_BLOCK
+    ntb = (out_len + T_BLOCK - 1) // T_BLOCK
     acc = np.empty(n_chan, w_t.dtype)
     for job in range(j0, j1):
         b = job // ntb
         t0 = (job % ntb) * T_BLOCK
-        t1 = min(length, t0 + T_BLOCK)
+        t1 = min(out_len, t0 + T_BLOCK)
         for t in range(t0, t1):
             for d in range(n_chan):
                 acc[d] = bias[d]
+            tin = t + offset
             for i in range(k_size):
-                s = t + (k_size - 1 - i) if rev else t - (k_size - 1) + i
-                if s >= 0 and s < length:
-                    off = np.uint64((b * length + s) * width + c0)
+                s = tin + (k_size - 1 - i) if rev else tin - (k_size - 1) + i
+                if s >= 0 and s < in_len:
+                    off = np.uint64((b * in_len + s) * width + c0)
                     xr = xf[off : off + np.uint64(n_chan)]
                     wr = w_t[i]
                     for d in range(n_chan):
                         acc[d] += wr[d] * xr[d]
-            o = np.uint64((b * length + t) * n_chan)
+            o = np.uint64((b * out_len + t) * n_chan)
             orow = outf[o : o + np.uint64(n_chan)]
-            if save_pre:
-                prow = pref[o : o + np.uint64(n_chan)]
-                for d in range(n_chan):
-                    prow[d] = acc[d]
-            if act:
+            if mode == SILU:
                 for d in range(n_chan):
                     v = acc[d]
                     orow[d] = v * _sigmoid(v)
+            elif mode == SILU_GRAD:  # d silu(v) / dv = sg (1 + v (1 - sg))
+                grow = gf[o : o + np.uint64(n_chan)]
+                for d in range(n_chan):
+                    v = acc[d]
+                    sg = _sigmoid(v)
+                    orow[d] = grow[d] * sg * (_F1 + v * (_F1 - sg))
             else:
                 for d in range(n_chan):
                     orow[d] = acc[d]
 
 
-def _conv_call(x_full, c0, n_chan, weight, bias, reverse, act, save_pre=False):
-    """(kernel call, out, pre) for channels [c0, c0 + n_chan) of the contiguous (B, L, W) x_full."""
-    nb, length, width = x_full.shape
+def _conv_call(x_full, c0, n_chan, weight, bias, reverse, mode, grad=None, window=None):
+    """(kernel call, out) for channels [c0, c0 + n_chan) of the contiguous (B, L, W) x_full.
+
+    ``window``: (offset, length): only output times [offset, offset + length) (default: all);
+    ``grad``: the contiguous (B, length, n_chan) gradient that ``mode`` SILU_GRAD multiplies."""
+    nb, in_len, width = x_full.shape
+    offset, out_len = window if window is not None else (0, in_len)
     wd = x_full.dtype
     w_t = weight.detach().reshape(n_chan, -1).t().contiguous().to(wd)  # (K, D)
     b = bias.detach().to(wd).contiguous() if bias is not None else torch.zeros(n_chan, dtype=wd)
-    out = torch.empty(nb, length, n_chan, dtype=wd)
-    pre = torch.empty_like(out) if save_pre else torch.empty(1, dtype=wd)
-    ntb = (length + T_BLOCK - 1) // T_BLOCK
-    args = (x_full.detach().reshape(-1).numpy(), length, width, c0, w_t.numpy(), b.numpy(),
-            bool(reverse), bool(act), out.reshape(-1).numpy(), pre.reshape(-1).numpy(),
-            bool(save_pre))  # fmt: skip
-    return (_conv_kernel, args, nb * ntb), out, pre
+    out = torch.empty(nb, out_len, n_chan, dtype=wd)
+    g = grad if grad is not None else torch.empty(1, dtype=wd)
+    ntb = (out_len + T_BLOCK - 1) // T_BLOCK
+    args = (x_full.detach().reshape(-1).numpy(), in_len, width, c0, w_t.numpy(), b.numpy(),
+            bool(reverse), mode, g.detach().reshape(-1).numpy(), out.reshape(-1).numpy(),
+            out_len, offset)  # fmt: skip
+    return (_conv_kernel, args, nb * ntb), out
 
 
 def _as_full(x: torch.Tensor):
@@ -95,61 +113,111 @@ def _as_full(x: torch.Tensor):
     return x.contiguous(), 0
 
 
-def _dweight(g, x, k_size, reverse):
-    """d(weight) (D, 1, K): sum over batch and time of g[t] * x[t -+ shift]."""
+@njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True, nogil=True)
+def _dweight_kernel(gf, xf, length, width, c0, k_size, rev, part, j0, j1):
+    """Per work item (batch row, block of T_BLOCK steps): part[job, i] = sum over its steps of
+    g[t] * x[t -+ (K - 1 - i)] (the weight gradient's share), part[job, K] = sum of g[t] (the
+    bias'). g is flat (B*L*D), x a channel slice of the flat (B*L*W) input."""
+    n_chan = part.shape[2]
+    ntb = (length + T_BLOCK - 1) // T_BLOCK
+    for job in range(j0, j1):
+        b = job // ntb
+        t0 = (job % ntb) * T_BLOCK
+        acc = part[job]
+        for t in range(t0, min(length, t0 + T_BLOCK)):
+            go = np.uint64((b * length + t) * n_chan)
+            grow = gf[go : go + np.uint64(n_chan)]
+            brow = acc[k_size]
+            for d in range(n_chan):
+                brow[d] += grow[d]
+            for i in range(k_size):
+                s = t + (k_size - 1 - i) if rev else t - (k_size - 1) + i
+                if s >= 0 and s < length:
+                    off = np.uint64((b * length + s) * width + c0)
+                    xr = xf[off : off + np.uint64(n_chan)]
+                    arow = acc[i]
+                    for d in range(n_chan):
+                        arow[d] += grow[d] * xr[d]
+
+
+def _dweight_dbias(g, x, k_size, reverse):
+    """(d weight (D, 1, K), d bias (D,)) from the contiguous (B, L, D) gradient through silu:
+    one pass over g and x, partial sums per work item (no (B, L, D) product per tap)."""
     nb, length, n_chan = g.shape
-    out = g.new_zeros(n_chan, 1, k_size)
-    for i in range(k_size):
-        shift = k_size - 1 - i
-        if shift >= length:
-            continue
-        if reverse:  # g[t] * x[t + shift]
-            prod = (g[:, : length - shift] * x[:, shift:]).sum((0, 1))
-        else:  # g[t] * x[t - shift]
-            prod = (g[:, shift:] * x[:, : length - shift]).sum((0, 1))
-        out[:, 0, i] = prod
-    return out
+    full, c0 = _as_full(x)
+    n_jobs = nb * ((length + T_BLOCK - 1) // T_BLOCK)
+    part = torch.zeros(n_jobs, k_size + 1, n_chan, dtype=g.dtype)
+    args = (g.reshape(-1).numpy(), full.detach().reshape(-1).numpy(), length, full.shape[2], c0,
+            k_size, bool(reverse), part.numpy())  # fmt: skip
+    run_parallel([(_dweight_kernel, args, n_jobs)])
+    total = part.sum(0)
+    return total[:k_size].t().reshape(n_chan, 1, k_size), total[k_size]
 
 
 class _ConvSilu(torch.autograd.Function):
+    """Saves only x (a view of the input projection's output, kept anyway) and the weights: the
+    backward recomputes the pre-activation inside the kernel that applies silu's derivative,
+    instead of the forward storing a (B, L, D) pre-activation per branch."""
+
     @staticmethod
     def forward(ctx, x, weight, bias, reverse):
         full, c0 = _as_full(x.detach())
-        call, out, pre = _conv_call(full, c0, x.shape[2], weight, bias, reverse, True, True)
+        call, out = _conv_call(full, c0, x.shape[2], weight, bias, reverse, SILU)
         run_parallel([call])
-        ctx.save_for_backward(x, weight, pre)
+        ctx.save_for_backward(x, weight, bias)
         ctx.reverse = reverse
-        ctx.has_bias = bias is not None
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        x, weight, pre = ctx.saved_tensors
-        sg = torch.sigmoid(pre)
-        g = (dout * sg * (1 + pre * (1 - sg))).contiguous()
+        x, weight, bias = ctx.saved_tensors
+        full, c0 = _as_full(x.detach())
+        dout = dout.detach().to(x.dtype).contiguous()
+        call, g = _conv_call(full, c0, x.shape[2], weight, bias, ctx.reverse, SILU_GRAD, dout)
+        run_parallel([call])
+        del dout
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            call, dx, _ = _conv_call(g, 0, g.shape[2], weight, None, not ctx.reverse, False)
+            call, dx = _conv_call(g, 0, g.shape[2], weight, None, not ctx.reverse, CONV)
             run_parallel([call])
-        if ctx.needs_input_grad[1]:
-            dw = _dweight(g, x.detach(), weight.shape[-1], ctx.reverse).to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = g.sum((0, 1))
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            dw, db = _dweight_dbias(g, x.detach(), weight.shape[-1], ctx.reverse)
+            dw = dw.to(weight.dtype) if ctx.needs_input_grad[1] else None
+            db = db.to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None
         return dx, dw, db, None
 
 
 def conv1d_silu_cpu(x, weight, bias, reverse=False):
     """silu(depthwise conv1d) along time of (B, L, D) ``x``, causal or (``reverse``) anti-causal."""
-    if x.dtype not in (torch.float32, torch.float64) or weight.dtype != x.dtype:
-        raise TypeError("conv1d_silu_cpu needs float32/float64 x and weight of the same dtype")
+    _check_dtypes(x, weight)
     if torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias)
     ):
         return _ConvSilu.apply(x, weight, bias, reverse)
     full, c0 = _as_full(x)
-    call, out, _ = _conv_call(full, c0, x.shape[2], weight, bias, reverse, True)
+    call, out = _conv_call(full, c0, x.shape[2], weight, bias, reverse, SILU)
     run_parallel([call])
     return out
+
+
+def conv1d_silu_window_cpu(x, weight, bias, reverse, offset, length):
+    """Inference: silu(conv) of ``x`` (B, L_in, D) at times [offset, offset + length) only, x
+    being zero outside: a piece of a longer sequence, given with the K - 1 neighbours its conv
+    reads on one side (before it if causal, after it if ``reverse``), so that the piece's
+    output is that of the whole sequence. No autograd."""
+    _check_dtypes(x, weight)
+    if not 0 <= offset <= offset + length <= x.shape[1]:
+        raise ValueError(f"window [{offset}, {offset + length}) outside {x.shape[1]} steps")
+    full, c0 = _as_full(x)
+    call, out = _conv_call(full, c0, x.shape[2], weight, bias, reverse, SILU, None,
+                           (offset, length))  # fmt: skip
+    run_parallel([call])
+    return out
+
+
+def _check_dtypes(x, weight) -> None:
+    if x.dtype not in (torch.float32, torch.float64) or weight.dtype != x.dtype:
+        raise TypeError("the numba conv needs float32/float64 x and weight of the same dtype")
 
 
 def conv1d_silu_pair_cpu(x, branches):
@@ -157,7 +225,7 @@ def conv1d_silu_pair_cpu(x, branches):
     full, c0 = _as_full(x)
     calls, outs = [], []
     for weight, bias, reverse in branches:
-        call, out, _ = _conv_call(full, c0, x.shape[2], weight, bias, reverse, True)
+        call, out = _conv_call(full, c0, x.shape[2], weight, bias, reverse, SILU)
         calls.append(call)
         outs.append(out)
     run_parallel(calls)

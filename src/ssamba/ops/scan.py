@@ -37,16 +37,21 @@ BACKENDS = ("reference", "cpu", "cuda", "triton", "torch")
 
 
 def selective_scan_ref(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, reverse=False
-):
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, reverse=False,
+    initial_state=None, return_last_state=False,
+):  # fmt: skip
     """Slow, obviously correct scan in PyTorch (materialises (batch, length, channels, state)).
 
-    ``reverse``: scan from the last step to the first (the time-flipped scan, flipped back)."""
+    ``reverse``: scan from the last step to the first (the time-flipped scan, flipped back).
+    ``initial_state`` (batch, channels, state): the state before the first step (zero if None);
+    ``return_last_state``: return ``(y, state after the last step)``."""
     if reverse:
         flip = [None if t is None else t.flip(1) for t in (u, delta, B, C, z)]
         u_r, delta_r, B_r, C_r, z_r = flip
-        y = selective_scan_ref(u_r, delta_r, A, B_r, C_r, D, z_r, delta_bias, delta_softplus)
-        return y.flip(1)
+        out = selective_scan_ref(u_r, delta_r, A, B_r, C_r, D, z_r, delta_bias, delta_softplus,
+                                 initial_state=initial_state,
+                                 return_last_state=return_last_state)  # fmt: skip
+        return (out[0].flip(1), out[1]) if return_last_state else out.flip(1)
     dtype_out = u.dtype
     work = torch.promote_types(u.dtype, torch.float32)
     u, delta, A, B, C = (t.to(work) for t in (u, delta, A, B, C))
@@ -57,6 +62,8 @@ def selective_scan_ref(
     decay = torch.exp(delta.unsqueeze(-1) * A)  # (b, l, d, n)
     drive = (delta * u).unsqueeze(-1) * B.unsqueeze(2)  # (b, l, d, n)
     state = u.new_zeros(u.shape[0], u.shape[2], A.shape[1])
+    if initial_state is not None:
+        state = state + initial_state.to(work)
     ys = []
     for t in range(u.shape[1]):
         state = decay[:, t] * state + drive[:, t]
@@ -66,7 +73,7 @@ def selective_scan_ref(
         y = y + u * D.to(work)
     if z is not None:
         y = y * F.silu(z.to(work))
-    return y.to(dtype_out)
+    return (y.to(dtype_out), state) if return_last_state else y.to(dtype_out)
 
 
 def _module_missing(name: str) -> str | None:
@@ -217,14 +224,17 @@ def selective_scan(
     return selective_scan_ref(*args, reverse)
 
 
-def selective_scan_many(scans, backend=None):
+def selective_scan_many(scans, backend=None, states=None):
     """Several scans, e.g. both directions of a mixer: on the numba backend without autograd in
     one parallel dispatch, otherwise one call each.
 
-    ``scans``: tuples ``(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)``."""
+    ``scans``: tuples ``(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)``.
+    ``states`` (inference): one (batch, D, N) state or None per scan, the state before its first
+    step; then the result is ``(outputs, states after the last step)``, so that a long sequence
+    can be scanned piece by piece (numba backend; the others fall back to the reference)."""
     scans = list(scans)
     if not scans:
-        return []
+        return ([], []) if states is not None else []
     name = resolve_backend(scans[0][0].device, backend)
     tracked = torch.is_grad_enabled() and any(
         t is not None and torch.is_tensor(t) and t.requires_grad for s in scans for t in s
@@ -232,5 +242,9 @@ def selective_scan_many(scans, backend=None):
     if name == "cpu" and not tracked:
         from ssamba.ops.scan_cpu import selective_scan_cpu_many
 
-        return selective_scan_cpu_many(scans)
+        return selective_scan_cpu_many(scans, states)
+    if states is not None:
+        pairs = [selective_scan_ref(*s, initial_state=st, return_last_state=True)
+                 for s, st in zip(scans, states, strict=True)]  # fmt: skip
+        return [p[0] for p in pairs], [p[1] for p in pairs]
     return [selective_scan(*s[:9], backend=name, reverse=s[9]) for s in scans]

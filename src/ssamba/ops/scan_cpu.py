@@ -282,10 +282,13 @@ def _forward_tile(s, a, dtb, dub, bt, ct, yb, steps, w):
 
 @njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True, nogil=True)
 def _forward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, rev,
-                    outf, ypref, save_ypre, ckpt, save_ckpt, lanes, j0, j1):  # fmt: skip
+                    outf, ypref, save_ypre, ckpt, save_ckpt, s_init, has_init, s_last, save_last,
+                    lanes, j0, j1):  # fmt: skip
     """out = scan(...) (* silu(z)); optionally ypre (before the gate) and the chunk states.
 
-    (batch, L, D) arrays come flattened (suffix f)."""
+    (batch, L, D) arrays come flattened (suffix f). States are (batch, N, D): ``s_init`` the one
+    before the first step (``has_init``; zero otherwise), ``s_last`` receives the one after the
+    last step (``save_last``); with them a long sequence can be scanned piece by piece."""
     nb, length, n_state = bm.shape
     n_chan = a_t.shape[1]
     nblk = (n_chan + lanes - 1) // lanes
@@ -296,6 +299,8 @@ def _forward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, rev,
         dv = dvec[d0 : d0 + w]
         bs = bias[d0 : d0 + w]
         s = np.zeros((n_state, w), a_t.dtype)
+        if has_init:
+            s[:] = s_init[b, :, d0 : d0 + w]
         ub = np.empty((CHUNK, w), a_t.dtype)
         dtb = np.empty((CHUNK, w), a_t.dtype)
         dub = np.empty((CHUNK, w), a_t.dtype)
@@ -327,6 +332,8 @@ def _forward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, rev,
                         zv = zf[j]
                         yv = yv * zv * _sigmoid(zv)
                     outf[j] = yv
+        if save_last:
+            s_last[b, :, d0 : d0 + w] = s
 
 
 @njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True)
@@ -636,8 +643,11 @@ class _Inputs:
                 self.reverse)  # fmt: skip
 
 
-def _forward_call(inp: _Inputs, save: bool, out: torch.Tensor | None = None):
-    """(kernel call, out, ypre, ckpt) of the forward; with ``save`` the chunk states and ypre."""
+def _forward_call(inp: _Inputs, save: bool, out: torch.Tensor | None = None, state=None,
+                  keep_state: bool = False):  # fmt: skip
+    """(kernel call, out, ypre, ckpt, last state) of the forward; with ``save`` the chunk states
+    and ypre. ``state``: the (batch, D, N) state before the first step (zero if None);
+    ``keep_state``: also return the state after the last step (batch, D, N), else None."""
     nb, length, n_chan = inp.u.shape
     n_state = inp.a_t.shape[0]
     wd = inp.dtype
@@ -648,12 +658,18 @@ def _forward_call(inp: _Inputs, save: bool, out: torch.Tensor | None = None):
     n_chunks = (length + CHUNK - 1) // CHUNK
     shape = (nb, n_chunks, n_state, n_chan) if save else (1, 1, 1, 1)
     ckpt = torch.empty(shape, dtype=wd)
-    args = (*inp.args(), _flat(out), _flat(ypre), save_ypre, _np(ckpt), save, LANES)
-    return (_forward_kernel, args, inp.n_jobs), out, ypre, ckpt
+    dummy = torch.zeros(1, 1, 1, dtype=wd)
+    # the kernel's state layout is (batch, N, D): one state row is contiguous over channels
+    s_init = state.detach().to(wd).transpose(1, 2).contiguous() if state is not None else dummy
+    s_last = torch.empty(nb, n_state, n_chan, dtype=wd) if keep_state else dummy
+    args = (*inp.args(), _flat(out), _flat(ypre), save_ypre, _np(ckpt), save, _np(s_init),
+            state is not None, _np(s_last), keep_state, LANES)  # fmt: skip
+    last = s_last.transpose(1, 2) if keep_state else None
+    return (_forward_kernel, args, inp.n_jobs), out, ypre, ckpt, last
 
 
 def _forward(inp: _Inputs, save: bool):
-    call, out, ypre, ckpt = _forward_call(inp, save)
+    call, out, ypre, ckpt, _ = _forward_call(inp, save)
     run_parallel([call])
     return out, ypre, ckpt
 
@@ -714,17 +730,35 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     return out.to(u.dtype)
 
 
-def selective_scan_cpu_many(scans):
+def selective_scan_cpu_many(scans, states=None):
     """Inference only: several scans in one parallel dispatch (e.g. both directions of a mixer).
 
     ``scans``: tuples ``(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)``; returns
-    the outputs in order. Nothing may require grad."""
-    calls, outs = [], []
-    for u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse in scans:
+    the outputs in order. Nothing may require grad. ``states``: one (batch, D, N) state (or None)
+    per scan, the state before its first step (for ``reverse``, before step L - 1); then the
+    result is ``(outputs, last states)``, the states after each scan's last step: scanning
+    ``[0, t)`` and then ``[t, L)`` from the first part's last state equals one scan of ``[0, L)``.
+    """
+    scans = list(scans)
+    carry = states is not None
+    states = list(states) if carry else [None] * len(scans)
+    if len(states) != len(scans):
+        raise ValueError(f"{len(scans)} scans but {len(states)} states")
+    calls, outs, lasts = [], [], []
+    for (u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse), state in zip(
+        scans, states, strict=True
+    ):
         check_scan_shapes(u, delta, A, B, C, D, z, delta_bias)
+        if state is not None and tuple(state.shape) != (u.shape[0], u.shape[2], A.shape[1]):
+            raise ValueError(
+                f"state must be (batch, D, N) = {(u.shape[0], u.shape[2], A.shape[1])}, "
+                f"got {tuple(state.shape)}"
+            )
         inp = _Inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
-        call, out, _, _ = _forward_call(inp, save=False)
+        call, out, _, _, last = _forward_call(inp, save=False, state=state, keep_state=carry)
         calls.append(call)
-        outs.append(out.to(u.dtype))
+        outs.append(out)
+        lasts.append(last)
     run_parallel(calls)
-    return outs
+    outs = [out.to(s[0].dtype) for out, s in zip(outs, scans, strict=True)]
+    return (outs, lasts) if carry else outs

@@ -87,7 +87,7 @@ def run_one(out: Path, arch: str, minutes: float, manifest: Path, stats, tasks, 
         probe=probes,
         probe_every=args.probe_every,
         probe_pooling=plan.pooling,
-        probe_layers=list(range(depth)),
+        probe_layers=list(range(depth // 2 if arch == "ssamba" else depth)),  # every layer stream
     )
     t0 = time.time()
     pretrain(cfg)

@@ -282,9 +282,10 @@ def _forward_tile(s, a, dtb, dub, bt, ct, yb, steps, w):
 
 @njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True, nogil=True)
 def _forward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, rev,
-                    outf, ypref, save_ypre, ckpt, save_ckpt, s_init, has_init, s_last, save_last,
+                    outf, ckpt, save_ckpt, s_init, has_init, s_last, save_last,
                     lanes, j0, j1):  # fmt: skip
-    """out = scan(...) (* silu(z)); optionally ypre (before the gate) and the chunk states.
+    """out = scan(...) (* silu(z)); optionally the chunk states (the backward rebuilds the
+    pre-gate output from its recomputed states, so the forward does not save it).
 
     (batch, L, D) arrays come flattened (suffix f). States are (batch, N, D): ``s_init`` the one
     before the first step (``has_init``; zero otherwise), ``s_last`` receives the one after the
@@ -327,8 +328,6 @@ def _forward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, rev,
                     j = off + np.uint64(c)
                     yv = yb[i, c]
                     if has_z:
-                        if save_ypre:
-                            ypref[j] = yv
                         zv = zf[j]
                         yv = yv * zv * _sigmoid(zv)
                     outf[j] = yv
@@ -645,16 +644,14 @@ class _Inputs:
 
 def _forward_call(inp: _Inputs, save: bool, out: torch.Tensor | None = None, state=None,
                   keep_state: bool = False):  # fmt: skip
-    """(kernel call, out, ypre, ckpt, last state) of the forward; with ``save`` the chunk states
-    and ypre. ``state``: the (batch, D, N) state before the first step (zero if None);
+    """(kernel call, out, ckpt, last state) of the forward; with ``save`` the chunk states.
+    ``state``: the (batch, D, N) state before the first step (zero if None);
     ``keep_state``: also return the state after the last step (batch, D, N), else None."""
     nb, length, n_chan = inp.u.shape
     n_state = inp.a_t.shape[0]
     wd = inp.dtype
     if out is None:
         out = torch.empty(nb, length, n_chan, dtype=wd)
-    save_ypre = False  # the backward rebuilds ypre from its recomputed states
-    ypre = torch.empty_like(out) if save_ypre else torch.zeros(1, 1, 1, dtype=wd)
     n_chunks = (length + CHUNK - 1) // CHUNK
     shape = (nb, n_chunks, n_state, n_chan) if save else (1, 1, 1, 1)
     ckpt = torch.empty(shape, dtype=wd)
@@ -662,23 +659,23 @@ def _forward_call(inp: _Inputs, save: bool, out: torch.Tensor | None = None, sta
     # the kernel's state layout is (batch, N, D): one state row is contiguous over channels
     s_init = state.detach().to(wd).transpose(1, 2).contiguous() if state is not None else dummy
     s_last = torch.empty(nb, n_state, n_chan, dtype=wd) if keep_state else dummy
-    args = (*inp.args(), _flat(out), _flat(ypre), save_ypre, _np(ckpt), save, _np(s_init),
+    args = (*inp.args(), _flat(out), _np(ckpt), save, _np(s_init),
             state is not None, _np(s_last), keep_state, LANES)  # fmt: skip
     last = s_last.transpose(1, 2) if keep_state else None
-    return (_forward_kernel, args, inp.n_jobs), out, ypre, ckpt, last
+    return (_forward_kernel, args, inp.n_jobs), out, ckpt, last
 
 
 def _forward(inp: _Inputs, save: bool):
-    call, out, ypre, ckpt, _ = _forward_call(inp, save)
+    call, out, ckpt, _ = _forward_call(inp, save)
     run_parallel([call])
-    return out, ypre, ckpt
+    return out, ckpt
 
 
 class _SelectiveScanCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
         inp = _Inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
-        out, _, ckpt = _forward(inp, save=True)
+        out, ckpt = _forward(inp, save=True)
         ctx.inp = inp
         ctx.save_for_backward(ckpt)
         inputs = (u, delta, A, B, C, D, z, delta_bias)
@@ -725,8 +722,8 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     tensors = (u, delta, A, B, C, D, z, delta_bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _SelectiveScanCPU.apply(*tensors, delta_softplus, reverse)
-    # inference: no autograd graph, no chunk states, no ypre
-    out, _, _ = _forward(_Inputs(*tensors, delta_softplus, reverse), save=False)
+    # inference: no autograd graph, no chunk states
+    out, _ = _forward(_Inputs(*tensors, delta_softplus, reverse), save=False)
     return out.to(u.dtype)
 
 
@@ -755,7 +752,7 @@ def selective_scan_cpu_many(scans, states=None):
                 f"got {tuple(state.shape)}"
             )
         inp = _Inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
-        call, out, _, _, last = _forward_call(inp, save=False, state=state, keep_state=carry)
+        call, out, _, last = _forward_call(inp, save=False, state=state, keep_state=carry)
         calls.append(call)
         outs.append(out)
         lasts.append(last)

@@ -27,6 +27,7 @@ from ssamba.bench.spec import NUM_CLASSES, frames_for_tokens, parse_model
 from ssamba.constants import NUM_MEL_BINS, PATCH
 from ssamba.models import create_model
 from ssamba.ops.scan import resolve_backend
+from ssamba.ops.scan_cpu import num_threads as scan_threads
 
 _OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "bad_alloc")
 # Failures that, under the --max-memory-gb address-space cap, are allocation failures in disguise:
@@ -152,11 +153,10 @@ def measure_point(spec: dict) -> dict:
     # Priming pass on the smallest input: JIT kernels, thread pools and allocator warm-up belong
     # to the baseline, not to the point.
     step(torch.randn(1, PATCH, NUM_MEL_BINS, generator=gen).to(device))
-    result["numba_threads"] = None
-    if result["scan_backend"] == "cpu":  # the numba kernel follows torch's thread count
-        import numba  # only the cpu backend needs it
-
-        result["numba_threads"] = numba.get_num_threads()
+    # The numba kernels run on the scan's own threads (torch's count). numba.get_num_threads()
+    # must not be asked: it starts numba's threading layer, whose idle workers spin and took
+    # most of the core from a single-threaded training step (3x slower).
+    result["numba_threads"] = scan_threads() if result["scan_backend"] == "cpu" else None
     _baseline(result, device)
     capped = bool(spec.get("max_memory_gb")) and not cuda
     if capped:

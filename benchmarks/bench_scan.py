@@ -19,13 +19,13 @@ on every call (see docs/scan.md): the library itself leaves the process's alloca
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import sys
 import time
 
 import torch
 
+from ssamba.allocator import keep_freed_memory
 from ssamba.ops.scan import selective_scan_ref
 from ssamba.ops.scan_cpu import selective_scan_cpu
 
@@ -45,16 +45,6 @@ def make_inputs(batch, length, chans, n_state, seed=0):
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 TARGET_LENGTHS = (512, 2048, 8192)
-
-
-def keep_freed_memory() -> None:
-    """glibc: no fresh mmap for large blocks, no trimming of the heap's free top (1 GiB / 4 GiB)."""
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc = ctypes.CDLL(None)
-    ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1
-    ok = ok and libc.mallopt(m_trim_threshold, ctypes.c_int((1 << 31) - 1)) == 1
-    if not ok:
-        sys.exit("mallopt refused the thresholds (not glibc?)")
 
 
 def best_time(fn, repeats, clock=time.perf_counter):
@@ -158,8 +148,8 @@ def length_ratio(rows, short=512, long=8192):
 
 def main():
     a = parse_args()
-    if a.keep_freed_memory:
-        keep_freed_memory()
+    if a.keep_freed_memory and not keep_freed_memory():
+        sys.exit("mallopt refused the thresholds (not glibc?)")
     rows = measure(a)
     alloc = "; glibc keeps freed memory" if a.keep_freed_memory else ""
     print(f"batch {a.batch}, d_inner {a.d_inner}, d_state {a.d_state}, fp32; {a.clock} clock, "

@@ -23,6 +23,7 @@ LAYERS = {
     "ssamba.errors": 0,
     "ssamba.constants": 0,
     "ssamba.fileio": 0,
+    "ssamba.allocator": 0,
     "ssamba.audio": 1,
     "ssamba.ops": 1,
     "ssamba.models": 2,

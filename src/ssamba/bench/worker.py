@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ssamba.allocator import keep_freed_memory
 from ssamba.bench.machine import MIB, peak_rss_mib
 from ssamba.bench.spec import NUM_CLASSES, frames_for_tokens, parse_model
 from ssamba.constants import NUM_MEL_BINS, PATCH
@@ -133,6 +134,7 @@ def measure_point(spec: dict) -> dict:
     timed step ends with a device synchronisation.
     """
     t_start = time.perf_counter()
+    keep_freed_memory()  # as the ssamba command does, for every model alike
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     device = torch.device(spec.get("device", "cpu"))

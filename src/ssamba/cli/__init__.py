@@ -21,6 +21,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from ssamba.allocator import keep_freed_memory
 from ssamba.cli.common import Parser, apply_config, config_path
 from ssamba.errors import SsambaError
 
@@ -128,6 +129,7 @@ def _run(argv: list[str]) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    keep_freed_memory()  # long sequences: no fresh mmap per layer (ssamba/allocator.py)
     return int(args.func(args) or 0)
 
 

@@ -189,3 +189,26 @@ def test_fit_linear_is_deterministic_and_regularised():
     assert w_strong.norm() < w1.norm()
     # the informative feature dominates
     assert (w1[0, 1] - w1[0, 0]).abs() > (w1[1:, 1] - w1[1:, 0]).abs().max()
+
+
+def test_fit_in_the_row_space_equals_the_fit_on_all_features():
+    """More features than clips: fit_probe fits in an orthonormal basis of the rows; the weights
+    mapped back equal a fit on every feature (L-BFGS never leaves the row space)."""
+    from ssamba.probe import fit_linear, row_space
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, 200))
+    y = np.eye(3)[rng.integers(0, 3, 30)]
+    z, q = row_space(x)
+    assert z.shape == (30, 30) and q is not None
+    np.testing.assert_allclose(z @ q.numpy().T, x, atol=1e-10)
+    w_full, b_full = fit_linear(x, y, False, 1e-2)
+    w_red, b_red = fit_linear(z, y, False, 1e-2)
+    w_back = q @ w_red
+    scale = float(w_full.abs().max())
+    assert float((w_back - w_full).abs().max()) < 1e-4 * scale
+    assert float((b_red - b_full).abs().max()) < 1e-4 * max(1.0, float(b_full.abs().max()))
+    # fewer features than rows: nothing changes
+    x_tall = rng.standard_normal((50, 8))
+    same, none = row_space(x_tall)
+    assert none is None and same is x_tall

@@ -342,6 +342,23 @@ def _standardised(data: dict) -> dict[str, np.ndarray]:
     return {name: (x.astype(np.float64) - mean) / std for name, (x, *_) in data.items()}
 
 
+def row_space(x: np.ndarray) -> tuple[np.ndarray, torch.Tensor | None]:
+    """``(z, q)`` with ``x = z @ q.T`` and orthonormal columns in ``q``, when ``x`` (N, D) has
+    more features than rows (else ``(x, None)``).
+
+    Why: L-BFGS from zero weights only ever moves along gradients ``x.T @ g``, i.e. inside the
+    row space of ``x``, and the L2 penalty and the logits are the same measured in an orthonormal
+    basis of it. So fitting ``z`` (N, N) and mapping the weights back with ``q`` gives the fit on
+    ``x`` (the same iterates up to rounding) at N/D of the cost: a probe of every layer of a
+    model has tens of thousands of features for a few hundred clips.
+    """
+    n, d = x.shape
+    if d <= n:
+        return x, None
+    q, r = torch.linalg.qr(torch.as_tensor(x, dtype=torch.float64).T)  # x.T = q r
+    return r.T.numpy(), q
+
+
 def fit_probe(data: dict, multilabel: bool, classes, l2_grid=DEFAULT_L2, max_iter: int = 200):
     """Standardise features with the train statistics, fit a linear classifier per L2 weight,
     keep the best on "valid" and score every split. ``data``: name -> (features (N, D), targets).
@@ -350,8 +367,10 @@ def fit_probe(data: dict, multilabel: bool, classes, l2_grid=DEFAULT_L2, max_ite
     metric = "mAP" if multilabel else "accuracy"
     grid = []
     best = None
+    z, basis = row_space(xs["train"])
     for l2 in l2_grid:
-        w, b = fit_linear(xs["train"], data["train"][1], multilabel, float(l2), max_iter)
+        w, b = fit_linear(z, data["train"][1], multilabel, float(l2), max_iter)
+        w = w if basis is None else basis @ w
         logits, probs = _scores(xs["valid"], w, b, multilabel)
         valid_loss = float(_loss(logits, torch.as_tensor(data["valid"][1]), multilabel))
         scores = _metrics(probs, data["valid"][1], multilabel, warn=False)

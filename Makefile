@@ -56,8 +56,11 @@ format: dev-venv
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 	$(VENV)/bin/ruff format src tests benchmarks
 
+# One torch thread per test: the suite is many small operations, where two OpenMP threads mostly
+# wait on each other (on a loaded 2-core machine the demo test took 12+ minutes instead of one);
+# the tests of threaded code set their thread counts themselves.
 test: dev-venv system-deps lint
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 demo: venv demo-deps
 	$(VENV)/bin/ssamba demo --out demo_out

@@ -52,7 +52,7 @@ class DemoPlan:
     instruments_per_class: int = 80
     # 60 minutes of the growable mix: in the online-probe study (docs/demo.md) more audio gave
     # both models better keyword features at the same step (SSAST learned none from 12 minutes)
-    # and instruments no worse; 240 minutes was no better than 60 and takes 4x longer to build.
+    # and instruments no worse; 240 minutes was no better beyond noise and takes 4x longer to build.
     pretrain_minutes_audio: float = 60.0
     pretrain_minutes: float = 3.0  # wall-clock pretraining time per model
     finetune_minutes: float = 0.3  # wall-clock fine-tuning time per (model, task)

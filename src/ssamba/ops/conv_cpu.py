@@ -33,6 +33,14 @@ T_BLOCK = 64  # time steps per work item
 CONV, SILU, SILU_GRAD = 0, 1, 2
 
 
+@njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True)
+def _tap_time(t, i, k_size, rev):
+    """Input time that tap ``i`` reads for output time ``t``: causal, the K - 1 steps before t
+    and t itself; anti-causal (``rev``), t and the K - 1 after it. The forward and the weight
+    gradient must agree on it."""
+    return t + (k_size - 1 - i) if rev else t - (k_size - 1) + i
+
+
 @njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True, nogil=True)
 def _conv_kernel(xf, in_len, width, c0, w_t, bias, rev, mode, gf, outf, out_len, offset,
                  j0, j1):  # fmt: skip
@@ -51,7 +59,7 @@ def _conv_kernel(xf, in_len, width, c0, w_t, bias, rev, mode, gf, outf, out_len,
                 acc[d] = bias[d]
             tin = t + offset
             for i in range(k_size):
-                s = tin + (k_size - 1 - i) if rev else tin - (k_size - 1) + i
+                s = _tap_time(tin, i, k_size, rev)
                 if s >= 0 and s < in_len:
                     off = np.uint64((b * in_len + s) * width + c0)
                     xr = xf[off : off + np.uint64(n_chan)]
@@ -131,7 +139,7 @@ def _dweight_kernel(gf, xf, length, width, c0, k_size, rev, part, j0, j1):
             for d in range(n_chan):
                 brow[d] += grow[d]
             for i in range(k_size):
-                s = t + (k_size - 1 - i) if rev else t - (k_size - 1) + i
+                s = _tap_time(t, i, k_size, rev)
                 if s >= 0 and s < length:
                     off = np.uint64((b * length + s) * width + c0)
                     xr = xf[off : off + np.uint64(n_chan)]

@@ -28,7 +28,6 @@ from ssamba.bench.spec import NUM_CLASSES, frames_for_tokens, parse_model
 from ssamba.constants import NUM_MEL_BINS, PATCH
 from ssamba.models import create_model
 from ssamba.ops.scan import resolve_backend
-from ssamba.ops.scan_cpu import num_threads as scan_threads
 
 _OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "bad_alloc")
 # Failures that, under the --max-memory-gb address-space cap, are allocation failures in disguise:
@@ -158,7 +157,11 @@ def measure_point(spec: dict) -> dict:
     # The numba kernels run on the scan's own threads (torch's count). numba.get_num_threads()
     # must not be asked: it starts numba's threading layer, whose idle workers spin and took
     # most of the core from a single-threaded training step (3x slower).
-    result["numba_threads"] = scan_threads() if result["scan_backend"] == "cpu" else None
+    result["numba_threads"] = None
+    if result["scan_backend"] == "cpu":  # only that backend loads numba: not at import
+        from ssamba.ops.scan_cpu import num_threads
+
+        result["numba_threads"] = num_threads()
     _baseline(result, device)
     capped = bool(spec.get("max_memory_gb")) and not cuda
     if capped:

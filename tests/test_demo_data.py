@@ -456,6 +456,58 @@ def test_demo_margins_and_verdicts():
     assert "keywords (240 test clips, one accuracy's standard error ~3.2)" in text
 
 
+def _grouped_task(root, classes=3, groups=4, clips=3):
+    """A task folder whose meta.csv names each clip's group (as the instruments' programs)."""
+    rows = []
+    for c in range(classes):
+        for g in range(groups):
+            for k in range(clips):
+                rows.append((f"wav/c{c}_g{g}_{k}.wav", f"class{c}", "train", str(10 * c + g)))
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "manifest.csv").write_text(
+        "path,label,split\n" + "".join(f"{p},{lab},{sp}\n" for p, lab, sp, _ in rows)
+    )
+    (root / "meta.csv").write_text(
+        "path,label,split,program\n" + "".join(",".join(r) + "\n" for r in rows)
+    )
+    for p, *_ in rows:
+        (root / p).parent.mkdir(exist_ok=True)
+        (root / p).touch()
+    return {
+        "manifest": root / "manifest.csv",
+        "meta": root / "meta.csv",
+        "train": root / "manifest.csv",
+    }, rows
+
+
+def test_group_folds_hold_one_group_per_class_out(tmp_path):
+    from ssamba.demo.pipeline import MIN_FOLDS, group_folds
+
+    task, rows = _grouped_task(tmp_path / "t", groups=4)
+    fold, k = group_folds(task, "program")
+    assert k == 4 and len(fold) == len(rows)
+    for f in range(k):
+        held = {(r[1], r[3]) for r, g in zip(rows, fold, strict=True) if g == f}
+        assert sorted(lab for lab, _ in held) == ["class0", "class1", "class2"]  # one group each
+    assert group_folds(_grouped_task(tmp_path / "u", groups=MIN_FOLDS - 1)[0], "program") is None
+
+
+def test_fold_accuracy_scores_every_clip_on_unseen_groups(tmp_path):
+    """A feature that names the group, not the class, is perfect when the group was seen in
+    training and useless when it was not: the folds never let a probe see a test group."""
+    from ssamba.demo.pipeline import fold_accuracy, group_folds
+
+    task, rows = _grouped_task(tmp_path / "t", groups=4, clips=4)
+    folds = group_folds(task, "program")
+    manifest = read_manifest(task["manifest"])
+    y = np.stack([manifest.targets(i).numpy() for i in range(len(manifest))]).astype(np.float64)
+    names = sorted({r[3] for r in rows})
+    x = np.eye(len(names))[[names.index(r[3]) for r in rows]]
+    assert fold_accuracy(x, y, folds, manifest.classes) <= 0.5
+    signal = y + 0.01 * np.random.default_rng(0).standard_normal(y.shape)  # the class itself
+    assert fold_accuracy(signal, y, folds, manifest.classes) == 1.0
+
+
 def test_demo_probe_layers_must_be_all_or_last(tmp_path):
     from ssamba.demo.pipeline import DemoPlan, probe
 
@@ -483,6 +535,14 @@ def test_demo_pipeline_end_to_end_at_a_tiny_budget(tmp_path):
             assert 0.0 <= row["probe"] <= 1.0
             if label != "log-mel + logistic regression":
                 assert 0.0 <= row["finetune"] <= 1.0
+            if label != "log-mel + logistic regression":
+                assert set(row["probe_views"]) == {"all", "last"}
+                assert row["probe"] == row["probe_views"]["all"]  # the plan's view
+    assert report["probe_clips"]["keywords"] == report["test_clips"]["keywords"]
+    assert report["probe_clips"]["instruments"] in (
+        report["test_clips"]["instruments"],  # too few programs at this budget for folds
+        len(read_manifest(tmp_path / "demo" / "data" / "instruments" / "manifest.csv")),
+    )
     for name in ("results.md", "results.json", "README.md", "accuracy.png"):
         assert (tmp_path / "demo" / name).is_file()
     assert set(report["margins"]) == set(TASKS)

@@ -14,9 +14,11 @@ import torch
 
 import ssamba
 import ssamba.pretrain
+import ssamba.probe as probe_mod
 from conftest import make_wav
 from ssamba.cli import build_parser, main
 from ssamba.data import read_manifest
+from ssamba.embeddings import embed_files
 from ssamba.errors import UsageError
 from ssamba.pretrain import pretrain
 from ssamba.probe import holdout_split, knn_accuracy, linear_probe, subsample
@@ -56,15 +58,24 @@ def probe_records(out: Path) -> dict[int, dict]:
     return {r["step"]: r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "probe"}
 
 
-def test_logged_score_is_ssamba_probe_on_the_saved_model(data, tmp_path, capsys):
+def test_logged_score_is_ssamba_probe_on_the_saved_model(data, tmp_path, capsys, monkeypatch):
     audio, train, valid = data
+    batch_sizes = []
+
+    def spy(model, paths, *, batch_size, **options):
+        batch_sizes.append(batch_size)
+        return embed_files(model, paths, batch_size=batch_size, **options)
+
+    monkeypatch.setattr(probe_mod, "embed_files", spy)
     out = tmp_path / "run"
     argv = ["pretrain", "--depth", "2", "--train", str(audio), "-o", str(out), "--workers", "0"]
     argv += ["--target-length", "64", "--batch-size", "8", "--max-steps", "3", "--lr", "1e-3"]
     argv += ["--warmup-steps", "1", "--no-progress", "--probe", f"{train},{valid}"]
     argv += ["--probe", str(train), "--probe-every", "2", "--keep-best-probe"]
-    argv += ["--probe-pooling", "mean+std", "--probe-layers", "0", "-1"]
+    argv += ["--probe-pooling", "mean+std", "--probe-layers", "0", "-1", "--probe-batch-size", "3"]
     assert main(argv) == 0
+    assert batch_sizes and set(batch_sizes) == {3}
+    monkeypatch.undo()
     assert "online probe:" in capsys.readouterr().out
     records = probe_records(out)
     assert sorted(records) == [0, 2, 3]  # step 0 (the initial weights), every 2, the end
@@ -155,6 +166,7 @@ def test_bad_probe_values_fail_up_front_in_one_line(data, tmp_path, capsys):
     shown = " ".join(sub.format_help().split())
     assert "--probe-every N probe every N steps; 0: at every evaluation" in shown
     assert "(default: 0)" in shown and "--probe-max-files N" in shown and "(default: 2000)" in shown
+    assert "--probe-batch-size N clips embedded together by the probe" in shown
 
 
 def test_knn_is_a_majority_vote_with_ties_to_the_nearest():

@@ -15,8 +15,9 @@ import ssamba.probe as probe_mod
 from conftest import TONE_CLASSES, make_wav
 from ssamba.cli import evaluate as cli_evaluate
 from ssamba.cli import main
+from ssamba.embeddings import layer_columns
 from ssamba.errors import UsageError
-from ssamba.probe import fit_linear, linear_probe
+from ssamba.probe import fit_linear, linear_probe, linear_probes
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,55 @@ def test_linear_probe_separates_tones(model, tones, tmp_path):
     assert results["embedding"]["dim"] == 192
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 42
     json.dumps(results)  # JSON-ready
+
+
+@pytest.fixture(scope="module")
+def model_2_streams():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = ssamba.create_model("ssamba_tiny", depth=4, input_tdim=64).eval()
+    assert ssamba.embeddings.num_layers(model) == 2  # the first pair's stream, the final output
+    return model
+
+
+@pytest.mark.parametrize("pooling", ["mean", "bands+std"])
+def test_layer_columns_cut_one_embedding_into_its_layers(model_2_streams, pooling):
+    model = model_2_streams
+    waves = torch.randn(2, 8000, generator=torch.Generator().manual_seed(3))
+    every = ssamba.embed(model, waves, 16000, layers=[0, 1], pooling=pooling).clip
+    for keep in ([1], [0], [0, 1], [1, 0]):
+        alone = ssamba.embed(model, waves, 16000, layers=keep, pooling=pooling).clip
+        cut = every[:, layer_columns([0, 1], keep, every.shape[1], pooling)]
+        torch.testing.assert_close(cut, alone, rtol=0, atol=0)
+    with pytest.raises(UsageError, match="not among the embedded layers"):
+        layer_columns([0, 1], [2], every.shape[1], pooling)
+
+
+def test_linear_probes_equal_one_probe_per_view(model_2_streams, tones, tmp_path):
+    """Several layer choices from one embedding pass give what separate probes give."""
+    model = model_2_streams
+    views = {"last": None, "first": [0], "all": [0, 1]}
+    both = linear_probes(
+        model, tones / "train", tones / "valid", tones / "test", views, l2_grid=(1e-3, 1e-1),
+        cache_dir=tmp_path / "cache", pooling="bands+std",
+    )  # fmt: skip
+    assert list(both) == list(views)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 42  # every file embedded once
+    for name, layers in views.items():
+        alone = linear_probe(
+            model, tones / "train", tones / "valid", tones / "test", layers=layers,
+            l2_grid=(1e-3, 1e-1), pooling="bands+std",
+        )  # fmt: skip
+        assert both[name]["embedding"]["dim"] == alone["embedding"]["dim"]
+        assert both[name]["l2"] == alone["l2"]
+        for split in ("train", "valid", "test"):
+            assert both[name][split]["accuracy"] == alone[split]["accuracy"]
+        for got, want in zip(both[name]["l2_grid"], alone["l2_grid"], strict=True):
+            assert got["valid_loss"] == pytest.approx(want["valid_loss"], rel=1e-6)
+    assert (
+        both["last"]["embedding"]["layers"] == [1]
+        and both["first"]["embedding"]["dim"] < (both["all"]["embedding"]["dim"])
+    )
 
 
 def run_cli(*argv) -> int:

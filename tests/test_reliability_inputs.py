@@ -449,6 +449,24 @@ def test_duplicate_rows_refused_in_evaluation(data, tmp_path):
         evaluate_model(model, path, classes=["high", "low"], progress=False)
 
 
+@pytest.mark.parametrize("flag", ["valid", "test"])
+def test_duplicate_rows_refused_in_finetuning_before_it_trains(data, tmp_path, flag):
+    from ssamba.configs import FinetuneConfig
+    from ssamba.finetune import finetune
+
+    path = tmp_path / "dup.csv"
+    rows = (data / "train.csv").read_text().splitlines()
+    path.write_text("\n".join(rows + [rows[1]]) + "\n")
+    splits = {"valid": str(data / "train.csv"), "test": None} | {flag: str(path)}
+    train = str(data / "train.csv")
+    cfg = FinetuneConfig(out=str(tmp_path / "run"), model="ssamba_tiny", train=train,
+                         target_length=64, model_overrides={"depth": 2}, progress=False,
+                         workers=0, **splits)  # fmt: skip
+    with pytest.raises(ManifestError, match=f"--{flag} .*dup.csv: .* is listed more than once"):
+        finetune(cfg)
+    assert not (tmp_path / "run" / "final").exists()  # stopped before training
+
+
 def test_manifest_that_lists_itself_is_a_manifest_error(tmp_path):
     path = tmp_path / "list.txt"
     path.write_text("list.txt\n")

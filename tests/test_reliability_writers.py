@@ -455,6 +455,32 @@ def test_checkpoint_onto_a_full_tmpfs_keeps_the_previous_one(chirps, tmp_path, t
     ssamba.load_model(out / "checkpoints" / "step_00000001")
 
 
+def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
+    """Two `--resume` of one run (or any two runs into one folder) would interleave their
+    checkpoints: the second is refused while another process holds the folder's lock."""
+    from ssamba.errors import UsageError
+
+    settings, run = {"lr": 1e-3}, tmp_path / "run"
+    first = run_folder.RunFolder(run, settings, False, False, True)
+    first.start()  # creates the folder
+    first.close()
+    hold = "import sys, time; from ssamba.fileio import lock_folder; lock_folder(sys.argv[1]); "
+    hold += "print('held', flush=True); time.sleep(120)"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run)], env=ENV,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        second = run_folder.RunFolder(run, settings, True, False, True)
+        with pytest.raises(UsageError, match="another process is training into this folder"):
+            second.start()
+    finally:
+        holder.kill()  # a killed holder leaves no lock behind
+        holder.wait()
+    second.start()
+    second.close()
+    assert json.loads((run / "run.json").read_text()) == settings
+
+
 # ---------------------------------------------------------------------------- metrics readers
 def test_a_torn_last_metrics_line_is_left_out_and_damage_elsewhere_named(tmp_path, capsys):
     path = tmp_path / "metrics.jsonl"

@@ -236,6 +236,7 @@ class PretrainConfig(TrainConfig):
     probe_pooling: str = "mean"  # as `ssamba probe --pooling`
     probe_layers: list[int] = field(default_factory=lambda: [-1])  # as `ssamba probe --layers`
     probe_max_files: int = 2000  # per split: a larger one is probed on a fixed subset
+    probe_batch_size: int = 8  # clips embedded together (more: faster, more memory)
     keep_best_probe: bool = False  # keep the model of the best mean probe score in best_probe/
 
     def __post_init__(self):
@@ -258,6 +259,7 @@ class PretrainConfig(TrainConfig):
             parse_probe_spec(spec)
         _at_least("probe_every", self.probe_every, 0)
         _at_least("probe_max_files", self.probe_max_files, 1)
+        _at_least("probe_batch_size", self.probe_batch_size, 1)
         layers = self.probe_layers
         self.probe_layers = [layers] if isinstance(layers, int) else list(layers or [])
         if not self.probe_layers or not all(

@@ -32,7 +32,6 @@ disk at any moment leaves no entry without its metadata and no metadata without 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -47,7 +46,13 @@ from safetensors.numpy import load_file, save_file
 from ssamba.data import AUDIO_EXTENSIONS, read_manifest
 from ssamba.embeddings import Embeddings, model_fingerprint
 from ssamba.errors import UsageError
-from ssamba.fileio import atomic_write, atomic_write_json, remove_temporaries
+from ssamba.fileio import (
+    LOCK_FILE,
+    atomic_write,
+    atomic_write_json,
+    lock_folder,
+    remove_temporaries,
+)
 
 __all__ = [
     "FORMATS",
@@ -60,7 +65,6 @@ __all__ = [
 
 INDEX_FILE = "index.json"
 PARTS_DIR = ".parts"
-LOCK_FILE = ".lock"  # held (flock) by the process writing into the folder
 JOURNAL_FILE = ".entries.jsonl"  # each embedded file's entry, appended once its arrays are whole
 ENTRY_FIELDS = ("key", "seconds", "num_frames")
 FORMATS = ("npy", "npz", "safetensors")
@@ -165,7 +169,8 @@ class EmbeddingStore:
         self.single_file = self.out / f"embeddings.{format}" if self.single else None
         self.stage = self.out / PARTS_DIR if self.single else self.out
         self.out.mkdir(parents=True, exist_ok=True)
-        self._lock = lock_folder(self.out)  # before anything in the folder is read or changed
+        # before anything in the folder is read or changed
+        self._lock = lock_folder(self.out, "writing embeddings into this folder")
         self._journal = None
         try:
             self._open(overwrite)
@@ -325,21 +330,6 @@ class EmbeddingStore:
             self.save_index()
             if self.stage.exists():  # only once the index no longer needs the parts
                 shutil.rmtree(self.stage)
-
-
-def lock_folder(folder: Path) -> int:
-    """Take the folder's lock file (non-blocking); its descriptor. UsageError when another
-    process holds it. The kernel releases it when the process ends, also by ``kill -9``."""
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise UsageError(
-            f"{folder}: another process is writing embeddings into this folder (it holds "
-            f"{LOCK_FILE}); wait for it to finish or use another output folder"
-        ) from None
-    return fd
 
 
 def _other_files(folder: Path) -> bool:

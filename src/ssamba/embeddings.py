@@ -78,6 +78,7 @@ __all__ = [
     "FileBatch",
     "embed",
     "embed_files",
+    "layer_columns",
     "model_device",
     "model_fingerprint",
     "num_layers",
@@ -146,6 +147,28 @@ def resolve_layers(model, layers: Sequence[int] | int | None) -> tuple[int, ...]
             )
         out.append(int(idx) % n)
     return tuple(out)
+
+
+def layer_columns(layers: Sequence[int], keep: Sequence[int], dim: int, pooling: str) -> np.ndarray:
+    """Indices of the clip-vector columns that belong to the layers ``keep``, in a clip vector
+    of width ``dim`` embedded with ``layers`` (concatenated in that order) and ``pooling``.
+
+    The layout :func:`embed` writes: one equal-width block per layer, in ``layers`` order; with
+    ``"+std"`` pooling the means of all layers come first and their standard deviations after.
+    So a probe of a subset of the layers can be cut out of one embedding of all of them.
+    """
+    layers, keep = list(layers), list(keep)
+    missing = [k for k in keep if k not in layers]
+    if missing:
+        raise UsageError(f"layers {missing} are not among the embedded layers {layers}")
+    halves = 2 if pooling.endswith("+std") else 1
+    if dim % (halves * len(layers)):
+        raise UsageError(
+            f"a clip vector of width {dim} cannot hold {len(layers)} layers ({pooling})"
+        )
+    width = dim // (halves * len(layers))
+    blocks = [h * dim // halves + layers.index(k) * width for h in range(halves) for k in keep]
+    return np.concatenate([np.arange(start, start + width) for start in blocks])
 
 
 def _columns(n_frames: int, n_samples: int, cfg) -> int:

@@ -6,11 +6,14 @@ the target in one ``os.replace``. A crash, a full disk or ``kill -9`` leaves eit
 the new one, never a torn one; the temporary file is removed on failure. A folder is built the
 same way (:func:`staged_folder`). Temporary names are unique (``mkstemp`` / ``mkdtemp``), so two
 writers never share one; what a killed process leaves behind (``.NAME.XXXX.tmp`` files,
-``.tmp_NAME_XXXX`` folders) is removed by :func:`remove_temporaries` on the next run.
+``.tmp_NAME_XXXX`` folders) is removed by :func:`remove_temporaries` on the next run. A folder that
+one process writes into for a long time (a training run, an embedding store) is held with
+:func:`lock_folder`, so a second writer is refused instead of interleaving with the first.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -19,6 +22,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from ssamba.errors import UsageError
 
 TEMP_FILE_SUFFIX = ".tmp"  # atomic_write's temporary files: .NAME.XXXXXXXX.tmp
 TEMP_FOLDER_PREFIX = ".tmp_"  # staged_folder's temporary folders: .tmp_NAME_XXXXXXXX
@@ -117,3 +122,26 @@ def remove_temporaries(folder: str | os.PathLike, recursive: bool = False) -> li
         else:
             path.unlink(missing_ok=True)
     return removed
+
+
+LOCK_FILE = ".lock"  # held (flock) by the process writing into a folder
+
+
+def lock_folder(folder: str | os.PathLike, doing: str = "writing into this folder") -> int:
+    """Take ``folder``'s lock file (non-blocking) and return its descriptor (``os.close`` it to
+    release). A UsageError naming ``doing`` when another process holds it.
+
+    A POSIX record lock (``lockf``), not ``flock``: it belongs to this process alone, so forked
+    children (DataLoader workers) do not hold it, and the kernel releases it when the process
+    ends, also by ``kill -9``: a killed run can be resumed at once, never finds its folder locked
+    by its own orphaned workers. (The same process taking it twice is not refused.)"""
+    fd = os.open(Path(folder) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise UsageError(
+            f"{folder}: another process is {doing} (it holds {LOCK_FILE}); wait for it to "
+            "finish or use another output folder"
+        ) from None
+    return fd

@@ -25,6 +25,7 @@ from ssamba.checkpoints import load_model, model_stats
 from ssamba.configs import FinetuneConfig
 from ssamba.constants import CLASSES_FILE
 from ssamba.data import AudioDataset, drop_bad, read_manifest
+from ssamba.data.checks import duplicate_problems
 from ssamba.errors import ManifestError, UsageError
 from ssamba.evaluation import compute_metrics
 from ssamba.fileio import atomic_write_json, atomic_write_text, staged_folder
@@ -202,15 +203,26 @@ def finetune(cfg: FinetuneConfig, device: str | None = None) -> dict:
             on_bad_file=cfg.on_bad_file,
         )
 
-    def held_out(path):
-        return dataset(read_manifest(path, classes=classes), train=False) if path else None
+    def held_out(path, flag: str):
+        if not path:
+            return None
+        manifest = read_manifest(path, classes=classes)
+        twice = duplicate_problems(manifest)
+        if twice:  # as `ssamba evaluate`: a file listed twice would count twice in every metric
+            raise ManifestError(
+                f"--{flag} {manifest.source}: {twice[0][0]} is listed more than once (it would "
+                "count twice); remove the duplicate rows (`ssamba check-data` lists them)"
+            )
+        return dataset(manifest, train=False)
 
+    # both read before training, so that a bad test set stops the run before it starts
+    valid_set, test_set = held_out(cfg.valid, "valid"), held_out(cfg.test, "test")
     task = FinetuneTask(cfg, model, classes)
-    summary = fit(task, cfg, dist, dataset(train_manifest, True), held_out(cfg.valid))
+    summary = fit(task, cfg, dist, dataset(train_manifest, True), valid_set)
     if cfg.test:
-        summary.update(evaluate_on_test(task, held_out(cfg.test), cfg, dist))
+        summary.update(evaluate_on_test(task, test_set, cfg, dist))
     if cfg.average_epochs:
-        summary.update(average_epoch_checkpoints(task, held_out(cfg.test), cfg, dist))
+        summary.update(average_epoch_checkpoints(task, test_set, cfg, dist))
     if dist.is_main and (cfg.test or cfg.average_epochs):
         atomic_write_json(Path(cfg.out) / SUMMARY_FILE, summary, default=str)
     return summary

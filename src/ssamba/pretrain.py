@@ -333,6 +333,7 @@ class OnlineProbe(StepCallback):
         device = model_device(self.model)
         python_rng, was_training = random.getstate(), self.model.training
         options = dict(layers=self.cfg.probe_layers, pooling=self.cfg.probe_pooling,
+                       batch_size=self.cfg.probe_batch_size,
                        on_bad_file=self.cfg.on_bad_file)  # fmt: skip
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

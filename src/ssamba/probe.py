@@ -43,7 +43,7 @@ import torch
 from tqdm import tqdm
 
 from ssamba.data import Manifest, read_manifest
-from ssamba.embeddings import embed_files, model_fingerprint
+from ssamba.embeddings import embed_files, layer_columns, model_fingerprint, resolve_layers
 from ssamba.errors import UsageError
 from ssamba.evaluation import accuracy, mean_average_precision
 from ssamba.fileio import atomic_write
@@ -58,6 +58,7 @@ __all__ = [
     "holdout_split",
     "knn_accuracy",
     "linear_probe",
+    "linear_probes",
     "probe_scores",
     "subsample",
 ]
@@ -258,6 +259,28 @@ def linear_probe(
     test_manifest=None,
     *,
     layers=None,
+    **options,
+) -> dict[str, Any]:
+    """Linear probe of ``model``'s clip embeddings (see the module docstring).
+
+    Manifests are paths (anything :func:`ssamba.data.read_manifest` reads) or ``Manifest``
+    objects; valid and test use the training classes. ``layers``: as :func:`ssamba.embed`;
+    ``options``: those of :func:`linear_probes`. Returns a JSON-ready dict with the chosen
+    ``l2``, the per-``l2`` validation scores and ``train``/``valid``/``test`` metrics.
+    """
+    views = {"probe": layers}
+    return linear_probes(model, train_manifest, valid_manifest, test_manifest, views, **options)[
+        "probe"
+    ]
+
+
+def linear_probes(
+    model,
+    train_manifest,
+    valid_manifest,
+    test_manifest=None,
+    views: dict[str, Any] | None = None,
+    *,
     window_seconds: float | None = None,
     hop_seconds: float | None = None,
     batch_size: int = 8,
@@ -268,25 +291,28 @@ def linear_probe(
     on_bad_file: str = "error",
     progress: bool = False,
     pooling: str = "mean",
-) -> dict[str, Any]:
-    """Linear probe of ``model``'s clip embeddings (see the module docstring).
+) -> dict[str, dict[str, Any]]:
+    """One :func:`linear_probe` per view of the model (``views``: name -> ``layers``, default
+    ``{"probe": None}``: the final output), from one embedding pass.
 
-    Manifests are paths (anything :func:`ssamba.data.read_manifest` reads) or ``Manifest``
-    objects; valid and test use the training classes. Returns a JSON-ready dict with the chosen
-    ``l2``, the per-``l2`` validation scores and ``train``/``valid``/``test`` metrics.
+    With several views the files are embedded once with every layer the views name, and each
+    view's probe is fit on its own columns (:func:`ssamba.embeddings.layer_columns`): the same
+    features as embedding that view alone, at the cost of one forward pass per file.
     """
-    train = _read(train_manifest)
-    if not train.labeled:
-        raise UsageError(f"{train.source}: the training manifest has no labels")
-    valid = _read(valid_manifest, train.classes, train.multilabel)
-    test = _read(test_manifest, train.classes, train.multilabel) if test_manifest else None
+    views = {"probe": None} if views is None else dict(views)
+    if not views:
+        raise UsageError("views must name at least one set of layers")
+    splits = _read_splits(train_manifest, valid_manifest, test_manifest)
+    train = splits["train"]
     multilabel = bool(train.multilabel)
-    if not l2_grid:
-        raise UsageError("l2_grid must hold at least one value")
-    bad_l2 = [w for w in l2_grid if not (isinstance(w, int | float) and 0 <= w < math.inf)]
-    if bad_l2:
-        raise UsageError(f"l2 weights must be finite numbers >= 0, got {bad_l2[0]!r}")
+    _check_l2_grid(l2_grid)
 
+    if len(views) == 1:  # embedded as given, so that caches and column order stay as they were
+        (layers,) = views.values()
+        chosen = {name: None for name in views}
+    else:
+        chosen = {name: resolve_layers(model, layers) for name, layers in views.items()}
+        layers = list(dict.fromkeys(k for ks in chosen.values() for k in ks))
     fingerprint = model_fingerprint(model)
     opts = dict(
         layers=layers,
@@ -300,27 +326,51 @@ def linear_probe(
         fingerprint=fingerprint,
         pooling=pooling,
     )
-    splits = {"train": train, "valid": valid} | ({"test": test} if test is not None else {})
     data = _embed_splits(model, splits, opts)
 
-    results = fit_probe(
-        {name: (x, y) for name, (x, y, _) in data.items()},
-        multilabel,
-        train.classes,
-        l2_grid,
-        max_iter,
-    )
-    results["embedding"] = {
-        "dim": int(data["train"][0].shape[1]),
-        "layers": [int(i) for i in np.atleast_1d(-1 if layers is None else layers)],
-        "window_seconds": window_seconds,
-        "hop_seconds": hop_seconds,
-        "pooling": pooling,
-        "model_sha256": fingerprint,
-    }
-    for name in data:
-        results[name]["bad_files"] = data[name][2]
-    return results
+    out = {}
+    for name, keep in chosen.items():
+        cols = (
+            None
+            if keep is None
+            else layer_columns(layers, keep, data["train"][0].shape[1], pooling)
+        )
+        features = {
+            split: (x if cols is None else x[:, cols], y) for split, (x, y, _) in data.items()
+        }
+        results = fit_probe(features, multilabel, train.classes, l2_grid, max_iter)
+        shown = views[name] if keep is None else keep
+        results["embedding"] = {
+            "dim": int(features["train"][0].shape[1]),
+            "layers": [int(i) for i in np.atleast_1d(-1 if shown is None else shown)],
+            "window_seconds": window_seconds,
+            "hop_seconds": hop_seconds,
+            "pooling": pooling,
+            "model_sha256": fingerprint,
+        }
+        for split in data:
+            results[split]["bad_files"] = data[split][2]
+        out[name] = results
+    return out
+
+
+def _read_splits(train_manifest, valid_manifest, test_manifest) -> dict[str, Manifest]:
+    """The labelled splits of a probe; valid and test read with the training classes."""
+    train = _read(train_manifest)
+    if not train.labeled:
+        raise UsageError(f"{train.source}: the training manifest has no labels")
+    splits = {"train": train, "valid": _read(valid_manifest, train.classes, train.multilabel)}
+    if test_manifest:
+        splits["test"] = _read(test_manifest, train.classes, train.multilabel)
+    return splits
+
+
+def _check_l2_grid(l2_grid) -> None:
+    if not l2_grid:
+        raise UsageError("l2_grid must hold at least one value")
+    bad_l2 = [w for w in l2_grid if not (isinstance(w, int | float) and 0 <= w < math.inf)]
+    if bad_l2:
+        raise UsageError(f"l2 weights must be finite numbers >= 0, got {bad_l2[0]!r}")
 
 
 def _embed_splits(model, splits: dict[str, Manifest], opts: dict) -> dict:

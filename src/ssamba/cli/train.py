@@ -341,6 +341,8 @@ def add_probe_options(p, options: ConfigOptions) -> None:
     options.add(g, "probe_max_files", "files per probe split at most: a larger split is probed "
                 "on a fixed subset drawn with --seed", type=positive_int,
                 metavar="N")  # fmt: skip
+    options.add(g, "probe_batch_size", "clips embedded together by the probe (more: faster, "
+                "more memory)", type=positive_int, metavar="N")  # fmt: skip
     options.add(g, "keep_best_probe", "keep the model of the best mean probe score in "
                 "OUT/best_probe/ (with probe.json: its step and scores)",
                 action="store_true")  # fmt: skip

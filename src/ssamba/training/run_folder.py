@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -31,6 +32,7 @@ from ssamba.errors import CheckpointError, TrainingError
 from ssamba.fileio import (
     atomic_write_json,
     atomic_write_text,
+    lock_folder,
     remove_temporaries,
     staged_folder,
 )
@@ -137,6 +139,7 @@ class RunFolder:
         self.loggers = parse_loggers(settings.get("logger"))
         check_installed(self.loggers)  # a missing tracker stops the run before it starts
         self.trackers = None
+        self._lock: int | None = None
         run_file = self.path / RUN_FILE
         if run_file.exists() and not resume:
             if not overwrite:
@@ -161,7 +164,11 @@ class RunFolder:
             raise TrainingError(f"{self.path}: --resume with different settings ({details})")
 
     def start(self) -> None:
-        """(Main rank) clear a replaced run, create the folder and write run.json."""
+        """(Main rank) lock the folder, clear a replaced run, create the folder and write
+        run.json. The lock (:func:`ssamba.fileio.lock_folder`, released by :meth:`close` or when
+        the process ends) refuses a second run into the same folder, e.g. two ``--resume``."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_folder(self.path, "training into this folder")
         if self.replace:
             replaced = (CHECKPOINTS, "best", "best_probe", "final", "tb", "wandb", METRICS, LATEST)
             for name in (*replaced, RUN_FILE):
@@ -293,10 +300,14 @@ class RunFolder:
         self.trackers.log(record)
 
     def close(self) -> None:
-        """Flush and close the trackers (TensorBoard, wandb) at the end of the run."""
+        """Flush and close the trackers (TensorBoard, wandb) at the end of the run; release the
+        folder's lock."""
         if self.trackers is not None:
             self.trackers.close()
             self.trackers = None
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def write_summary(self, summary: dict) -> None:
         atomic_write_json(self.path / SUMMARY_FILE, summary, default=str)

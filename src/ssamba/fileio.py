@@ -124,7 +124,7 @@ def remove_temporaries(folder: str | os.PathLike, recursive: bool = False) -> li
     return removed
 
 
-LOCK_FILE = ".lock"  # held (flock) by the process writing into a folder
+LOCK_FILE = ".lock"  # held (lockf) by the process writing into a folder
 
 
 def lock_folder(folder: str | os.PathLike, doing: str = "writing into this folder") -> int:

@@ -52,6 +52,7 @@ __all__ = [
     "DEFAULT_L2",
     "KNN_K",
     "RESULTS_FILE",
+    "embed_labelled",
     "embed_manifest",
     "fit_linear",
     "fit_probe",
@@ -61,6 +62,7 @@ __all__ = [
     "linear_probes",
     "probe_scores",
     "subsample",
+    "view_layers",
 ]
 
 DEFAULT_L2 = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -311,8 +313,7 @@ def linear_probes(
         (layers,) = views.values()
         chosen = {name: None for name in views}
     else:
-        chosen = {name: resolve_layers(model, layers) for name, layers in views.items()}
-        layers = list(dict.fromkeys(k for ks in chosen.values() for k in ks))
+        layers, chosen = view_layers(model, views)
     fingerprint = model_fingerprint(model)
     opts = dict(
         layers=layers,
@@ -354,6 +355,14 @@ def linear_probes(
     return out
 
 
+def view_layers(model, views: dict[str, Any]) -> tuple[list[int], dict[str, tuple[int, ...]]]:
+    """The layers to embed once for all ``views`` (name -> ``layers``: their union, in the order
+    first named) and each view's own layers, resolved (:func:`ssamba.embeddings.resolve_layers`);
+    :func:`ssamba.embeddings.layer_columns` cuts a view out of the embedding."""
+    chosen = {name: resolve_layers(model, layers) for name, layers in views.items()}
+    return list(dict.fromkeys(k for ks in chosen.values() for k in ks)), chosen
+
+
 def _read_splits(train_manifest, valid_manifest, test_manifest) -> dict[str, Manifest]:
     """The labelled splits of a probe; valid and test read with the training classes."""
     train = _read(train_manifest)
@@ -375,11 +384,14 @@ def _check_l2_grid(l2_grid) -> None:
 
 def _embed_splits(model, splits: dict[str, Manifest], opts: dict) -> dict:
     """name -> (embeddings, targets of the files kept, bad files) for every split."""
-    data = {}
-    for name, manifest in splits.items():
-        x, kept, bad = embed_manifest(model, manifest, **opts)
-        data[name] = (x, _targets(manifest, kept), bad)
-    return data
+    return {name: embed_labelled(model, manifest, **opts) for name, manifest in splits.items()}
+
+
+def embed_labelled(model, manifest: Manifest, **options) -> tuple[np.ndarray, np.ndarray, dict]:
+    """:func:`embed_manifest` with the targets of the files kept: ``(embeddings (n, D),
+    targets (n, classes) float64, {path: problem} of the files left out)``."""
+    x, kept, bad = embed_manifest(model, manifest, **options)
+    return x, _targets(manifest, kept), bad
 
 
 def _standardised(data: dict) -> dict[str, np.ndarray]:

@@ -29,13 +29,13 @@ from ssamba.audio import fbank, load_audio
 from ssamba.checkpoints import RandomWeightsWarning, load_model
 from ssamba.data import compute_stats, read_manifest
 from ssamba.demo import builders
-from ssamba.embeddings import layer_columns, num_layers, resolve_layers
+from ssamba.embeddings import layer_columns, num_layers
 from ssamba.errors import UsageError
 from ssamba.fileio import atomic_write, atomic_write_json, atomic_write_text
 from ssamba.finetune import FinetuneConfig, finetune
 from ssamba.models import create_model
 from ssamba.pretrain import PretrainConfig, pretrain
-from ssamba.probe import embed_manifest, fit_probe, linear_probes
+from ssamba.probe import embed_labelled, fit_probe, linear_probes, view_layers
 from ssamba.training import read_metrics
 
 log = logging.getLogger(__name__)
@@ -231,18 +231,15 @@ def _natural(value: str):
 
 
 def _probe_folds(model, task, folds, views, pooling, options) -> tuple[dict, int]:
-    fold, k = folds
     manifest = read_manifest(task["manifest"])
-    layers = list(dict.fromkeys(i for v in views.values() for i in resolve_layers(model, v)))
-    x, kept, _ = embed_manifest(model, manifest, layers=layers, pooling=pooling, **options)
-    if len(kept) != len(manifest):
-        raise UsageError(f"{task['manifest']}: some files could not be embedded")
-    y = np.stack([manifest.targets(i).numpy() for i in kept]).astype(np.float64)
+    layers, chosen = view_layers(model, views)
+    # every file is embedded (a bad one stops the demo: on_bad_file "error"), so rows are folds
+    x, y, _ = embed_labelled(model, manifest, layers=layers, pooling=pooling, **options)
     scores = {}
-    for view, chosen in views.items():
-        cols = layer_columns(layers, resolve_layers(model, chosen), x.shape[1], pooling)
+    for view, keep in chosen.items():
+        cols = layer_columns(layers, keep, x.shape[1], pooling)
         scores[view] = fold_accuracy(x[:, cols], y, folds, manifest.classes)
-    return scores, len(fold)
+    return scores, len(folds[0])
 
 
 def fold_accuracy(x: np.ndarray, y: np.ndarray, folds: tuple[np.ndarray, int], classes) -> float:

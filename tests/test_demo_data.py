@@ -434,7 +434,7 @@ def test_demo_margins_and_verdicts():
                 "SSAST pretrained": row(0.55),
             },
             "instruments": {
-                "log-mel + logistic regression": {"probe": 0.30},
+                "log-mel + logistic regression": {"probe": 0.33},
                 "SSAMBA pretrained": row(0.35),
                 "SSAMBA random": row(0.35),
                 "SSAST pretrained": row(0.20),
@@ -450,10 +450,21 @@ def test_demo_margins_and_verdicts():
     }
     assert report["margins"]["instruments"]["SSAST pretrained"] == 15.0
     text = margins_text(report)
-    assert "beats log-mel + logistic regression on every held-out test set" in text
-    assert "does NOT beat SSAMBA random on: instruments" in text  # a tie is not a win
-    assert "does NOT beat SSAST pretrained on: keywords" in text
     assert "keywords (240 test clips, one accuracy's standard error ~3.2)" in text
+    assert "instruments (160 test clips, one accuracy's standard error ~3.8)" in text
+    # A win is a margin above one standard error: +2.0 on instruments (SE ~3.8) is not one, a
+    # tie is not one, and a loss is not one.
+    lead = "SSAMBA pretrained does NOT beat"
+    assert f"{lead} log-mel + logistic regression by more than one standard error on:" in text
+    assert "on: instruments (+2.0)" in text
+    assert f"{lead} SSAMBA random by more than one standard error on: instruments (+0.0)" in text
+    assert f"{lead} SSAST pretrained by more than one standard error on: keywords (-5.0)" in text
+    report["results"]["instruments"]["log-mel + logistic regression"]["probe"] = 0.30
+    report["margins"] = margins(report)  # +5.0 on instruments, +10.0 on keywords: both wins
+    assert (
+        "SSAMBA pretrained beats log-mel + logistic regression by more than one standard error"
+        " on every held-out test set"
+    ) in margins_text(report)
 
 
 def _grouped_task(root, classes=3, groups=4, clips=3):

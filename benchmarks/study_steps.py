@@ -23,34 +23,32 @@ from pathlib import Path
 
 from ssamba.checkpoints import load_model
 from ssamba.data import compute_stats, read_manifest
-from ssamba.demo.pipeline import TASKS, DemoPlan, build_data, probe, random_model
-from ssamba.pretrain import PretrainConfig, pretrain
+from ssamba.demo.pipeline import (
+    TASKS,
+    DemoPlan,
+    build_data,
+    pretrain_config,
+    probe,
+    random_model,
+)
+from ssamba.pretrain import pretrain
 
 
 def pretrain_run(run: Path, data: dict, stats, plan: DemoPlan, steps: int, save_every: int):
     if (run / "final" / "model.safetensors").exists():
         return
-    pretrain(
-        PretrainConfig(
-            out=str(run),
-            model="ssamba_tiny",
-            train=str(data["pretrain"]["manifest"]),
-            target_length=plan.clip_frames,
-            normalize=f"{stats[0]},{stats[1]}",
-            batch_size=plan.batch_size,
-            lr=plan.lr,
-            warmup_steps=20,
-            epochs=10_000,
-            max_steps=steps,
-            save_every=save_every,
-            keep=10_000,  # every checkpoint is a point of the curve
-            workers=0,
-            seed=plan.seed,
-            progress=False,
-            overwrite=True,
-            model_overrides={"depth": plan.ssamba_depth},
-        )
+    cfg = pretrain_config(
+        "ssamba",
+        data["pretrain"]["manifest"],
+        stats,
+        run,
+        plan,
+        max_minutes=None,
+        max_steps=steps,
+        save_every=save_every,
+        keep=10_000,  # every checkpoint is a point of the curve
     )
+    pretrain(cfg)
 
 
 def main() -> None:

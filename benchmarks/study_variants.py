@@ -26,8 +26,8 @@ import torch
 from ssamba.checkpoints import load_model
 from ssamba.data import compute_stats, read_manifest
 from ssamba.demo import builders
-from ssamba.demo.pipeline import DemoPlan, probe, random_model
-from ssamba.pretrain import PretrainConfig, pretrain
+from ssamba.demo.pipeline import DemoPlan, pretrain_config, probe, random_model
+from ssamba.pretrain import pretrain
 
 CLIP_SECONDS = 2.0
 MIX_MINUTES = 60
@@ -77,26 +77,16 @@ def build(out: Path, plan: DemoPlan) -> dict:
 def pretrained(name: str, data: dict, stats, out: Path, plan: DemoPlan, steps: int):
     run = out / "runs" / name
     if not (run / "final" / "model.safetensors").exists():
-        cfg = PretrainConfig(
-            out=str(run),
-            model="ssamba_tiny",
-            train=str(data["music50"] if name == "music50" else data["mix"]),
-            target_length=plan.clip_frames,
-            normalize=f"{stats[0]},{stats[1]}",
-            batch_size=plan.batch_size,
-            lr=plan.lr,
-            warmup_steps=20,
-            epochs=10_000,
+        cfg = pretrain_config(
+            "ssamba",
+            data["music50"] if name == "music50" else data["mix"],
+            stats,
+            run,
+            plan,
+            max_minutes=None,
             max_steps=steps,
-            save_every=100_000,
-            workers=0,
-            seed=plan.seed,
-            progress=False,
-            overwrite=True,
-            model_overrides={"depth": plan.ssamba_depth},
+            **VARIANTS[name][1],
         )
-        for key, value in VARIANTS[name][1].items():
-            setattr(cfg, key, value)
         pretrain(cfg)
     return load_model(run / "final", pretrain_heads=False)
 

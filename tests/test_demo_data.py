@@ -526,6 +526,23 @@ def test_demo_probe_layers_must_be_all_or_last(tmp_path):
         probe(None, {}, tmp_path, DemoPlan(probe_layers="first"), progress=False)
 
 
+def test_pretrain_config_is_the_demos_with_the_changes_asked(tmp_path):
+    """The studies in benchmarks/ pretrain with the demo's settings, changing only what they say."""
+    from ssamba.demo.pipeline import DemoPlan, pretrain_config
+
+    plan = DemoPlan()
+    args = ("ssamba", tmp_path / "mix.txt", (-4.5, 4.25), tmp_path / "run", plan)
+    demo = pretrain_config(*args)
+    assert (demo.model, demo.model_overrides) == ("ssamba_tiny", {"depth": plan.ssamba_depth})
+    assert (demo.batch_size, demo.lr, demo.target_length) == (16, plan.lr, plan.clip_frames)
+    assert (demo.max_minutes, demo.max_steps, demo.normalize) == (3.0, None, "-4.5,4.25")
+    study = pretrain_config(*args, max_minutes=None, max_steps=800, save_every=80)
+    changed = {k for k, v in vars(demo).items() if vars(study)[k] != v}
+    assert changed == {"max_minutes", "max_steps", "save_every"}
+    with pytest.raises(UsageError):  # the changes are validated as any config is
+        pretrain_config(*args, max_steps=0)
+
+
 def test_demo_pipeline_end_to_end_at_a_tiny_budget(tmp_path):
     """The whole `ssamba demo` (data, pretraining, probes, fine-tuning, report) at ~2% budget."""
     from ssamba.demo.pipeline import TASKS, DemoPlan, build_data, pretrain_model, run_demo

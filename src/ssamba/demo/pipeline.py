@@ -19,7 +19,7 @@ import json
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -121,16 +121,18 @@ def build_data(out: Path, plan: DemoPlan, progress: bool) -> dict:
     return built
 
 
-def pretrain_model(arch: str, data: dict, stats, out: Path, plan: DemoPlan, progress: bool):
+def pretrain_config(arch: str, manifest, stats, run: Path, plan: DemoPlan, **changes):
+    """The demo's pretraining settings for ``arch`` on ``manifest`` into ``run``: the plan's
+    model, clip length, batch, lr and time budget. ``changes`` replace fields (the studies in
+    benchmarks/ run the same settings to a step count instead of a time)."""
     name, overrides = _preset(arch, plan)
-    run = out / "runs" / f"pretrain_{arch}"
     cfg = PretrainConfig(
         out=str(run),
         model=name,
-        train=str(data["pretrain"]["manifest"]),
+        train=str(manifest),
         target_length=plan.clip_frames,
         normalize=f"{stats[0]},{stats[1]}",
-        batch_size=min(plan.batch_size, data["pretrain"]["clips"]),  # tiny budgets
+        batch_size=plan.batch_size,
         lr=plan.lr,
         warmup_steps=20,
         epochs=10_000,  # bounded by the time budget
@@ -138,9 +140,23 @@ def pretrain_model(arch: str, data: dict, stats, out: Path, plan: DemoPlan, prog
         save_every=100_000,
         workers=0,  # tiny clips: loader processes would only take the cores from the model
         seed=plan.seed,
-        progress=progress,
+        progress=False,
         overwrite=True,
         model_overrides=overrides,
+    )
+    return replace(cfg, **changes)
+
+
+def pretrain_model(arch: str, data: dict, stats, out: Path, plan: DemoPlan, progress: bool):
+    run = out / "runs" / f"pretrain_{arch}"
+    cfg = pretrain_config(
+        arch,
+        data["pretrain"]["manifest"],
+        stats,
+        run,
+        plan,
+        batch_size=min(plan.batch_size, data["pretrain"]["clips"]),  # tiny budgets
+        progress=progress,
     )
     # A model is reused only if it was pretrained with these settings on this very data.
     spec = Path(data["pretrain"]["manifest"]).parent / "build.json"

@@ -504,9 +504,14 @@ def margins(report: dict) -> dict:
     return out
 
 
+def _probe_clips(report: dict, task: str) -> int:
+    """Clips the probes scored on ``task`` (reports older than the folds: the test split)."""
+    return report.get("probe_clips", {}).get(task, report["test_clips"][task])
+
+
 def probe_se(report: dict, task: str) -> float:
     """One standard error, in points, of the headline model's probe accuracy on ``task``."""
-    n = report.get("probe_clips", {}).get(task, report["test_clips"][task])
+    n = _probe_clips(report, task)
     acc = report["results"][task][HEADLINE]["probe"]
     return 100 * (acc * (1 - acc) / n) ** 0.5
 
@@ -516,7 +521,7 @@ def margins_text(report: dict) -> str:
     # pretraining helps, and a margin the size of sampling noise does not show that.
     lines = [f"{HEADLINE}, linear probe, test accuracy margin in points:"]
     for task, row in report["margins"].items():
-        n = report.get("probe_clips", {}).get(task, report["test_clips"][task])
+        n = _probe_clips(report, task)
         shown = ", ".join(f"{v:+.1f} vs {k}" for k, v in row.items())
         scored = (
             f"{n} clips scored over {FOLD_GROUPS[task]} folds"
@@ -527,12 +532,14 @@ def margins_text(report: dict) -> str:
         lines.append(f"- {task} ({scored}, one accuracy's standard error ~{se:.1f}): {shown}")
     for rival in RIVALS:
         short = {
-            task: row[rival]
+            task: row.get(rival)  # None: that rival was not run
             for task, row in report["margins"].items()
-            if row.get(rival, 0) <= probe_se(report, task)
+            if row.get(rival) is None or row[rival] <= probe_se(report, task)
         }
         if short:
-            shown = ", ".join(f"{task} ({m:+.1f})" for task, m in short.items())
+            shown = ", ".join(
+                f"{task} ({'not run' if m is None else f'{m:+.1f}'})" for task, m in short.items()
+            )
             lines.append(
                 f"- {HEADLINE} does NOT beat {rival} by more than one standard error on: {shown}"
             )

@@ -193,3 +193,173 @@ def test_audioset20k_recipe_averages_epochs_12_to_40():
         12,
         40,
     ]
+
+
+# ---------------------------------------------------------------------------- LP-FT
+@pytest.mark.parametrize("preset", ["ssamba_tiny", "ssast_tiny"])
+def test_head_init_probe_starts_where_the_linear_probe_ends(tones, tmp_path, preset):
+    """--head-init probe: the head is the probe of `ssamba probe` (same fit, same L2 choice) on
+    the features it reads, so the model at step 0 scores exactly the probe's validation accuracy
+    and logits."""
+    from ssamba.data import AudioDataset, read_manifest
+    from ssamba.finetune import build_model, head_inputs, probe_head
+    from ssamba.probe import fit_probe, select_linear
+    from ssamba.training import read_metrics
+
+    config = cfg(tones, tmp_path / "run", model=preset, head_init="probe", pool="bands+std",
+                 epochs=1, normalize="-4,4")  # fmt: skip
+    summary = finetune(config)
+    probe = summary["head_probe"]
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    first = [r for r in records if r["kind"] == "valid" and r["step"] == 0]
+    assert len(first) == 1 and first[0]["acc"] == pytest.approx(probe["valid"]["accuracy"])
+    assert summary["best_metric"] >= first[0]["acc"]  # best/ is never worse than the probe
+
+    # the head computes the probe's logits; the probe is the one `ssamba probe` fits
+    stats = (-4.0, 4.0)
+    model = build_model(config, 3, stats, pool="bands+std").eval()
+    train = read_manifest(config.train)
+    sets = {
+        name: AudioDataset(read_manifest(path, classes=train.classes), 96, stats, train=False)
+        for name, path in (("train", config.train), ("valid", config.valid))
+    }
+    data = {name: head_inputs(model, ds, 6, "cpu") for name, ds in sets.items()}
+    reference = fit_probe(data, False, train.classes)
+    chosen = select_linear(data, False)
+    again = probe_head(model, {**sets, "test": None}, config, "cpu")
+    assert again["l2"] == reference["l2"] == probe["l2"]
+    assert again["valid"]["accuracy"] == reference["valid"]["accuracy"]
+    fbank = torch.stack([sets["valid"][i]["fbank"] for i in range(4)])
+    with torch.no_grad():
+        logits = model(fbank).double()
+    x = (data["valid"][0][:4] - chosen.mean) / chosen.std
+    want = torch.as_tensor(x) @ chosen.weight + chosen.bias
+    torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-4)
+
+
+def test_head_init_probe_needs_a_validation_split(tones, tmp_path):
+    with pytest.raises(UsageError, match="--head-init probe needs --valid"):
+        finetune(cfg(tones, tmp_path / "run", head_init="probe", valid=None, epochs=1))
+    with pytest.raises(UsageError, match="head_init"):
+        FinetuneConfig(out="x", head_init="linear")
+    for bad in (0, 1.5, True):
+        with pytest.raises(UsageError, match="layer_decay"):
+            FinetuneConfig(out="x", layer_decay=bad)
+    with pytest.raises(UsageError, match="freeze_encoder_steps"):
+        FinetuneConfig(out="x", freeze_encoder_steps=-1)
+
+
+@pytest.mark.parametrize(
+    ("preset", "depth", "layers"), [("ssamba_tiny", 4, 2), ("ssast_tiny", 2, 2)]
+)
+def test_layer_decay_rates_fall_by_the_factor_per_layer_from_the_top(preset, depth, layers):
+    """lr x F^(distance from the top): final norm (and head) at the top, each layer (a pair of
+    SSAMBA layers) one step down, patch/positional embeddings and class tokens at the bottom."""
+    model = ssamba.create_model(
+        preset, depth=depth, input_tdim=64, num_classes=3, pretrain_heads=False
+    )
+    config = FinetuneConfig(out="x", lr=1e-3, head_lr_mult=10.0, layer_decay=0.5)
+    groups = FinetuneTask(config, model, ["a", "b", "c"]).param_groups()
+    rate = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert len(rate) == sum(1 for _ in model.parameters())  # every parameter in one group
+    stack = "layers" if preset.startswith("ssamba") else "blocks"
+    per_layer = depth // layers
+    for name, p in model.named_parameters():
+        if name.startswith("mlp_head."):
+            want = 1e-2
+        elif name.startswith(("patch_embed", "pos_embed", "cls_token", "dist_token")):
+            want = 1e-3 * 0.5 ** (layers + 1)
+        elif name.startswith(f"encoder.{stack}."):
+            k = int(name.split(".")[2]) // per_layer
+            want = 1e-3 * 0.5 ** (layers - k)
+        else:  # the final norm
+            want = 1e-3
+        assert rate[id(p)] == pytest.approx(want), name
+    plain = FinetuneTask(FinetuneConfig(out="x"), model, ["a", "b", "c"]).param_groups()
+    assert len(plain) == 2  # no decay: body and head, as before (checkpoints resume)
+
+
+def test_freeze_encoder_steps_trains_only_the_head_then_everything(tones, tmp_path):
+    start = ssamba.create_model("ssamba_tiny", depth=2, input_tdim=96, fstride=16, tstride=16,
+                                norm_mean=-4.0, norm_std=4.0, pretrain_heads=False)  # fmt: skip
+    start.save_pretrained(tmp_path / "start")
+    common = dict(checkpoint=str(tmp_path / "start"), fstride=16, tstride=16, normalize="auto",
+                  model_overrides={}, valid=None, test=None)  # fmt: skip
+    frozen = finetune(
+        cfg(tones, tmp_path / "frozen", freeze_encoder_steps=3, max_steps=3, **common)
+    )
+    assert frozen["steps"] == 3
+    after = ssamba.load_model(tmp_path / "frozen" / "final").state_dict()
+    before = start.state_dict()
+    for name, value in before.items():
+        torch.testing.assert_close(after[name], value, rtol=0, atol=0, msg=name)
+    thawed = finetune(
+        cfg(tones, tmp_path / "thawed", freeze_encoder_steps=2, max_steps=3, **common)
+    )
+    assert thawed["steps"] == 3
+    moved = ssamba.load_model(tmp_path / "thawed" / "final").state_dict()
+    assert not torch.equal(moved["patch_embed.proj.weight"], before["patch_embed.proj.weight"])
+    schedule = LRSchedule()
+    opt = torch.optim.Adam([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1.0,
+                             "frozen_until": 2}])  # fmt: skip
+    opt.param_groups[0]["base_lr"] = 1.0
+    rates = []
+    for step in range(4):
+        schedule.apply(opt, step)
+        rates.append(opt.param_groups[0]["lr"])
+    assert rates == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_lpft_options_are_in_run_json_and_replay_with_config(tones, tmp_path):
+    from ssamba.cli import main
+
+    out = tmp_path / "run"
+    argv = ["finetune", "--train", str(tones / "train.csv"), "--valid", str(tones / "valid.csv"),
+            "-o", str(out), "--model", "ssamba_tiny", "--depth", "2", "--target-length", "96",
+            "--batch-size", "6", "--max-steps", "2", "--head-init", "probe", "--layer-decay",
+            "0.75", "--freeze-encoder-steps", "1", "--pool", "bands", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    saved = json.loads((out / "run.json").read_text())
+    assert (saved["head_init"], saved["layer_decay"], saved["freeze_encoder_steps"]) == (
+        "probe", 0.75, 1)  # fmt: skip
+    replay = ["finetune", "--config", str(out / "run.json"), "-o", str(tmp_path / "again")]
+    assert main(replay + ["--no-progress"]) == 0
+    again = json.loads((tmp_path / "again" / "run.json").read_text())
+    assert {**saved, "out": None, "git": None} == {**again, "out": None, "git": None}
+
+
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_evaluate_reproduces_the_runs_own_test_metrics(tones, tmp_path, loss):
+    """One prediction path: `ssamba evaluate` on best/ scores with the head's own activation
+    (softmax for ce, sigmoid for bce) and so reports exactly the run's test metrics."""
+    from ssamba.cli import main
+
+    out = tmp_path / "run"
+    summary = finetune(cfg(tones, out, loss=loss, epochs=2))
+    assert ssamba.load_model(out / "best").config.head_loss == loss
+    argv = ["evaluate", "-c", str(out / "best"), str(tones / "test.csv"), "-o",
+            str(tmp_path / "eval"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    run = json.loads((out / "test_metrics.json").read_text())
+    for key in ("acc", "map", "mauc", "d_prime"):
+        assert evaluated[key] == run[key] == summary["test"][key], key
+    scores = np.load(tmp_path / "eval" / "scores.npz")["scores"]
+    if loss == "ce":  # softmax: every row sums to one
+        np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_head_scores_follow_the_loss_and_old_folders_keep_the_sigmoid(tmp_path):
+    from ssamba.evaluation import head_scores
+
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    torch.testing.assert_close(head_scores(logits, "ce"), logits.softmax(-1))
+    torch.testing.assert_close(head_scores(logits, "bce"), torch.sigmoid(logits))
+    with pytest.raises(ValueError, match="head_loss"):
+        head_scores(logits, "hinge")
+    model = ssamba.create_model("ssamba_tiny", depth=2, input_tdim=64, num_classes=3)
+    model.save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["head_loss"]  # a folder written before the field existed
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    assert ssamba.load_model(tmp_path / "m").config.head_loss == "bce"

@@ -28,6 +28,7 @@ OBJECTIVES = ("joint", "mpc", "mpg")
 MASK_MODES = ("cluster", "random", "frame")
 BAD_FILE_POLICIES = ("error", "skip")
 LOSSES = ("ce", "bce")
+HEAD_INITS = ("random", "probe")  # fine-tuning's head: fresh, or the linear probe's (LP-FT)
 SELECTION_METRICS = ("acc", "map")
 MIXTURE_MODES = ("whole", "crop")
 # fine-tuning's decay after warm-up: lr_decay every epoch from lr_decay_start on, or at each of
@@ -312,6 +313,11 @@ class FinetuneConfig(TrainConfig, _ClassifierSettings):
     # averaged/ at the end, as the official AudioSet script does; [] for none
     average_epochs: list[int] = field(default_factory=list)
     pool: str = "mean"
+    # LP-FT (docs/finetuning.md): "probe" fits the linear probe of the frozen features the head
+    # reads (train split, L2 chosen on valid) and starts the head from it; "random": a fresh head
+    head_init: str = "random"
+    layer_decay: float = 1.0  # lr x layer_decay ** (layers between a parameter and the head)
+    freeze_encoder_steps: int = 0  # only the head trains for the first N steps
     balanced: bool = False
     on_bad_file: str = "error"
     model_overrides: dict = field(default_factory=dict)
@@ -325,6 +331,12 @@ class FinetuneConfig(TrainConfig, _ClassifierSettings):
             self.checkpoint = init
         super().__post_init__()
         self._check_classifier()
+        _choice("head_init", self.head_init, HEAD_INITS)
+        if isinstance(self.layer_decay, bool) or not (
+            isinstance(self.layer_decay, int | float) and 0 < self.layer_decay <= 1
+        ):
+            raise UsageError(f"layer_decay must be in (0, 1], got {self.layer_decay!r}")
+        _at_least("freeze_encoder_steps", self.freeze_encoder_steps, 0)
         _choice("loss", self.loss, LOSSES)
         _choice("metric", self.metric, SELECTION_METRICS)
         _choice("pool", self.pool, POOLS)

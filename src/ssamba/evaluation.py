@@ -16,9 +16,10 @@ A class without positives has no AP (and no AUC): it is left out of the means wi
 :class:`MetricWarning` naming it, and the metrics dict says over how many classes each mean ran.
 
 :func:`evaluate_model` runs a fine-tuned model over a manifest and returns an :class:`EvalResult`
-(scores are ``sigmoid(logits)``, as the reference code reports them); ``EvalResult.save(folder)``
-writes ``metrics.json``, ``per_class.csv``, ``scores.npz`` and, for single-label tasks,
-``confusion.csv`` and ``confusion.png`` (matplotlib, optional).
+(scores are the head's :func:`head_scores`: softmax for a model fine-tuned with cross-entropy,
+sigmoid for one trained with binary cross-entropy, as the official checkpoints);
+``EvalResult.save(folder)`` writes ``metrics.json``, ``per_class.csv``, ``scores.npz`` and, for
+single-label tasks, ``confusion.csv`` and ``confusion.png`` (matplotlib, optional).
 """
 
 from __future__ import annotations
@@ -287,7 +288,7 @@ def _json_float(x: float) -> float | None:
 class EvalResult:
     """What :func:`evaluate_model` returns.
 
-    ``scores`` (N, C) sigmoid of the logits; ``targets`` (N, C); ``metrics`` (see
+    ``scores`` (N, C) the head's scores (:func:`head_scores`); ``targets`` (N, C); ``metrics`` (see
     :func:`compute_metrics`, plus ``main_metric``); ``per_class`` rows (see
     :func:`per_class_metrics`); ``class_names`` the model's output classes; ``paths`` the files.
     """
@@ -595,6 +596,41 @@ def _eval_dataset(
     return AudioDataset(manifest, target_length, normalize, train=False)
 
 
+def head_scores(logits: torch.Tensor, head_loss: str) -> torch.Tensor:
+    """A head's scores as its training loss reads its logits (last dimension: classes): softmax
+    for ``"ce"``, a sigmoid per class for ``"bce"``."""
+    if head_loss == "ce":
+        return logits.float().softmax(dim=-1)
+    if head_loss == "bce":
+        return torch.sigmoid(logits.float())
+    raise EvaluationError(f"head_loss must be 'ce' or 'bce', got {head_loss!r}")
+
+
+def predict(model, loader, device, *, forward=None, progress: bool = False):
+    """The one prediction path of every scoring (fine-tuning's validation and test, ``ssamba
+    evaluate``, DASL, cross-validation): yields ``(batch, scores)`` for every batch of
+    ``loader``, the batch without the files its dataset flagged bad (a batch with none left is
+    skipped), ``scores`` the :func:`head_scores` of ``forward(model, fbank, batch)`` (default:
+    ``model(fbank)``) by ``model.config.head_loss``, float32 on the CPU. Runs in eval mode
+    without gradients; the model's mode is restored."""
+    device = torch.device(device)
+    head_loss = model.config.head_loss
+    was_training = model.training
+    model.eval()
+    batches = tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True, disable=not progress)
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                batch = drop_bad(batch)
+                if batch is None:
+                    continue
+                fbank = batch["fbank"].to(device)
+                logits = model(fbank) if forward is None else forward(model, fbank, batch)
+                yield batch, head_scores(logits, head_loss).cpu()
+    finally:
+        model.train(was_training)
+
+
 def _predict(
     model: AudioModel,
     loader,
@@ -603,38 +639,21 @@ def _predict(
     device: torch.device,
     progress: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(n, C) sigmoid scores of every example, in eval mode (the model's mode is restored), and
-    the (n,) mask of bad files (a dataset that skips them flags their items ``"bad"``)."""
-    was_training = model.training
-    model.eval()
+    """(n, C) scores of every example (:func:`predict`), and the (n,) mask of the bad files (the
+    examples a skipping dataset left out)."""
     model.to(device)
     scores = np.zeros((n, num_classes), dtype=np.float32)
     seen = np.zeros(n, dtype=bool)
-    bad = np.zeros(n, dtype=bool)
-    batches = tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True, disable=not progress)
-    try:
-        with torch.inference_mode():
-            for batch in batches:
-                if "bad" in batch:
-                    flagged = batch["index"][torch.as_tensor(batch["bad"], dtype=torch.bool)]
-                    bad[flagged.numpy()] = seen[flagged.numpy()] = True
-                    batch = drop_bad(batch)
-                    if batch is None:
-                        continue
-                logits = model(batch["fbank"].to(device))
-                if logits.dim() != 2 or logits.shape[1] != num_classes:
-                    raise EvaluationError(
-                        f"model output has shape {tuple(logits.shape)}, expected (batch, "
-                        f"{num_classes})"
-                    )
-                idx = batch["index"].numpy()
-                scores[idx] = torch.sigmoid(logits.float()).cpu().numpy()
-                seen[idx] = True
-    finally:
-        model.train(was_training)
-    if not seen.all():  # pragma: no cover - a sequential loader visits every index
-        raise EvaluationError(f"{int((~seen).sum())} examples were not evaluated")
-    return scores, bad
+    for batch, batch_scores in predict(model, loader, device, progress=progress):
+        if batch_scores.dim() != 2 or batch_scores.shape[1] != num_classes:
+            raise EvaluationError(
+                f"model output has shape {tuple(batch_scores.shape)}, expected (batch, "
+                f"{num_classes})"
+            )
+        idx = batch["index"].numpy()
+        scores[idx] = batch_scores.numpy()
+        seen[idx] = True
+    return scores, ~seen
 
 
 # --------------------------------------------------------------------------------------------------

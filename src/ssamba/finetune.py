@@ -2,20 +2,33 @@
 
 The head is LayerNorm -> Linear on the mean of the patch tokens (``pool="mean"``, the official
 heads' input), the class token(s) (``"cls"``) or the time-mean of each frequency row of patches,
-concatenated (``"bands"``: keeps the spectral layout a global mean throws away); the whole
-encoder is trained with Adam, the head at ``head_lr_mult`` times the learning rate, the
-learning rate multiplied by ``lr_decay`` every epoch from ``lr_decay_start`` on, or at each of
-``lr_milestones`` (``lr_schedule="milestones"``, torch's MultiStepLR). Single-label
-tasks use cross-entropy (soft targets when mixup is on), multi-label tasks binary cross-entropy.
-The model with the best validation metric is kept in ``best/`` and evaluated on ``test``.
+concatenated (``"bands"``: keeps the spectral layout a global mean throws away; ``"bands+std"``
+adds each row's standard deviation over time); the whole encoder is trained with Adam, the head
+at ``head_lr_mult`` times the learning rate, the learning rate multiplied by ``lr_decay`` every
+epoch from ``lr_decay_start`` on, or at each of ``lr_milestones`` (``lr_schedule="milestones"``,
+torch's MultiStepLR). Single-label tasks use cross-entropy (soft targets when mixup is on),
+multi-label tasks binary cross-entropy. The model with the best validation metric is kept in
+``best/`` and evaluated on ``test``.
+
+Three options for small data or short budgets (docs/finetuning.md):
+
+- ``head_init="probe"`` (LP-FT, Kumar et al. 2022): the linear probe of the frozen features the
+  head reads (:func:`probe_head`) becomes the head before the first step, and the model is
+  validated at step 0, so ``best/`` is never worse on ``valid`` than the probe;
+- ``layer_decay``: every parameter's learning rate times ``layer_decay ** d``, ``d`` the number of
+  layers between it and the head (:func:`layer_depth`);
+- ``freeze_encoder_steps``: only the head trains for the first N steps.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import re
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -24,11 +37,12 @@ from ssamba.averaging import average_checkpoints
 from ssamba.checkpoints import load_model, model_stats
 from ssamba.configs import FinetuneConfig
 from ssamba.constants import CLASSES_FILE
-from ssamba.data import AudioDataset, drop_bad, read_manifest
+from ssamba.data import AudioDataset, drop_bad, make_loader, read_manifest
 from ssamba.data.checks import duplicate_problems
 from ssamba.errors import ManifestError, UsageError
-from ssamba.evaluation import compute_metrics
+from ssamba.evaluation import compute_metrics, predict
 from ssamba.fileio import atomic_write_json, atomic_write_text, staged_folder
+from ssamba.probe import LinearClassifier, probe_results, select_linear
 from ssamba.training import (
     CHECKPOINTS,
     SUMMARY_FILE,
@@ -41,6 +55,8 @@ from ssamba.training import (
     fit,
     load_chosen_model,
 )
+
+log = logging.getLogger(__name__)
 
 HEAD_PREFIX = "mlp_head."
 
@@ -80,17 +96,53 @@ class ClassifierTask(Task):
         return {CLASSES_FILE: json.dumps(self.classes, indent=1)}
 
     def param_groups(self):
-        named = list(self.model.named_parameters())
-        head = [p for n, p in named if n.startswith(HEAD_PREFIX)]
-        body = [p for n, p in named if not n.startswith(HEAD_PREFIX)]
-        return [
-            {"params": body, "lr": self.cfg.lr},
-            {"params": head, "lr": self.cfg.lr * self.cfg.head_lr_mult},
-        ]
+        """The body at ``lr`` times ``layer_decay ** depth`` (:func:`layer_depth`), the head at
+        ``lr * head_lr_mult``; the body's groups carry ``frozen_until`` (no update before that
+        step: ``freeze_encoder_steps``). One group per distinct rate, in parameter order."""
+        decay = getattr(self.cfg, "layer_decay", 1.0)
+        frozen = getattr(self.cfg, "freeze_encoder_steps", 0)
+        config = self.model.config
+        top = num_layers(config) + 1
+        groups: dict[tuple, dict] = {}
+        for name, param in self.model.named_parameters():
+            if name.startswith(HEAD_PREFIX):
+                key = ("head", self.cfg.lr * self.cfg.head_lr_mult, 0)
+            else:
+                scale = decay ** (top - layer_depth(name, config))
+                key = ("body", self.cfg.lr * scale, frozen)
+            group = groups.setdefault(key, {"params": [], "lr": key[1]})
+            if key[2]:
+                group["frozen_until"] = key[2]
+            group["params"].append(param)
+        return list(groups.values())
 
     def compute_loss(self, module, batch, step_seed):
         loss, _ = module(batch["fbank"], batch[self.target_key])
         return loss, {"loss": float(loss.detach())}
+
+
+def num_layers(config) -> int:
+    """Encoder layers counted by depth: SSAST blocks, SSAMBA layers (a bidirectional model's
+    forward and flipped layers side by side, as pairs)."""
+    pairs = config.arch == "ssamba" and config.bidirectional
+    return config.depth // 2 if pairs else config.depth
+
+
+_LAYER = re.compile(r"^encoder\.(?:layers|blocks)\.(\d+)\.")
+_BOTTOM = ("patch_embed.", "pos_embed", "cls_token", "dist_token", "mask_embed")
+
+
+def layer_depth(name: str, config) -> int:
+    """How high parameter ``name`` sits, from 0 (the patch and positional embeddings, the class
+    tokens) through k + 1 (encoder layer k, pairs of SSAMBA layers counted once) to
+    ``num_layers(config) + 1`` (the final norm and the head)."""
+    if name.startswith(_BOTTOM):
+        return 0
+    found = _LAYER.match(name)
+    if found is None:
+        return num_layers(config) + 1
+    k = int(found.group(1))
+    return (k // 2 if config.arch == "ssamba" and config.bidirectional else k) + 1
 
 
 class FinetuneTask(ClassifierTask):
@@ -101,6 +153,8 @@ class FinetuneTask(ClassifierTask):
     def __init__(self, cfg: FinetuneConfig, model, classes: list[str]):
         super().__init__(cfg, model, classes)
         self.watch = cfg.metric
+        # a head that starts as the probe is scored before any step (best/ starts from it)
+        self.evaluate_first = cfg.head_init == "probe"
         self.module = Classifier(model, cfg.loss)
         self.schedule = LRSchedule(
             cfg.warmup_steps,
@@ -113,20 +167,14 @@ class FinetuneTask(ClassifierTask):
     def sampling(self) -> dict:
         return {"balanced": self.cfg.balanced}
 
-    @torch.no_grad()
     def predict(self, loader, dist: Distributed):
-        """(scores, targets) over the whole dataset, gathered from every rank, in dataset order."""
-        self.model.eval()
+        """(scores, targets) over the whole dataset (:func:`ssamba.evaluation.predict`, the
+        head's activation), gathered from every rank, in dataset order."""
         idx, scores, targets = [], [], []
-        for batch in loader:
-            batch = drop_bad(batch)
-            if batch is None:
-                continue
-            logits = self.model(batch["fbank"].to(dist.device)).float().cpu()
-            scores.append(torch.sigmoid(logits) if self.cfg.loss == "bce" else logits.softmax(-1))
+        for batch, batch_scores in predict(self.model, loader, dist.device):
+            scores.append(batch_scores)
             targets.append(batch["target"])
             idx.append(torch.as_tensor(batch["index"]))
-        self.model.train()
         c = len(self.classes)
         local = (
             (torch.cat(idx), torch.cat(scores), torch.cat(targets))
@@ -159,6 +207,7 @@ def build_model(cfg, num_classes: int, stats, pool: str = "mean"):
     overrides = dict(cfg.model_overrides)
     overrides.update(
         num_classes=num_classes,
+        head_loss=getattr(cfg, "loss", "ce"),  # DASL: cross-entropy per chunk
         input_tdim=cfg.target_length,
         fstride=cfg.fstride,
         tstride=cfg.tstride,
@@ -217,15 +266,85 @@ def finetune(cfg: FinetuneConfig, device: str | None = None) -> dict:
 
     # both read before training, so that a bad test set stops the run before it starts
     valid_set, test_set = held_out(cfg.valid, "valid"), held_out(cfg.test, "test")
+    head_probe = None
+    if cfg.head_init == "probe":
+        if valid_set is None:
+            raise UsageError("--head-init probe needs --valid (the probe's L2 is chosen on it)")
+        splits = {"train": dataset(train_manifest, False), "valid": valid_set, "test": test_set}
+        head_probe = probe_head(model, splits, cfg, dist.device)
     task = FinetuneTask(cfg, model, classes)
     summary = fit(task, cfg, dist, dataset(train_manifest, True), valid_set)
+    if head_probe is not None:
+        summary["head_probe"] = head_probe
     if cfg.test:
         summary.update(evaluate_on_test(task, test_set, cfg, dist))
     if cfg.average_epochs:
         summary.update(average_epoch_checkpoints(task, test_set, cfg, dist))
-    if dist.is_main and (cfg.test or cfg.average_epochs):
+    if dist.is_main and (cfg.test or cfg.average_epochs or head_probe is not None):
         atomic_write_json(Path(cfg.out) / SUMMARY_FILE, summary, default=str)
     return summary
+
+
+# ---------------------------------------------------------------------------- LP-FT
+@torch.no_grad()
+def head_inputs(model, dataset, batch_size: int, device) -> tuple[np.ndarray, np.ndarray]:
+    """What the head's Linear layer reads for every clip of ``dataset`` in eval mode: the pooled
+    features after the head's LayerNorm without its affine part, ``(n, D)`` float64, and the
+    targets ``(n, C)`` (files the dataset flags bad are left out)."""
+    norm = model.mlp_head[0]
+    was_training = model.training
+    model.eval()
+    xs, ys = [], []
+    try:
+        for batch in make_loader(dataset, batch_size, shuffle=False):
+            batch = drop_bad(batch)
+            if batch is None:
+                continue
+            pooled = model.pooled(batch["fbank"].to(device)).float()
+            xs.append(F.layer_norm(pooled, norm.normalized_shape, eps=norm.eps).double().cpu())
+            ys.append(batch["target"].double())
+    finally:
+        model.train(was_training)
+    if not xs:
+        raise ManifestError(f"{dataset.manifest.source}: no clip to fit the probe on")
+    return torch.cat(xs).numpy(), torch.cat(ys).numpy()
+
+
+def load_probe_into_head(model, probe: LinearClassifier) -> None:
+    """Make the head compute exactly ``probe``'s logits: the probe's standardisation becomes the
+    LayerNorm's affine part (gain 1 / std, shift -mean / std) and its weights the Linear's."""
+    norm, linear = model.mlp_head[0], model.mlp_head[1]
+    with torch.no_grad():
+        std = torch.as_tensor(probe.std)
+        norm.weight.copy_(1.0 / std)
+        norm.bias.copy_(-torch.as_tensor(probe.mean) / std)
+        linear.weight.copy_(probe.weight.T)
+        linear.bias.copy_(probe.bias)
+
+
+def probe_head(model, splits: dict, cfg: FinetuneConfig, device) -> dict:
+    """LP-FT's first stage: fit the linear probe (that of ``ssamba probe``: standardised
+    features, L-BFGS, the L2 weight chosen on "valid") on the frozen features the head reads
+    (:func:`head_inputs` of the "train" split, clips as the validation sees them: no
+    augmentation), load it into the head and return its results on every split given (the
+    probe's own figures; step 0 of the run scores the same model on "valid")."""
+    model.to(device)
+    data = {
+        name: head_inputs(model, ds, cfg.batch_size, device)
+        for name, ds in splits.items()
+        if ds is not None
+    }
+    multilabel = cfg.loss == "bce"  # the head's own loss: softmax CE or a sigmoid per class
+    probe = select_linear(data, multilabel)
+    load_probe_into_head(model, probe)
+    results = probe_results(probe, data, multilabel, [])
+    log.info(
+        "head initialised from the linear probe (l2 %g): valid %s %.4f",
+        probe.l2,
+        results["metric"],
+        results["valid"][results["metric"]],
+    )
+    return {k: v for k, v in results.items() if k != "classes"}
 
 
 def epoch_checkpoints(run: str | Path, first: int, last: int) -> list[Path]:
@@ -287,4 +406,9 @@ __all__ = [
     "build_model",
     "finetune",
     "evaluate_on_test",
+    "head_inputs",
+    "layer_depth",
+    "load_probe_into_head",
+    "num_layers",
+    "probe_head",
 ]

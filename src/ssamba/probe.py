@@ -52,6 +52,7 @@ __all__ = [
     "DEFAULT_L2",
     "KNN_K",
     "RESULTS_FILE",
+    "LinearClassifier",
     "embed_labelled",
     "embed_manifest",
     "fit_linear",
@@ -60,7 +61,10 @@ __all__ = [
     "knn_accuracy",
     "linear_probe",
     "linear_probes",
+    "probe_results",
     "probe_scores",
+    "select_linear",
+    "standardisation",
     "subsample",
     "view_layers",
 ]
@@ -394,13 +398,20 @@ def embed_labelled(model, manifest: Manifest, **options) -> tuple[np.ndarray, np
     return x, _targets(manifest, kept), bad
 
 
-def _standardised(data: dict) -> dict[str, np.ndarray]:
-    """Every split's features standardised (float64) with the "train" split's mean and
-    standard deviation; constant features stay 0."""
-    x_train = data["train"][0].astype(np.float64)
+def standardisation(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) per feature of the training rows, float64; a constant feature's std is 1 (it
+    stays 0 once standardised)."""
+    x_train = x_train.astype(np.float64)
     mean = x_train.mean(axis=0)
     std = x_train.std(axis=0)
     std[std < 1e-6 * max(float(std.max()), 1e-12)] = 1.0
+    return mean, std
+
+
+def _standardised(data: dict) -> dict[str, np.ndarray]:
+    """Every split's features standardised (float64) with the "train" split's mean and
+    standard deviation (:func:`standardisation`)."""
+    mean, std = standardisation(data["train"][0])
     return {name: (x.astype(np.float64) - mean) / std for name, (x, *_) in data.items()}
 
 
@@ -421,19 +432,36 @@ def row_space(x: np.ndarray) -> tuple[np.ndarray, torch.Tensor | None]:
     return r.T.numpy(), q
 
 
-def fit_probe(data: dict, multilabel: bool, classes, l2_grid=DEFAULT_L2, max_iter: int = 200):
-    """Standardise features with the train statistics, fit a linear classifier per L2 weight,
-    keep the best on "valid" and score every split. ``data``: name -> (features (N, D), targets).
-    """
-    xs = _standardised(data)
+@dataclasses.dataclass
+class LinearClassifier:
+    """A fitted probe: ``logits = ((x - mean) / std) @ weight + bias`` (float64), and the L2
+    weight chosen for it with every candidate's validation score (``grid``)."""
+
+    mean: np.ndarray  # (D,)
+    std: np.ndarray  # (D,)
+    weight: torch.Tensor  # (D, C)
+    bias: torch.Tensor  # (C,)
+    l2: float
+    grid: list[dict]
+
+
+def select_linear(
+    data: dict, multilabel: bool, l2_grid=DEFAULT_L2, max_iter: int = 200
+) -> LinearClassifier:
+    """Standardise with the "train" statistics, fit a linear classifier per L2 weight and keep
+    the best on "valid" (accuracy for single-label data, mAP for multi-label; ties go to the lower
+    validation loss). ``data``: name -> (features (N, D), targets (N, C))."""
+    mean, std = standardisation(data["train"][0])
+    x_train = (data["train"][0].astype(np.float64) - mean) / std
+    x_valid = (data["valid"][0].astype(np.float64) - mean) / std
     metric = "mAP" if multilabel else "accuracy"
     grid = []
     best = None
-    z, basis = row_space(xs["train"])
+    z, basis = row_space(x_train)
     for l2 in l2_grid:
         w, b = fit_linear(z, data["train"][1], multilabel, float(l2), max_iter)
         w = w if basis is None else basis @ w
-        logits, probs = _scores(xs["valid"], w, b, multilabel)
+        logits, probs = _scores(x_valid, w, b, multilabel)
         valid_loss = float(_loss(logits, torch.as_tensor(data["valid"][1]), multilabel))
         scores = _metrics(probs, data["valid"][1], multilabel, warn=False)
         grid.append({"l2": float(l2), "valid": scores, "valid_loss": valid_loss})
@@ -441,20 +469,29 @@ def fit_probe(data: dict, multilabel: bool, classes, l2_grid=DEFAULT_L2, max_ite
         if best is None or rank > best[0]:
             best = (rank, float(l2), w, b)
     _, l2, w, b = best
+    return LinearClassifier(mean, std, w, b, l2, grid)
 
+
+def fit_probe(data: dict, multilabel: bool, classes, l2_grid=DEFAULT_L2, max_iter: int = 200):
+    """:func:`select_linear` on ``data`` (name -> (features (N, D), targets)), then every split
+    scored with the chosen classifier."""
+    probe = select_linear(data, multilabel, l2_grid, max_iter)
+    return probe_results(probe, data, multilabel, classes)
+
+
+def probe_results(probe: LinearClassifier, data: dict, multilabel: bool, classes) -> dict:
+    """The JSON-ready results of ``probe`` on every split of ``data``."""
     results: dict[str, Any] = {
         "task": "multilabel" if multilabel else "multiclass",
-        "metric": metric,
+        "metric": "mAP" if multilabel else "accuracy",
         "classes": list(classes),
-        "l2": l2,
-        "l2_grid": grid,
+        "l2": probe.l2,
+        "l2_grid": probe.grid,
     }
-    for name in data:
-        _, probs = _scores(xs[name], w, b, multilabel)
-        results[name] = {
-            "files": int(len(xs[name])),
-            **_metrics(probs, data[name][1], multilabel, classes),
-        }
+    for name, (x, y) in data.items():
+        _, probs = _scores((x.astype(np.float64) - probe.mean) / probe.std, probe.weight,
+                           probe.bias, multilabel)  # fmt: skip
+        results[name] = {"files": int(len(x)), **_metrics(probs, y, multilabel, classes)}
     return results
 
 

@@ -184,6 +184,14 @@ def fraction(text: str) -> float:
     return value
 
 
+def unit_fraction(text: str) -> float:
+    """A number in (0, 1]: a factor that may shrink a value but never zero or grow it."""
+    value = _number(text, float, "a number")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be > 0 and <= 1, got {text}")
+    return value
+
+
 # ---------------------------------------------------------------------------- output folders
 def prepare_output(path: str | os.PathLike, overwrite: bool, what: str = "output") -> Path:
     """Refuse to replace existing output unless ``overwrite``; then clear it. Returns the path.

@@ -33,10 +33,12 @@ from ssamba.cli.common import (
     positive_float,
     positive_int,
     target_frames,
+    unit_fraction,
 )
 from ssamba.cli.evaluate import POOLINGS
 from ssamba.configs import (
     BAD_FILE_POLICIES,
+    HEAD_INITS,
     LOSSES,
     LR_SCHEDULES,
     MASK_MODES,
@@ -412,7 +414,11 @@ def add_finetune_options(p, options: ConfigOptions) -> None:
         "for a preset), a preset, 'MEAN,STD', a stats JSON or none")  # fmt: skip
     add(g, "fstride", "patch stride in frequency", type=positive_int)
     add(g, "tstride", "patch stride in time", type=positive_int)
-    add(g, "pool", "head input: mean patch token, class token(s), or per-band means", choices=POOLS)
+    add(g, "pool", "head input: mean patch token, class token(s), per-band means (and their "
+        "standard deviations over time)", choices=POOLS)  # fmt: skip
+    add(g, "head_init", "the head before the first step: random, or the linear probe of the "
+        "frozen features it reads, fit on --train with L2 chosen on --valid (LP-FT)",
+        choices=HEAD_INITS)  # fmt: skip
     g = p.add_argument_group("augmentation and loss")
     add(g, "freqm", "SpecAugment: largest frequency mask (mel bins)", type=non_negative_int)
     add(g, "timem", "SpecAugment: largest time mask (frames)", type=non_negative_int)
@@ -425,6 +431,11 @@ def add_finetune_options(p, options: ConfigOptions) -> None:
         choices=BAD_FILE_POLICIES)  # fmt: skip
     g = p.add_argument_group("learning rate")
     add(g, "head_lr_mult", "the head's learning rate over the body's", type=positive_float)
+    add(g, "layer_decay", "layer-wise decay: each layer's learning rate is F times the one "
+        "above it (1: off; the embeddings are the bottom layer)", type=unit_fraction,
+        metavar="F")  # fmt: skip
+    add(g, "freeze_encoder_steps", "train only the head for the first N steps",
+        type=non_negative_int, metavar="N")  # fmt: skip
     add(g, "lr_decay", "learning rate factor per epoch from --lr-decay-start on",
         type=positive_float)  # fmt: skip
     add(g, "lr_decay_start", "first epoch of the decay", type=non_negative_int)

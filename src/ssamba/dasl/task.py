@@ -24,6 +24,7 @@ from ssamba.dasl.dataset import DaslDataset, read_dasl_manifest
 from ssamba.dasl.head import IGNORE, chunk_logits
 from ssamba.dasl.metrics import dasl_metrics
 from ssamba.dasl.mixtures import write_csv
+from ssamba.evaluation import predict
 from ssamba.fileio import atomic_write_json
 from ssamba.finetune import ClassifierTask, build_model
 from ssamba.training import (
@@ -89,20 +90,19 @@ class DaslTask(ClassifierTask):
         }
         return {**super().extra_files(), DASL_FILE: json.dumps(info, indent=1)}
 
-    @torch.no_grad()
     def predict(self, loader, dist: Distributed):
-        """(predictions, labels): one (n_chunks,) tensor per recording, in dataset order."""
-        was_training = self.model.training
-        self.model.eval()
+        """(predictions, labels): one (n_chunks,) tensor per recording, in dataset order (the
+        argmax of each chunk's scores from :func:`ssamba.evaluation.predict`)."""
+        chunk_seconds = loader.dataset.chunk_seconds
+
+        def chunks(model, fbank, batch):
+            return chunk_logits(model, fbank, chunk_seconds, batch["labels"].shape[1])
+
         part = []
-        for batch in loader:
-            fbank = batch["fbank"].to(dist.device)
-            n_chunks = batch["labels"].shape[1]
-            pred = chunk_logits(self.model, fbank, loader.dataset.chunk_seconds, n_chunks)
-            pred = pred.argmax(-1).cpu()
+        for batch, scores in predict(self.model, loader, dist.device, forward=chunks):
+            pred = scores.argmax(-1)
             for k, i in enumerate(batch["index"].tolist()):
                 part.append((i, pred[k], batch["labels"][k]))
-        self.model.train(was_training)
         found = {}
         for i, p, y in (x for chunk in dist.gather(part) for x in chunk):
             found.setdefault(i, (p, y))  # the sampler pads with repeats: keep each once

@@ -11,7 +11,8 @@ from ssamba.constants import PATCH
 from ssamba.errors import UsageError
 
 SIZES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}  # embed_dim, SSAST heads
-POOLS = ("mean", "cls", "bands")  # fine-tuning head inputs (ModelConfig.pool)
+POOLS = ("mean", "cls", "bands", "bands+std")  # fine-tuning head inputs (ModelConfig.pool)
+HEAD_LOSSES = ("ce", "bce")  # what a head was trained with (ModelConfig.head_loss)
 
 
 @dataclass
@@ -33,8 +34,12 @@ class ModelConfig:
     num_classes: int = 0  # 0: no classification head; forward() returns the pooled embedding
     # Fine-tuning head input: "mean" of the patch tokens or the "cls" token(s) (the official
     # heads), or "bands": the time-mean of each frequency row of patches, concatenated
-    # (f_dim * embed_dim features: keeps the spectral layout a global mean throws away).
+    # (f_dim * embed_dim features: keeps the spectral layout a global mean throws away);
+    # "bands+std" appends each row's standard deviation over time (2 * f_dim * embed_dim).
     pool: str = "mean"
+    # The loss the head was trained with, which fixes how its logits become scores: "ce"
+    # (softmax over classes) or "bce" (a sigmoid per class: the official checkpoints).
+    head_loss: str = "bce"
     pretrain_heads: bool = True  # mask_embed + cpredlayer + gpredlayer
     # Front-end normalisation the weights expect, (fbank - mean) / (2 * std); AudioSet by default.
     norm_mean: float = -4.2677393
@@ -108,7 +113,8 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         """Width of the fine-tuning head's input (see ``pool``)."""
-        return self.embed_dim * (self.grid[0] if self.pool == "bands" else 1)
+        bands = {"bands": 1, "bands+std": 2}.get(self.pool, 0) * self.grid[0]
+        return self.embed_dim * (bands or 1)
 
     @property
     def num_class_tokens(self) -> int:
@@ -132,6 +138,7 @@ class ModelConfig:
 _CHOICES = {
     "arch": ("ssamba", "ssast"),
     "pool": POOLS,
+    "head_loss": HEAD_LOSSES,
     "norm": ("layernorm", "rmsnorm"),
     "attention": ("sdpa", "explicit"),
 }

@@ -32,6 +32,8 @@ from ssamba.models.patches import (
 from ssamba.models.ssamba import MambaEncoder
 from ssamba.models.ssast import ViTEncoder
 
+BANDS_STD_EPS = 1e-6  # inside the square root of the "bands+std" head input
+
 
 @dataclass
 class EncoderOutput:
@@ -121,15 +123,25 @@ class AudioModel(nn.Module):
         return self.encode(fbank).patch_tokens
 
     def pool(self, enc: EncoderOutput) -> torch.Tensor:
+        """What the head reads (``config.pool``), (B, ``config.head_dim``)."""
         if self.config.pool == "cls":
             return enc.class_tokens.mean(dim=1)  # SSAST averages its cls and dist tokens
-        if self.config.pool == "bands":  # token = f * t_dim + t: rows are frequency bands
-            rows = enc.patch_tokens.unflatten(1, enc.grid).mean(dim=2)  # (B, f_dim, E)
-            return rows.flatten(1)
+        if self.config.pool.startswith("bands"):  # token = f * t_dim + t: rows are bands
+            rows = enc.patch_tokens.unflatten(1, enc.grid)  # (B, f_dim, t_dim, E)
+            mean = rows.mean(dim=2)
+            if self.config.pool == "bands":
+                return mean.flatten(1)
+            # sqrt(var + eps): the plain std has an infinite gradient where a row is constant
+            std = (rows.var(dim=2, unbiased=False) + BANDS_STD_EPS).sqrt()
+            return torch.cat([mean.flatten(1), std.flatten(1)], dim=1)
         return enc.patch_tokens.mean(dim=1)
 
+    def pooled(self, fbank: torch.Tensor) -> torch.Tensor:
+        """The head's input for ``fbank``: :meth:`pool` of :meth:`encode`."""
+        return self.pool(self.encode(fbank))
+
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:
-        pooled = self.pool(self.encode(fbank))
+        pooled = self.pooled(fbank)
         return pooled if self.mlp_head is None else self.mlp_head(pooled)
 
     def draw_mask(self, fbank, mask_patch=400, mode="cluster", rng=None) -> torch.Tensor:

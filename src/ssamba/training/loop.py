@@ -68,6 +68,8 @@ def fit(
         train_set, plan.sampler, plan.per_rank, cfg.workers, cfg.seed, dist.device.type == "cuda"
     )
     if progress.step == 0:
+        if getattr(task, "evaluate_first", False):  # a head that starts trained (LP-FT)
+            maybe_evaluate(task, valid_set, cfg, dist, run, progress, plan)
         callback.after_step(0, plan, dist, run)  # the initial weights
     while progress.step < plan.max_steps:
         batches = loader.epoch(progress.epoch, progress.batch_in_epoch * cfg.accum_steps)

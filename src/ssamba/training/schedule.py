@@ -46,8 +46,11 @@ class LRSchedule:
         return warm * self.scale
 
     def apply(self, optimizer, step: int) -> None:
+        """Every group's rate for ``step``: its ``base_lr`` times :meth:`lr_factor`, or 0 before
+        its ``frozen_until`` step (a group that waits: fine-tuning's frozen encoder)."""
         for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * self.lr_factor(step)
+            frozen = step < group.get("frozen_until", 0)
+            group["lr"] = 0.0 if frozen else group["base_lr"] * self.lr_factor(step)
 
     def observe(self, metric: float) -> None:
         """An evaluation result (higher is better) for plateau halving."""

@@ -37,6 +37,9 @@ class Task(Protocol):
     - ``unused_parameters``: True when a step leaves some of ``module``'s parameters without a
       gradient (pretraining with one objective leaves the other head unused); DDP then searches
       for them every step. Default False.
+    - ``evaluate_first``: True to validate the initial weights too (step 0, before any update),
+      so that ``best/`` can be them: a fine-tuning head that starts as a fitted probe. Default
+      False.
 
     Optional methods have the default behaviour written in their docstrings; a task that
     subclasses ``Task`` explicitly inherits it.
@@ -49,6 +52,7 @@ class Task(Protocol):
     watch: str
     optimizer_class: ClassVar[type[torch.optim.Optimizer]] = torch.optim.AdamW
     unused_parameters: bool = False
+    evaluate_first: bool = False
 
     def settings(self) -> dict[str, Any]:
         """The run's settings for run.json, every key a command-line option of ``command`` (so

@@ -443,6 +443,11 @@ def test_demo_margins_and_verdicts():
         "test_clips": {"keywords": 240, "instruments": 160},
     }
     report["margins"] = margins(report)
+    assert margins(report, "finetune")["keywords"] == {
+        "SSAMBA random": 0.0,
+        "SSAST pretrained": 0.0,
+    }
+    assert "fine-tuned, test accuracy margin" in margins_text(report, "finetune")
     assert report["margins"]["keywords"] == {
         "log-mel + logistic regression": 10.0,
         "SSAMBA random": 5.0,
@@ -561,7 +566,6 @@ def test_demo_pipeline_end_to_end_at_a_tiny_budget(tmp_path):
         "SSAMBA pretrained",
         "SSAMBA random",
         "SSAST pretrained",
-        "SSAST random",
     }
     for task in TASKS:
         assert set(report["results"][task]) == labels
@@ -569,7 +573,9 @@ def test_demo_pipeline_end_to_end_at_a_tiny_budget(tmp_path):
             assert 0.0 <= row["probe"] <= 1.0
             if label != "log-mel + logistic regression":
                 assert 0.0 <= row["finetune"] <= 1.0
-            if label != "log-mel + logistic regression":
+                # LP-FT: the run starts from the probe head, scored on the same test clips
+                assert 0.0 <= row["finetune_start"] <= 1.0
+                assert row["finetune_best_step"] <= row["finetune_steps"]
                 assert set(row["probe_views"]) == {"all", "last"}
                 assert row["probe"] == row["probe_views"]["all"]  # the plan's view
     assert report["probe_clips"]["keywords"] == report["test_clips"]["keywords"]
@@ -579,7 +585,10 @@ def test_demo_pipeline_end_to_end_at_a_tiny_budget(tmp_path):
     )
     for name in ("results.md", "results.json", "README.md", "accuracy.png"):
         assert (tmp_path / "demo" / name).is_file()
-    assert set(report["margins"]) == set(TASKS)
+    assert set(report["margins"]) == set(report["margins_finetune"]) == set(TASKS)
+    text = (tmp_path / "demo" / "results.md").read_text()
+    assert "SSAMBA pretrained, fine-tuned, test accuracy margin" in text
+    assert text.index("fine-tuned, test accuracy margin") < text.index("linear probe, test acc")
     # a re-run reuses a pretrained model only when its settings and data are unchanged
     plan = DemoPlan().scaled(0.02)
     data = build_data(tmp_path / "demo", plan, progress=False)

@@ -13,9 +13,10 @@ Its settings are those of ``preprocessor_config.json`` (written beside every sav
 extractor: ``sampling_rate``, ``num_mel_bins``, ``max_length``, ``mean``, ``std``,
 ``do_normalize``, ``padding_value``, ``return_attention_mask``; its ``feature_extractor_type`` is
 ``SsambaFeatureExtractor``, the transformers class :mod:`ssamba.transformers` registers, which
-wraps this one (folders written before it say ``ASTFeatureExtractor`` and still load here). The features are exactly those of
-:func:`ssamba.fbank` followed by the model's normalisation ``(fbank - mean) / (2 * std)``, with
-padding added before the normalisation, as the reference data loader and ``ssamba.embed`` do.
+wraps this one (folders written before it say ``ASTFeatureExtractor`` and still load here).
+The features are exactly those of :func:`ssamba.fbank` followed by the model's normalisation
+``(fbank - mean) / (2 * std)``, with padding added before the normalisation, as the reference
+data loader and ``ssamba.embed`` do.
 """
 
 from __future__ import annotations
@@ -200,7 +201,11 @@ class FeatureExtractor:
 
     @staticmethod
     def _one(wave: Any, rate: int, index: int) -> torch.Tensor:
-        tensor = wave if isinstance(wave, torch.Tensor) else torch.as_tensor(np.asarray(wave))
+        if isinstance(wave, torch.Tensor):
+            tensor = wave
+        else:  # a read-only array (a decoder's buffer) is copied: torch wants writable memory
+            array = np.asarray(wave)
+            tensor = torch.as_tensor(array if array.flags.writeable else array.copy())
         if tensor.dim() != 1 or not tensor.is_floating_point():
             raise UsageError(
                 f"waveform {index}: expected a 1-D float waveform, got {tuple(tensor.shape)} "

@@ -2,8 +2,9 @@
 folders. One convention for all commands:
 
 - ``-c/--checkpoint`` a model to load (preset name, ``save_pretrained`` folder, official
-  ``.pth``, released name, Hub id or ``hf://ORG/NAME/FILE``), ``-o/--out`` the output folder (or file), ``--workers`` loader processes,
-  ``--overwrite`` to replace existing output (refused otherwise), ``--no-progress``;
+  ``.pth``, released name, Hub id or ``hf://ORG/NAME/FILE``), ``-o/--out`` the output folder
+  (or file), ``--workers`` loader processes, ``--overwrite`` to replace existing output
+  (refused otherwise), ``--no-progress``;
 - every option's help shows its default;
 - ``--config FILE`` (JSON or TOML) where a command has many settings: defaults < file < flags.
 

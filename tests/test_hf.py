@@ -407,3 +407,78 @@ def test_hub_file_names_are_checked():
     assert is_hub_file("hf://org/name/file.pth") and not is_hub_file("org/name")
     with pytest.raises(CheckpointError, match="expected hf://ORG/NAME"):
         hub_file("hf://just-a-name")
+
+
+# ---------------------------------------------------------------------------- the examples
+def _code_blocks(path: Path) -> list[tuple[str, str]]:
+    """(language, code) of every fenced block in a markdown file, in order."""
+    blocks, lang, lines = [], None, []
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            if lang is None:
+                lang, lines = line[3:].strip(), []
+            else:
+                blocks.append((lang, "\n".join(lines)))
+                lang = None
+        elif lang is not None:
+            lines.append(line)
+    return blocks
+
+
+def _examples() -> list[tuple[str, str]]:
+    """docs/transformers.md's examples, then the README's about this door."""
+    readme = [
+        (lang, code)
+        for lang, code in _code_blocks(ROOT / "README.md")
+        if lang == "python" and ("ssamba.transformers" in code or "hf://" in code)
+    ]
+    return _code_blocks(ROOT / "docs" / "transformers.md") + readme
+
+
+def test_the_documented_examples_run(hf, tmp_path):
+    """Every example of docs/transformers.md and the README's transformers section, run in a
+    folder holding what they name, offline, with the Hub file in a pre-filled cache."""
+    import soundfile as sf
+
+    examples = _examples()
+    assert len(examples) >= 7 and any("hf://" in code for _, code in examples[-1:])
+    work = tmp_path / "work"
+    finetuned_folder(work / "runs" / "ft" / "best", "ssamba")
+    tiny_model("ssamba").save_pretrained(work / "runs" / "pretrain" / "final")
+    rng = np.random.default_rng(0)
+    for name, rate in (("clip.flac", 44100), ("dog.wav", 16000), ("rain.wav", 16000)):
+        sf.write(work / name, (0.1 * rng.standard_normal(rate)).astype(np.float32), rate)
+    cache = tmp_path / "hf"
+    _fill_cache(
+        cache, "attentionisallyouneed369/ssamba", {"ssamba_tiny_400.pth": OFFICIAL["ssamba"]}
+    )
+    (tmp_path / "examples.json").write_text(json.dumps(examples))
+    script = textwrap.dedent(
+        f"""
+        import json, shlex
+        from ssamba.cli import main
+        namespace = {{}}
+        for lang, code in json.load(open({str(tmp_path / "examples.json")!r})):
+            if lang == "python":
+                exec(compile(code, "example", "exec"), namespace)
+            elif lang == "sh":
+                for line in code.splitlines():
+                    if line.startswith("ssamba "):
+                        assert main(shlex.split(line)[1:]) == 0, line
+        print("done")
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache),
+           "HF_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT / "src")}  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=work, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.rstrip().endswith("done")
+    assert any(f"'label': '{name}'" in done.stdout for name in CLASSES)
+    trained = ssamba.load_model(work / "runs" / "hf" / "final")
+    assert trained.config.num_classes == 2
+    assert json.loads((work / "runs" / "hf" / "final" / "classes.json").read_text()) == [
+        "dog",
+        "rain",
+    ]
+    assert ssamba.load_model(work / "models" / "ssamba_tiny_400").config.depth == 4

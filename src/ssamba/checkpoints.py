@@ -44,6 +44,8 @@ __all__ = [
     "RandomWeightsWarning",
     "convert_official",
     "hub_download",
+    "hub_file",
+    "is_hub_file",
     "is_hub_id",
     "load_model",
     "load_official",
@@ -222,6 +224,12 @@ def load_pretrained(folder: str | Path, **overrides) -> AudioModel:
 HOME_ENV = "SSAMBA_HOME"  # the folder released checkpoints are looked up in
 # A Hugging Face Hub repository id, "org/name", optionally "@revision".
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?$")
+# Something inside a Hub repository: "hf://org/name[@revision][/path/in/the/repository]".
+HUB_SCHEME = "hf://"
+_HUB_FILE = re.compile(
+    r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[^/]+))?"
+    r"(?:/(?P<path>.*?))?/?$"
+)
 
 
 class RandomWeightsWarning(UserWarning):
@@ -258,24 +266,66 @@ def is_hub_id(spec: str) -> bool:
     return bool(_HUB_ID.match(spec)) and not Path(name).suffix and not Path(spec).exists()
 
 
+def _hub(spec: str):
+    """The optional ``huggingface_hub`` package, or a UsageError saying how to install it."""
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise UsageError(
+            f"{spec}: no such file or folder here; as a Hugging Face Hub name it needs the "
+            "optional huggingface_hub package: pip install 'ssamba[hub]'"
+        ) from None
+    return huggingface_hub
+
+
+def _hub_failure(spec: str, err: Exception) -> CheckpointError:
+    message = " ".join(str(err).split())
+    return CheckpointError(
+        f"{spec}: no such file or folder here, nor from the Hugging Face Hub ({message})"
+    )
+
+
 def hub_download(repo_id: str) -> Path:
     """``org/name[@revision]`` from the Hugging Face Hub into its cache (the optional
     ``huggingface_hub`` package; ``HF_HUB_OFFLINE=1`` uses the cache only); the local folder."""
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise UsageError(
-            f"{repo_id}: no such file or folder here; as a Hugging Face Hub id it needs the "
-            "optional huggingface_hub package: pip install 'ssamba[hub]'"
-        ) from None
+    hub = _hub(repo_id)
     repo, _, revision = repo_id.partition("@")
     try:
-        return Path(snapshot_download(repo, revision=revision or None))
+        return Path(hub.snapshot_download(repo, revision=revision or None))
     except Exception as err:  # offline without a cached copy, unknown repo, network errors...
-        message = " ".join(str(err).split())
+        raise _hub_failure(repo_id, err) from None
+
+
+def is_hub_file(spec: str | Path) -> bool:
+    """Whether ``spec`` names something inside a Hub repository: ``hf://org/name/...``."""
+    return str(spec).startswith(HUB_SCHEME)
+
+
+def hub_file(spec: str) -> Path:
+    """The local copy of ``hf://org/name[@revision][/path]``, through huggingface_hub's cache
+    (``HF_HUB_OFFLINE=1`` uses the cache only): a file (an official ``.pth``, a safetensors...),
+    a folder inside the repository (``save_pretrained`` layout), or with no path the
+    repository's model as for ``org/name``."""
+    found = _HUB_FILE.match(spec)
+    if not found:
         raise CheckpointError(
-            f"{repo_id}: no such file or folder here, nor from the Hugging Face Hub ({message})"
-        ) from None
+            f"{spec}: not a Hub file name; expected hf://ORG/NAME[@REVISION][/PATH], e.g. "
+            "hf://org/name/model.pth"
+        )
+    repo, revision, inner = found["repo"], found["revision"], found["path"]
+    if not inner:
+        return _weights_in(hub_download(repo + (f"@{revision}" if revision else "")), spec)
+    hub = _hub(spec)
+    try:
+        if Path(inner).suffix:
+            return Path(hub.hf_hub_download(repo, inner, revision=revision))
+        root = hub.snapshot_download(repo, revision=revision, allow_patterns=[f"{inner}/*"])
+    except Exception as err:  # offline without a cached copy, no such file, network errors...
+        raise _hub_failure(spec, err) from None
+    folder = Path(root) / inner
+    if not folder.is_dir():
+        raise CheckpointError(f"{spec}: the repository has no file or folder {inner!r}")
+    return _weights_in(folder, spec)
 
 
 def _weights_in(folder: Path, source: str) -> Path:
@@ -294,11 +344,14 @@ def _weights_in(folder: Path, source: str) -> Path:
 def resolve_checkpoint(spec: str | Path) -> Path | str:
     """Where the model ``spec`` names lives: an existing folder or file as given; a released
     checkpoint's local copy; a Hub repository's cached folder (or its .pth); a preset name is
-    returned unchanged (it has no weights)."""
+    returned unchanged (it has no weights). ``hf://org/name/FILE`` is a file inside a Hub
+    repository (:func:`hub_file`)."""
+    name = str(spec)
+    if is_hub_file(name):
+        return hub_file(name)
     path = Path(spec)
     if path.exists():
         return path
-    name = str(spec)
     if name in RELEASES:
         return released_checkpoint(name)
     if name in PRESETS:
@@ -308,7 +361,8 @@ def resolve_checkpoint(spec: str | Path) -> Path | str:
     if "/" not in name and "\\" not in name and not path.suffix:
         raise CheckpointError(
             f"unknown model {name!r}: not a file or folder, a preset ({', '.join(list_models())})"
-            f", a released checkpoint ({', '.join(list_models(pretrained=True))}) or a Hub id"
+            f", a released checkpoint ({', '.join(list_models(pretrained=True))}), a Hub id "
+            "(org/name) or a Hub file (hf://org/name/FILE)"
         )
     raise CheckpointError(f"{path}: no such file or folder")
 
@@ -323,6 +377,8 @@ def load_model(path_or_name: str | Path, **overrides) -> AudioModel:
       ``"ssamba_base_400"``), found in :func:`ssamba_home` (the error says where to put it);
     - a Hugging Face Hub id ``org/name[@revision]`` (optional ``huggingface_hub``; downloaded
       into its cache, ``HF_HUB_OFFLINE=1`` uses the cache alone);
+    - a file or folder inside a Hub repository, ``hf://org/name[@revision]/FILE.pth`` (e.g. an
+      official checkpoint; through the same cache);
     - a preset name (``list_models()``): RANDOM weights, with a :class:`RandomWeightsWarning`.
 
     ``overrides`` change non-structural settings: ``fstride``, ``tstride``, ``input_tdim``,

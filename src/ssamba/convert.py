@@ -2,6 +2,11 @@
 
     report = convert_checkpoint("SSAMBA_tiny_400.pth", "models/ssamba_tiny/", tstride=10)
     ssamba convert -c SSAMBA_tiny_400.pth -o models/ssamba_tiny/ [--tstride 10 --input-tdim 512 ...]
+    ssamba convert -c hf://ORG/NAME/SSAMBA_tiny_400.pth -o models/ssamba_tiny/   # from the Hub
+
+The folder is also a transformers model (``ssamba.transformers``: ``AutoModel``,
+``AutoModelForAudioClassification``, ``pipeline``), since ``config.json`` carries its
+``model_type``.
 
 Steps: load the ``.pth`` with :func:`ssamba.load_model` (kind, size, depth and pretraining input
 size read from the weights; ``--fstride/--tstride/--input-tdim/--num-classes`` as overrides, the
@@ -22,7 +27,13 @@ from typing import Any
 
 import torch
 
-from ssamba.checkpoints import CONFIG_FILE, load_model, save_pretrained
+from ssamba.checkpoints import (
+    CONFIG_FILE,
+    is_hub_file,
+    load_model,
+    resolve_checkpoint,
+    save_pretrained,
+)
 from ssamba.errors import CheckpointError, UsageError
 
 __all__ = ["OVERRIDES", "convert_checkpoint"]
@@ -65,7 +76,8 @@ def convert_checkpoint(
     ``overwrite``) and :class:`~ssamba.errors.CheckpointError` when the source cannot be read or
     the reloaded model differs by more than ``atol``.
     """
-    source, out_dir = Path(source), Path(out_dir)
+    name = str(source)
+    source, out_dir = Path(resolve_checkpoint(name) if is_hub_file(name) else source), Path(out_dir)
     if not source.exists():
         raise CheckpointError(f"{source}: no such checkpoint")
     if out_dir.exists() and (out_dir / CONFIG_FILE).exists() and not overwrite:
@@ -96,7 +108,7 @@ def convert_checkpoint(
     diffs = {k: float((a[k].float() - b[k].float()).abs().max()) for k in a}
     ok = not differing and all(d <= atol for d in diffs.values())
     report = {
-        "source": str(source),
+        "source": name,
         "out_dir": str(out_dir),
         "config": dict(cfg.__dict__),
         "num_parameters": model.num_parameters(),

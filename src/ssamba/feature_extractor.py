@@ -1,4 +1,4 @@
-"""A feature extractor object, as transformers users know it (``ASTFeatureExtractor``).
+"""A feature extractor object, as transformers users know it (``ASTFeatureExtractor``'s fields).
 
 Python::
 
@@ -11,9 +11,12 @@ Python::
 Its settings are those of ``preprocessor_config.json`` (written beside every saved model by
 :func:`ssamba.models.saving.save_pretrained`), with the field names of transformers' AST feature
 extractor: ``sampling_rate``, ``num_mel_bins``, ``max_length``, ``mean``, ``std``,
-``do_normalize``, ``padding_value``, ``return_attention_mask``. The features are exactly those of
-:func:`ssamba.fbank` followed by the model's normalisation ``(fbank - mean) / (2 * std)``, with
-padding added before the normalisation, as the reference data loader and ``ssamba.embed`` do.
+``do_normalize``, ``padding_value``, ``return_attention_mask``; its ``feature_extractor_type`` is
+``SsambaFeatureExtractor``, the transformers class :mod:`ssamba.transformers` registers, which
+wraps this one (folders written before it say ``ASTFeatureExtractor`` and still load here).
+The features are exactly those of :func:`ssamba.fbank` followed by the model's normalisation
+``(fbank - mean) / (2 * std)``, with padding added before the normalisation, as the reference
+data loader and ``ssamba.embed`` do.
 """
 
 from __future__ import annotations
@@ -34,12 +37,17 @@ from ssamba.constants import NUM_MEL_BINS, SAMPLE_RATE
 from ssamba.errors import CheckpointError, UsageError
 from ssamba.fileio import atomic_write_json
 from ssamba.models.config import ModelConfig, preset_config
-from ssamba.models.saving import CONFIG_FILE, PREPROCESSOR_FILE, preprocessor_config
+from ssamba.models.saving import (
+    CONFIG_FILE,
+    FEATURE_EXTRACTOR_TYPE,
+    LEGACY_FEATURE_EXTRACTOR_TYPE,
+    PREPROCESSOR_FILE,
+    preprocessor_config,
+)
 
 __all__ = ["PADDINGS", "FeatureExtractor"]
 
 PADDINGS = ("max_length", "longest")
-_TYPE = "ASTFeatureExtractor"  # what transformers reads in feature_extractor_type
 
 
 @dataclass
@@ -70,15 +78,18 @@ class FeatureExtractor:
     # ------------------------------------------------------------------ configuration
     def to_dict(self) -> dict[str, Any]:
         """The ``preprocessor_config.json`` contents."""
-        return {"feature_extractor_type": _TYPE, **dataclasses.asdict(self)}
+        return {"feature_extractor_type": FEATURE_EXTRACTOR_TYPE, **dataclasses.asdict(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureExtractor:
         """From ``preprocessor_config.json`` contents; fields of other extractors are refused."""
         data = dict(data)
-        kind = data.pop("feature_extractor_type", _TYPE)
-        if kind != _TYPE:
-            raise UsageError(f"not an AST feature extractor config: feature_extractor_type={kind}")
+        kind = data.pop("feature_extractor_type", FEATURE_EXTRACTOR_TYPE)
+        if kind not in (FEATURE_EXTRACTOR_TYPE, LEGACY_FEATURE_EXTRACTOR_TYPE):
+            raise UsageError(
+                f"not an ssamba feature extractor config: feature_extractor_type={kind} "
+                f"(expected {FEATURE_EXTRACTOR_TYPE} or {LEGACY_FEATURE_EXTRACTOR_TYPE})"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -120,7 +131,7 @@ class FeatureExtractor:
                 raise CheckpointError(f"{path}: unreadable ({err})") from None
             if name == PREPROCESSOR_FILE:
                 return cls.from_dict(data)
-            return cls.from_config(ModelConfig.from_dict(data))
+            return cls.from_config(ModelConfig.from_saved(data))
         raise CheckpointError(f"{folder}: neither {PREPROCESSOR_FILE} nor {CONFIG_FILE} found")
 
     def save_pretrained(self, folder: str | Path) -> Path:
@@ -190,7 +201,11 @@ class FeatureExtractor:
 
     @staticmethod
     def _one(wave: Any, rate: int, index: int) -> torch.Tensor:
-        tensor = wave if isinstance(wave, torch.Tensor) else torch.as_tensor(np.asarray(wave))
+        if isinstance(wave, torch.Tensor):
+            tensor = wave
+        else:  # a read-only array (a decoder's buffer) is copied: torch wants writable memory
+            array = np.asarray(wave)
+            tensor = torch.as_tensor(array if array.flags.writeable else array.copy())
         if tensor.dim() != 1 or not tensor.is_floating_point():
             raise UsageError(
                 f"waveform {index}: expected a 1-D float waveform, got {tuple(tensor.shape)} "

@@ -102,7 +102,9 @@ def _checkpoint_shape(checkpoint: str) -> tuple[str, int] | None:
     """(arch, embed_dim) of a saved folder or an official file; None for a preset name."""
     import json
 
-    path = Path(checkpoint)
+    from ssamba.checkpoints import is_hub_file, resolve_checkpoint
+
+    path = Path(resolve_checkpoint(checkpoint)) if is_hub_file(checkpoint) else Path(checkpoint)
     if path.is_dir() and (path / "config.json").is_file():
         try:
             cfg = json.loads((path / "config.json").read_text())
@@ -160,7 +162,8 @@ def _register_convert(subparsers) -> None:
     add_checkpoint(
         p,
         required=False,
-        help="official state_dict file (.pth) to convert (required)",
+        help="official state_dict file (.pth) to convert, or one inside a Hub repository: "
+        "hf://ORG/NAME/FILE.pth (required)",
     )
     add_out(p, required=False, help="folder to write (required)")
     # the old spelling `ssamba convert OFFICIAL.pth OUT_DIR`, kept for one release
@@ -206,11 +209,12 @@ def _register_convert(subparsers) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from ssamba.checkpoints import is_hub_file
     from ssamba.convert import OVERRIDES, convert_checkpoint
 
     source = either(args, "checkpoint", "source", "-c/--checkpoint")
     out = either(args, "out", "target", "-o/--out")
-    if not Path(source).is_file():
+    if not is_hub_file(source) and not Path(source).is_file():
         raise UsageError(f"{source}: no such checkpoint file")
     if not args.overwrite:
         prepare_output(out, False, "output folder")

@@ -1,9 +1,10 @@
 """What every command shares: option spellings, help formatting, ``--config`` files, output
 folders. One convention for all commands:
 
-- ``-c/--checkpoint`` a model to load (preset name, ``save_pretrained`` folder or official
-  ``.pth``), ``-o/--out`` the output folder (or file), ``--workers`` loader processes,
-  ``--overwrite`` to replace existing output (refused otherwise), ``--no-progress``;
+- ``-c/--checkpoint`` a model to load (preset name, ``save_pretrained`` folder, official
+  ``.pth``, released name, Hub id or ``hf://ORG/NAME/FILE``), ``-o/--out`` the output folder
+  (or file), ``--workers`` loader processes, ``--overwrite`` to replace existing output
+  (refused otherwise), ``--no-progress``;
 - every option's help shows its default;
 - ``--config FILE`` (JSON or TOML) where a command has many settings: defaults < file < flags.
 
@@ -89,7 +90,8 @@ def hidden_alias(p: argparse.ArgumentParser, *flags: str, dest: str, **kw) -> No
 def add_checkpoint(
     p: argparse.ArgumentParser,
     required: bool = True,
-    help: str = "model to load: preset name, save_pretrained folder or official .pth",
+    help: str = "model to load: preset name, save_pretrained folder, official .pth, released "
+    "name, Hub id ORG/NAME or a file in a Hub repository hf://ORG/NAME/FILE",
     **kw,
 ) -> None:
     p.add_argument("-c", "--checkpoint", required=required, metavar="CKPT", help=help, **kw)

@@ -13,6 +13,14 @@ from ssamba.errors import UsageError
 SIZES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}  # embed_dim, SSAST heads
 POOLS = ("mean", "cls", "bands", "bands+std")  # fine-tuning head inputs (ModelConfig.pool)
 HEAD_LOSSES = ("ce", "bce")  # what a head was trained with (ModelConfig.head_loss)
+ARCHS = ("ssamba", "ssast")  # also the transformers model_type of each (ssamba.transformers)
+# Keys a config.json may carry beside the model's fields so that transformers reads the same
+# folder (ssamba.transformers writes them): ModelConfig.from_saved checks model_type and the
+# label count, and leaves the rest to transformers.
+TRANSFORMERS_KEYS = (
+    "model_type", "architectures", "transformers_version", "id2label", "label2id",
+    "problem_type", "dtype",
+)  # fmt: skip
 
 
 @dataclass
@@ -123,6 +131,32 @@ class ModelConfig:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
+    def saved_dict(self) -> dict:
+        """What ``config.json`` holds: the fields, led by ``model_type`` (the architecture), which
+        is all transformers needs to pick the model class (``ssamba.transformers``)."""
+        return {"model_type": self.arch, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_saved(cls, data: dict) -> ModelConfig:
+        """A config from ``config.json`` contents, written by ssamba or by transformers: the
+        transformers keys (:data:`TRANSFORMERS_KEYS`) are checked against the fields, then set
+        aside; any other unknown key is refused."""
+        data = dict(data)
+        extra = {k: data.pop(k) for k in TRANSFORMERS_KEYS if k in data}
+        config = cls.from_dict(data)
+        model_type = extra.get("model_type", config.arch)
+        if model_type != config.arch:
+            raise UsageError(
+                f"model config: model_type {model_type!r} contradicts arch {config.arch!r}"
+            )
+        labels = extra.get("id2label") or {}
+        if labels and len(labels) != config.num_classes:
+            raise UsageError(
+                f"model config: id2label names {len(labels)} classes, but num_classes is "
+                f"{config.num_classes}"
+            )
+        return config
+
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
@@ -136,7 +170,7 @@ class ModelConfig:
 
 
 _CHOICES = {
-    "arch": ("ssamba", "ssast"),
+    "arch": ARCHS,
     "pool": POOLS,
     "head_loss": HEAD_LOSSES,
     "norm": ("layernorm", "rmsnorm"),

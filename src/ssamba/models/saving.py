@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 PREPROCESSOR_FILE = "preprocessor_config.json"
+# feature_extractor_type in preprocessor_config.json: the class transformers' AutoFeatureExtractor
+# builds (registered by ssamba.transformers); folders written before it say the legacy name.
+FEATURE_EXTRACTOR_TYPE = "SsambaFeatureExtractor"
+LEGACY_FEATURE_EXTRACTOR_TYPE = "ASTFeatureExtractor"
 HEAD_KEYS = re.compile(r"^(mask_embed|cpredlayer\.|gpredlayer\.)")
 # Settings that decide the shapes of the weights: an override may not change them.
 STRUCTURAL = ("arch", "embed_dim", "depth", "num_heads", "d_state", "d_conv", "expand", "dt_rank")
@@ -99,7 +103,7 @@ def load_weights(model, state: dict, source_grid: tuple, source: str) -> None:
 def preprocessor_config(config: ModelConfig) -> dict:
     """Front-end settings with the field names of transformers' AST feature extractor."""
     return {
-        "feature_extractor_type": "ASTFeatureExtractor",
+        "feature_extractor_type": FEATURE_EXTRACTOR_TYPE,
         "feature_size": 1,
         "num_mel_bins": config.num_mel_bins,
         "max_length": config.input_tdim,
@@ -121,7 +125,7 @@ def save_pretrained(model, folder: str | Path) -> Path:
         folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"})
     )
     atomic_write_json(folder / PREPROCESSOR_FILE, preprocessor_config(model.config))
-    atomic_write_text(folder / CONFIG_FILE, model.config.to_json())
+    atomic_write_text(folder / CONFIG_FILE, json.dumps(model.config.saved_dict(), indent=2))
     return folder
 
 
@@ -132,7 +136,7 @@ def read_pretrained(folder: str | Path) -> tuple[ModelConfig, dict[str, torch.Te
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder}: {name} is missing (not a save_pretrained folder)")
     try:
-        saved = ModelConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
+        saved = ModelConfig.from_saved(json.loads((folder / CONFIG_FILE).read_text()))
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"{folder / CONFIG_FILE}: invalid model config ({err})") from None
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from ssamba.cli.embed import (
     check_window,
 )
 from ssamba.errors import AudioError
-from ssamba.fileio import atomic_write_json, replace_folder
+from ssamba.fileio import atomic_write_json, make_temp_folder, replace_folder
 
 # The same as ssamba.probe.DEFAULT_L2 / RESULTS_FILE and ssamba.embeddings.POOLINGS (written out
 # so that --help loads no torch; tests/test_probe.py checks they agree).
@@ -256,7 +255,7 @@ def _save_whole(result, out: Path) -> None:
     """Save into a new folder beside ``out``, then put it in place: a reader never finds a mix
     of two evaluations."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    tmp = make_temp_folder(out.parent, f".{out.name}.")
     try:
         result.save(tmp)
         replace_folder(tmp, out)

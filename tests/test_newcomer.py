@@ -52,3 +52,72 @@ def test_atomic_writers_and_staged_folders_honour_the_umask(tmp_path, umask):
     assert mode(text) == mode(js) == 0o666 & ~umask
     assert mode(tmp_path / "model") == 0o777 & ~umask
     assert mode(tmp_path / "model" / "w.bin") == 0o666 & ~umask
+
+
+# ---------------------------------------------------------------------------- shared data
+FREQS = {"high": 3000.0, "low": 300.0}
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory) -> Path:
+    """Two classes of short noisy tones in a folder per class (4 each), and all.csv listing
+    them with a split column (train 2, valid 1, test 1 per class)."""
+    root = tmp_path_factory.mktemp("tones")
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, freq in FREQS.items():
+        (root / label).mkdir()
+        for k, split in enumerate(("train", "train", "valid", "test")):
+            t = np.arange(int(0.6 * 16000)) / 16000
+            x = 0.3 * np.sin(2 * np.pi * freq * rng.uniform(0.95, 1.05) * t)
+            x += 0.02 * rng.standard_normal(t.size)
+            sf.write(root / label / f"{k}.wav", x.astype(np.float32), 16000)
+            rows.append(f"{label}/{k}.wav,{label},{split}")
+    (root / "all.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    return root
+
+
+def pretrain_argv(train: Path, out: Path, *extra: str) -> list[str]:
+    return ["pretrain", "--depth", "2", "--train", str(train), "-o", str(out),
+            "--target-length", "64", "--no-progress", "--workers", "0", *extra]  # fmt: skip
+
+
+def finetune_argv(train: Path, out: Path, *extra: str) -> list[str]:
+    return ["finetune", "--depth", "2", "--train", str(train), "-o", str(out),
+            "--target-length", "64", "--no-progress", "--workers", "0", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dasl_data(tones, tmp_path_factory) -> Path:
+    from ssamba.dasl import build_dasl_mixtures
+
+    out = tmp_path_factory.mktemp("dasl")
+    build_dasl_mixtures(tones, out, 4, seconds=2, seed=0, mode="crop", name="train")
+    return out / "train.csv"
+
+
+def dasl_argv(train: Path, out: Path, *extra: str) -> list[str]:
+    return ["dasl", "--depth", "2", "--train", str(train), "-o", str(out), "--fstride", "32",
+            "--tstride", "32", "--no-progress", "--workers", "0", *extra]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- item 2: reruns
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "dasl"])
+@pytest.mark.parametrize("rerun", ["plain", "resume"])
+def test_a_run_that_failed_before_its_first_step_does_not_block_the_corrected_rerun(
+    command, rerun, tones, dasl_data, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    argv = {
+        "pretrain": lambda *a: pretrain_argv(tones, out, *a),
+        "finetune": lambda *a: finetune_argv(tones, out, *a),
+        "dasl": lambda *a: dasl_argv(dasl_data, out, *a),
+    }[command]
+    assert main(argv("--batch-size", "64")) == 2
+    one_error_line(capsys.readouterr().err, "no full step of batch 64")
+    again = argv("--batch-size", "2", "--max-steps", "1", "--warmup-steps", "0")
+    if rerun == "resume":
+        again.append("--resume")
+    assert main(again) == 0, capsys.readouterr().err
+    assert json.loads((out / "run.json").read_text())["batch_size"] == 2
+    assert (out / "final" / "model.safetensors").is_file()

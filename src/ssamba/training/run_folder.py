@@ -12,6 +12,10 @@ and the temporary files it leaves are removed when the run is started again.
 none is intact the resume stops with an error (starting over silently would discard the run);
 when there is none yet the run starts from scratch. Either way ``metrics.jsonl`` is cut back to
 the step the run continues from (to nothing from scratch), so no step is logged twice.
+
+A folder whose run never completed a step (it failed at set-up, e.g. a batch larger than the
+data) holds nothing to keep (:meth:`RunFolder.has_progress`): a rerun into it, with or without
+``--resume`` and with any settings, starts afresh instead of being refused.
 """
 
 from __future__ import annotations
@@ -141,6 +145,13 @@ class RunFolder:
         self.trackers = None
         self._lock: int | None = None
         run_file = self.path / RUN_FILE
+        if run_file.exists() and not self.has_progress():
+            # a run that failed before its first step (a batch larger than the data, say) left
+            # nothing worth keeping: the corrected rerun, with --resume or without, starts afresh
+            if main:
+                log.warning("%s: the run there never completed a step; starting afresh", self.path)
+            self.replace = True
+            return
         if run_file.exists() and not resume:
             if not overwrite:
                 raise TrainingError(
@@ -150,6 +161,21 @@ class RunFolder:
             self.replace = True
         if resume and run_file.exists():
             self._check_same_settings(_upgrade(json.loads(run_file.read_text())))
+
+    def has_progress(self) -> bool:
+        """Whether the folder holds anything a run computed: a checkpoint, a saved model, a
+        summary, or a metrics line of a step (step 0, the online probe of the initial weights,
+        does not count)."""
+        if self.checkpoints() or (self.path / SUMMARY_FILE).exists():
+            return True
+        if any((self.path / name).is_dir() for name in ("best", "best_probe", "final")):
+            return True
+        metrics = self.path / METRICS
+        try:
+            records = read_metrics(metrics) if metrics.is_file() else []
+        except TrainingError:
+            return True  # damaged, but something was logged: keep it unless told otherwise
+        return any(isinstance(r.get("step"), int) and r["step"] >= 1 for r in records)
 
     def _check_same_settings(self, saved: dict) -> None:
         changed = sorted(

@@ -121,3 +121,69 @@ def test_a_run_that_failed_before_its_first_step_does_not_block_the_corrected_re
     assert main(again) == 0, capsys.readouterr().err
     assert json.loads((out / "run.json").read_text())["batch_size"] == 2
     assert (out / "final" / "model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------- item 6: near misses
+@pytest.mark.parametrize(
+    "name, suggestion",
+    [
+        ("SSAMBA_tiny_400.pth", "ssamba_tiny_400"),  # the README's spelling of a release
+        ("SSAMBA_tiny_400", "ssamba_tiny_400"),
+        ("ssamba_tiny_40", "ssamba_tiny_400"),  # a typo of a release
+        ("ssamba-base-250", "ssamba_base_250"),
+        ("ssamba_tinny", "ssamba_tiny"),  # a typo of a preset
+        ("SSAST_Base", "ssast_base"),
+    ],
+)
+def test_a_near_miss_model_name_suggests_the_right_one(name, suggestion, tmp_path, monkeypatch):
+    import ssamba
+    from ssamba.errors import SsambaError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SSAMBA_HOME", str(tmp_path / "home"))
+    with pytest.raises(SsambaError, match=f"did you mean {suggestion}\\?"):
+        ssamba.load_model(name)
+
+
+def test_a_near_miss_release_says_where_to_put_the_file(tmp_path, monkeypatch):
+    import ssamba
+    from ssamba.errors import SsambaError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SSAMBA_HOME", str(tmp_path / "home"))
+    with pytest.raises(SsambaError) as err:
+        ssamba.load_model("SSAMBA_tiny_400.pth")
+    assert str(tmp_path / "home" / "ssamba_tiny_400.pth") in str(err.value)
+
+
+def test_an_unrelated_missing_name_suggests_nothing(tmp_path, monkeypatch):
+    import ssamba
+    from ssamba.errors import SsambaError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SsambaError) as err:
+        ssamba.load_model("my_model.pth")
+    assert "did you mean" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (
+            ["finetune", "--model", "ssamba_tinny", "--train", "x", "-o", "y"],
+            "did you mean ssamba_tiny?",
+        ),
+        (
+            ["pretrain", "--recipe", "ssamba_tiny_40", "--train", "x", "-o", "y"],
+            "did you mean ssamba_tiny_400?",
+        ),
+        (["finetune", "--recipe", "ESC-500", "--train", "x", "-o", "y"], "did you mean esc50?"),
+        (["embed", "x", "-c", "ssamba_tiny", "-o", "y", "--format", "npzz"], "did you mean npz?"),
+        (["pretrain", "--train", "x", "-o", "y", "--max-step", "3"], "did you mean --max-steps?"),
+    ],
+)
+def test_a_near_miss_on_the_command_line_suggests_the_right_one(argv, needle, tmp_path, capsys,
+                                                                 monkeypatch):  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    one_error_line(capsys.readouterr().err, needle)

@@ -16,7 +16,7 @@ import torch
 
 from ssamba.audio import normalize_stats
 from ssamba.constants import PATCH
-from ssamba.errors import CheckpointError, UsageError
+from ssamba.errors import CheckpointError, UsageError, closest_name
 from ssamba.models.config import (
     PRESETS,
     RELEASES,
@@ -305,6 +305,19 @@ def resolve_checkpoint(spec: str | Path) -> Path | str:
         return name
     if is_hub_id(name):
         return _weights_in(hub_download(name), name)
+    meant = closest_name(name, [*RELEASES, *PRESETS])
+    if meant is not None:  # another case, a file suffix or a typo of a known name
+        if meant in RELEASES:
+            try:
+                released_checkpoint(meant)
+                where = f"load_model({meant!r}) finds it in {ssamba_home()}"
+            except CheckpointError:
+                where = f"a released checkpoint: put {RELEASES[meant].filename} at " + str(
+                    ssamba_home() / RELEASES[meant].filename
+                )
+        else:
+            where = "a preset: random weights"
+        raise CheckpointError(f"{name}: no such file or folder; did you mean {meant}? ({where})")
     if "/" not in name and "\\" not in name and not path.suffix:
         raise CheckpointError(
             f"unknown model {name!r}: not a file or folder, a preset ({', '.join(list_models())})"

@@ -20,7 +20,7 @@ from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from ssamba.constants import FRAMES_PER_SECOND, PATCH
-from ssamba.errors import UsageError
+from ssamba.errors import UsageError, did_you_mean
 from ssamba.models.config import POOLS, list_models
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -117,7 +117,8 @@ def _normalize(value) -> None:
 def _preset(value) -> None:
     if value not in list_models():
         raise UsageError(
-            f"model must be a preset ({', '.join(list_models())}), got {value!r}; "
+            f"model must be a preset ({', '.join(list_models())}), got {value!r}"
+            f"{did_you_mean(str(value), list_models())}; "
             "pass saved weights as checkpoint"
         )
 

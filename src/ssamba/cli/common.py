@@ -13,15 +13,17 @@ Nothing here imports torch: ``ssamba --help`` and ``ssamba COMMAND --help`` stay
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ssamba.constants import PATCH
-from ssamba.errors import ConfigError, UsageError
+from ssamba.errors import ConfigError, UsageError, did_you_mean
 
 # Keys a run.json records that are not command-line settings: ignored when it is replayed.
 RECORDED_ONLY = frozenset(
@@ -47,10 +49,46 @@ class ArgumentError(UsageError):
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line: it raises :class:`ArgumentError` (the
     command line prints ``error: ...`` and exits 2) instead of printing the usage and exiting.
-    Sub-command parsers are of the same class (argparse makes them with ``type(parent)``)."""
+    Sub-command parsers are of the same class (argparse makes them with ``type(parent)``).
+
+    Abbreviated options are refused (``allow_abbrev=False``): a misspelt ``--max-step`` is an
+    error that suggests ``--max-steps``, not silently taken for it."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
-        raise ArgumentError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+        raise ArgumentError(
+            f"{self.prog}: {message}{self._hint(message)} (see `{self.prog} --help`)"
+        )
+
+    def _hint(self, message: str) -> str:
+        """``; did you mean X?`` for an invalid choice or an unknown option close to a known one."""
+        choice = re.match(
+            r"argument (\S+): invalid choice: '([^']*)' \(choose from (.*)\)$", message
+        )
+        if choice:
+            options = [c.strip().strip("'") for c in choice.group(3).split(",")]
+            return did_you_mean(choice.group(2), options)
+        unknown = re.match(r"unrecognized arguments: (.*)$", message)
+        if unknown:
+            # the top-level parser reports a sub-command's unknown options: look in that one's
+            parsers = [self, *([self.chosen] if getattr(self, "chosen", None) else [])]
+            known = [
+                s
+                for p in parsers
+                for a in p._actions
+                for s in a.option_strings
+                if a.help != argparse.SUPPRESS
+            ]
+            for arg in unknown.group(1).split():
+                flag = arg.split("=", 1)[0]
+                if flag.startswith("--"):
+                    match = difflib.get_close_matches(flag, known, n=1, cutoff=0.8)
+                    if match:
+                        return f"; did you mean {match[0]}?"
+        return ""
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -187,3 +187,90 @@ def test_a_near_miss_on_the_command_line_suggests_the_right_one(argv, needle, tm
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     one_error_line(capsys.readouterr().err, needle)
+
+
+# ---------------------------------------------------------------------------- item 3: defaults
+def logged_lrs(out: Path) -> list[float]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [r["lr"] for r in map(json.loads, lines) if r.get("kind") == "train"]
+
+
+def test_a_warm_up_longer_than_the_run_is_scaled_to_it_with_a_note(tones, tmp_path, caplog):
+    out = tmp_path / "run"
+    argv = pretrain_argv(tones, out, "--batch-size", "2", "--max-steps", "20", "--lr", "1e-3",
+                         "--log-every", "1")  # fmt: skip
+    with caplog.at_level("INFO"):
+        assert main(argv) == 0  # the default --warmup-steps 1000: 50 times the run
+    lrs = logged_lrs(out)
+    assert len(lrs) == 20
+    assert lrs[1] == pytest.approx(1e-3)  # warm over 10% of the run (2 steps), then the --lr
+    assert lrs[0] == pytest.approx(0.5e-3)
+    notes = [r.getMessage() for r in caplog.records if "warm-up" in r.getMessage()]
+    assert len(notes) == 1 and "1000" in notes[0] and "20 steps" in notes[0], notes
+    # a warm-up that fits the run is kept as asked, without a note
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert main([*argv, "--warmup-steps", "4", "--overwrite"]) == 0
+    assert logged_lrs(out)[:5] == pytest.approx([0.25e-3, 0.5e-3, 0.75e-3, 1e-3, 1e-3])
+    assert not [r for r in caplog.records if "warm-up" in r.getMessage()]
+
+
+@pytest.fixture(scope="module")
+def pretrained_256(tmp_path_factory) -> Path:
+    """A tiny 'pretrained' model laid out as pretraining leaves it: 64 frames, strides 16."""
+    import ssamba
+
+    model = ssamba.create_model(
+        "ssamba_tiny", depth=2, input_tdim=64, fstride=16, tstride=16, pretrain_heads=True
+    )
+    return model.save_pretrained(tmp_path_factory.mktemp("pretrained") / "final")
+
+
+def finetune_from(ckpt: Path, train: Path, out: Path, *extra: str) -> list[str]:
+    return ["finetune", "-c", str(ckpt), "--train", str(train), "-o", str(out), "--no-progress",
+            "--workers", "0", "--batch-size", "2", "--max-steps", "1", *extra]  # fmt: skip
+
+
+def test_fine_tuning_inherits_the_checkpoints_input_size_and_strides(
+    pretrained_256, tones, tmp_path, caplog
+):
+    import ssamba
+
+    out = tmp_path / "run"
+    with caplog.at_level("INFO"):
+        assert main(finetune_from(pretrained_256, tones, out)) == 0
+    settings = json.loads((out / "run.json").read_text())
+    assert (settings["target_length"], settings["fstride"], settings["tstride"]) == (64, 16, 16)
+    config = ssamba.load_model(out / "final").config
+    assert (config.input_tdim, config.fstride, config.tstride) == (64, 16, 16)
+    assert not [r for r in caplog.records if "the checkpoint's" in r.getMessage()]
+
+
+def test_a_change_from_the_checkpoints_input_settings_wins_and_is_noted_in_one_line(
+    pretrained_256, tones, tmp_path, caplog
+):
+    import ssamba
+
+    out = tmp_path / "run"
+    with caplog.at_level("INFO"):
+        assert main(finetune_from(pretrained_256, tones, out, "--target-length", "48",
+                                  "--fstride", "10")) == 0  # fmt: skip
+    settings = json.loads((out / "run.json").read_text())
+    assert (settings["target_length"], settings["fstride"], settings["tstride"]) == (48, 10, 16)
+    config = ssamba.load_model(out / "final").config
+    assert (config.input_tdim, config.fstride, config.tstride) == (48, 10, 16)
+    notes = [r.getMessage() for r in caplog.records if "the checkpoint's" in r.getMessage()]
+    assert len(notes) == 1, notes
+    assert "48 frames" in notes[0] and "64" in notes[0] and "fstride 10" in notes[0]
+    assert "tstride" not in notes[0]  # unchanged: not mentioned
+
+
+def test_a_fresh_fine_tuning_keeps_the_documented_defaults():
+    from ssamba.configs import FinetuneConfig
+
+    cfg = FinetuneConfig(out="o", train="t")
+    assert (cfg.target_length, cfg.fstride, cfg.tstride) == (1024, 10, 10)
+    cfg = FinetuneConfig(out="o", train="t", checkpoint="ckpt")
+    assert (cfg.target_length, cfg.fstride, cfg.tstride) == (None, None, None)  # the ckpt's
+    cfg = FinetuneConfig(out="o", train="t", checkpoint="ckpt", target_length=96, tstride=12)
+    assert (cfg.target_length, cfg.fstride, cfg.tstride) == (96, None, 12)

@@ -6,6 +6,7 @@ Key mismatches are never ignored: a readable report lists missing, unexpected an
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -33,6 +34,7 @@ from ssamba.models.saving import (
     WEIGHTS_FILE,
     apply_overrides,
     load_weights,
+    read_pretrained,
     save_pretrained,
 )
 
@@ -324,6 +326,20 @@ def resolve_checkpoint(spec: str | Path) -> Path | str:
             f", a released checkpoint ({', '.join(list_models(pretrained=True))}) or a Hub id"
         )
     raise CheckpointError(f"{path}: no such file or folder")
+
+
+def checkpoint_config(path_or_name: str | Path) -> ModelConfig | None:
+    """The model config a checkpoint holds, read without its weights where the format allows
+    (a ``save_pretrained`` folder); None for a preset name (no weights of its own)."""
+    where = resolve_checkpoint(path_or_name)
+    if isinstance(where, str):
+        return None
+    if where.is_dir():
+        try:
+            return ModelConfig.from_dict(json.loads((where / CONFIG_FILE).read_text()))
+        except (OSError, ValueError, TypeError):
+            return read_pretrained(where)[0]  # its error names what is wrong
+    return official_config(read_official(where), str(where))[0]
 
 
 def load_model(path_or_name: str | Path, **overrides) -> AudioModel:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssamba.averaging import average_checkpoints
-from ssamba.checkpoints import load_model, model_stats
+from ssamba.checkpoints import checkpoint_config, load_model, model_stats
 from ssamba.configs import FinetuneConfig
 from ssamba.constants import CLASSES_FILE
 from ssamba.data import AudioDataset, drop_bad, read_manifest
@@ -43,6 +44,8 @@ from ssamba.training import (
 )
 
 HEAD_PREFIX = "mlp_head."
+
+log = logging.getLogger(__name__)
 
 
 class Classifier(nn.Module):
@@ -170,12 +173,32 @@ def build_model(cfg, num_classes: int, stats, pool: str = "mean"):
     return load_model(cfg.checkpoint or cfg.model, **overrides).train()
 
 
+def inherit_layout(cfg: FinetuneConfig, main: bool = True) -> FinetuneConfig:
+    """``cfg`` with its unset (None) input size and strides taken from the checkpoint, so a
+    model pretrained at 256 frames and stride 16 is fine-tuned so unless told otherwise; a value
+    given that differs from the checkpoint's is named in one line."""
+    names = {"target_length": "input_tdim", "fstride": "fstride", "tstride": "tstride"}
+    source = checkpoint_config(cfg.checkpoint) if cfg.checkpoint else None
+    if source is None:
+        return cfg
+    ckpt = {name: getattr(source, field) for name, field in names.items()}
+    values = {k: ckpt[k] if getattr(cfg, k) is None else getattr(cfg, k) for k in names}
+    changed = [k for k in names if values[k] != ckpt[k]]
+    if changed and main:
+        shown = {"target_length": "{} frames"}
+        told = ", ".join(shown.get(k, k + " {}").format(values[k]) for k in changed)
+        had = ", ".join(shown.get(k, k + " {}").format(ckpt[k]) for k in changed)
+        log.info("note: fine-tuning at %s (the checkpoint's: %s)", told, had)
+    return dataclasses.replace(cfg, **values)
+
+
 @ends_process_group
 def finetune(cfg: FinetuneConfig, device: str | None = None) -> dict:
     """Fine-tune, select the best epoch on ``valid``, evaluate it on ``test``; returns a summary.
 
     The test metrics also go to ``test_metrics.json`` and into ``summary.json``."""
     dist = Distributed.from_env(device)
+    cfg = inherit_layout(cfg, dist.is_main)
     stats = model_stats(cfg.normalize)
     train_manifest = read_manifest(cfg.train)
     if not train_manifest.labeled:

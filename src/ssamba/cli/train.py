@@ -42,6 +42,7 @@ from ssamba.configs import (
     MASK_MODES,
     OBJECTIVES,
     PRECISIONS,
+    FRESH_LAYOUT,
     SELECTION_METRICS,
     FinetuneConfig,
     PretrainConfig,
@@ -85,11 +86,13 @@ class ConfigOptions:
         self.defaults = field_defaults(cls)
         self.from_recipe = set(from_recipe)
 
-    def add(self, parser, name: str, help: str, *flags: str, **kw) -> None:
+    def add(self, parser, name: str, help: str, *flags: str, shown: str | None = None, **kw):
+        """``shown``: the default as --help states it, where the field's own is resolved later
+        (None: the checkpoint's)."""
         flags = flags or (f"--{name.replace('_', '-')}",)
         default = self.defaults[name]
         if name in self.from_recipe:
-            help = f"{help} (default: {_shown(default)}, or the --recipe's)"
+            help = f"{help} (default: {shown or _shown(default)}, or the --recipe's)"
             kw["default"] = argparse.SUPPRESS
         elif kw.get("required"):
             kw["default"] = None  # (a --config file may set it)
@@ -407,11 +410,15 @@ def add_finetune_options(p, options: ConfigOptions) -> None:
     g = p.add_argument_group("model")
     add_starting_weights(g, options)
     add = options.add
-    add(g, "target_length", "frames per clip (10 ms each)", type=target_frames, metavar="FRAMES")
+    inherited = "the checkpoint's; {} without one"
+    add(g, "target_length", "frames per clip (10 ms each)", type=target_frames, metavar="FRAMES",
+        shown=inherited.format(FRESH_LAYOUT["target_length"]))  # fmt: skip
     add(g, "normalize", "fbank normalisation: auto (the checkpoint's own statistics; AudioSet "
         "for a preset), a preset, 'MEAN,STD', a stats JSON or none")  # fmt: skip
-    add(g, "fstride", "patch stride in frequency", type=positive_int)
-    add(g, "tstride", "patch stride in time", type=positive_int)
+    add(g, "fstride", "patch stride in frequency", type=positive_int, metavar="N",
+        shown=inherited.format(FRESH_LAYOUT["fstride"]))  # fmt: skip
+    add(g, "tstride", "patch stride in time", type=positive_int, metavar="N",
+        shown=inherited.format(FRESH_LAYOUT["tstride"]))  # fmt: skip
     add(g, "pool", "head input: mean patch token, class token(s), or per-band means", choices=POOLS)
     g = p.add_argument_group("augmentation and loss")
     add(g, "freqm", "SpecAugment: largest frequency mask (mel bins)", type=non_negative_int)

@@ -274,3 +274,91 @@ def test_a_fresh_fine_tuning_keeps_the_documented_defaults():
     assert (cfg.target_length, cfg.fstride, cfg.tstride) == (None, None, None)  # the ckpt's
     cfg = FinetuneConfig(out="o", train="t", checkpoint="ckpt", target_length=96, tstride=12)
     assert (cfg.target_length, cfg.fstride, cfg.tstride) == (96, None, 12)
+
+
+# ---------------------------------------------------------------------------- item 1: splits
+def test_read_splits_selects_each_role_from_one_manifest(tones):
+    from ssamba.data import read_splits
+
+    alone = read_splits(str(tones / "all.csv"))
+    assert {r: len(m) for r, m in alone.items()} == {"train": 4, "valid": 2, "test": 2}
+    assert {m.split for m in alone.values()} == {"train", "valid", "test"}
+    same = str(tones / "all.csv")
+    given = read_splits(same, same, same)  # each role takes its own rows: nothing leaks
+    assert [len(given[r]) for r in ("train", "valid", "test")] == [4, 2, 2]
+    explicit = read_splits(f"{same}:train", f"{same}:test")
+    assert explicit["test"] is None and explicit["valid"].split == "test"
+    assert [ex.path.name for ex in explicit["valid"]] == ["3.wav", "3.wav"]
+
+
+def test_every_reader_takes_the_path_split_form(tones):
+    from ssamba.data import read_manifest
+
+    manifest = read_manifest(f"{tones / 'all.csv'}:valid")
+    assert len(manifest) == 2 and {ex.split for ex in manifest} == {"valid"}
+
+
+def test_an_unknown_split_names_the_splits_there(tones):
+    from ssamba.data import read_manifest
+    from ssamba.errors import ManifestError
+
+    with pytest.raises(ManifestError, match="no examples in split 'dev'.*test, train, valid"):
+        read_manifest(f"{tones / 'all.csv'}:dev")
+
+
+@pytest.fixture
+def leaky(tones, tmp_path) -> Path:
+    """The newcomer's all.csv without a split column: train and test would be the same files."""
+    rows = (tones / "all.csv").read_text().splitlines()
+    path = tmp_path / "flat.csv"
+    path.write_text("path,label\n" + "".join(f"{tones / r.split(',')[0]},{r.split(',')[1]}\n"
+                                              for r in rows[1:]))  # fmt: skip
+    return path
+
+
+def test_overlap_between_train_and_held_out_sets_is_an_error_naming_count_and_example(leaky):
+    from ssamba.data import read_splits
+    from ssamba.errors import ManifestError
+
+    with pytest.raises(ManifestError, match="8 file.*--train.*--valid.*0.wav.*--allow-overlap"):
+        read_splits(str(leaky), str(leaky))
+    checked = read_splits(str(leaky), str(leaky), allow_overlap=True)
+    assert len(checked["valid"]) == 8
+
+
+@pytest.mark.parametrize("command", ["probe", "finetune", "pretrain", "dasl"])
+def test_every_command_refuses_a_train_set_that_is_also_held_out(command, leaky, dasl_data,
+                                                                 tmp_path, capsys):  # fmt: skip
+    out = str(tmp_path / "out")
+    flat = str(leaky)
+    argv = {
+        "probe": ["probe", "-c", "ssamba_tiny", "--train", flat, "--valid", flat, "--test", flat,
+                  "-o", out, "--no-progress"],
+        "finetune": finetune_argv(leaky, tmp_path / "out", "--valid", flat, "--test", flat),
+        "pretrain": pretrain_argv(leaky, tmp_path / "out", "--valid", flat),
+        "dasl": dasl_argv(dasl_data, tmp_path / "out", "--test", str(dasl_data)),
+    }[command]  # fmt: skip
+    assert main(argv) == 2
+    one_error_line(capsys.readouterr().err, "also in", "--allow-overlap")
+    assert not (tmp_path / "out" / "run.json").exists()  # refused before the run starts
+
+
+def test_finetune_on_one_manifest_uses_its_splits_and_records_them(tones, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = finetune_argv(tones / "all.csv", out, "--batch-size", "2", "--max-steps", "1")
+    assert main(argv) == 0, capsys.readouterr().err
+    settings = json.loads((out / "run.json").read_text())
+    all_csv = str(tones / "all.csv")
+    assert (settings["train"], settings["valid"], settings["test"]) == (
+        f"{all_csv}:train", f"{all_csv}:valid", f"{all_csv}:test")  # fmt: skip
+    assert "test acc" in capsys.readouterr().out
+
+
+def test_probe_on_one_manifest_uses_its_splits(tones, tmp_path, capsys):
+    out = tmp_path / "probe"
+    argv = ["probe", "-c", "ssamba_tiny", "--train", str(tones / "all.csv"), "-o", str(out),
+            "--no-progress", "--max-iter", "5"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    results = json.loads((out / "probe_results.json").read_text())
+    assert (results["train"]["files"], results["valid"]["files"], results["test"]["files"]) == (
+        4, 2, 2)  # fmt: skip

@@ -176,6 +176,8 @@ class TrainConfig:
     overwrite: bool = False
     progress: bool = True
     logger: str = "jsonl"  # comma-separated LOGGERS; metrics.jsonl is always written
+    # a file in both the training set and a held-out one is an error unless this is set
+    allow_overlap: bool = False
 
     def __post_init__(self):
         self.betas = tuple(self.betas)

@@ -25,7 +25,7 @@ from ssamba.averaging import average_checkpoints
 from ssamba.checkpoints import checkpoint_config, load_model, model_stats
 from ssamba.configs import FinetuneConfig
 from ssamba.constants import CLASSES_FILE
-from ssamba.data import AudioDataset, drop_bad, read_manifest
+from ssamba.data import AudioDataset, drop_bad, read_splits
 from ssamba.data.checks import duplicate_problems
 from ssamba.errors import ManifestError, UsageError
 from ssamba.evaluation import compute_metrics
@@ -200,7 +200,10 @@ def finetune(cfg: FinetuneConfig, device: str | None = None) -> dict:
     dist = Distributed.from_env(device)
     cfg = inherit_layout(cfg, dist.is_main)
     stats = model_stats(cfg.normalize)
-    train_manifest = read_manifest(cfg.train)
+    # one manifest with a split column serves all three; run.json records each as PATH[:SPLIT]
+    splits = read_splits(cfg.train, cfg.valid, cfg.test, allow_overlap=cfg.allow_overlap)
+    cfg = dataclasses.replace(cfg, **{k: m.spec if m else None for k, m in splits.items()})
+    train_manifest = splits["train"]
     if not train_manifest.labeled:
         raise UsageError(f"{cfg.train}: fine-tuning needs labels")
     classes = list(train_manifest.classes)
@@ -226,10 +229,9 @@ def finetune(cfg: FinetuneConfig, device: str | None = None) -> dict:
             on_bad_file=cfg.on_bad_file,
         )
 
-    def held_out(path, flag: str):
-        if not path:
+    def held_out(manifest, flag: str):
+        if manifest is None:
             return None
-        manifest = read_manifest(path, classes=classes)
         twice = duplicate_problems(manifest)
         if twice:  # as `ssamba evaluate`: a file listed twice would count twice in every metric
             raise ManifestError(
@@ -239,7 +241,7 @@ def finetune(cfg: FinetuneConfig, device: str | None = None) -> dict:
         return dataset(manifest, train=False)
 
     # both read before training, so that a bad test set stops the run before it starts
-    valid_set, test_set = held_out(cfg.valid, "valid"), held_out(cfg.test, "test")
+    valid_set, test_set = held_out(splits["valid"], "valid"), held_out(splits["test"], "test")
     task = FinetuneTask(cfg, model, classes)
     summary = fit(task, cfg, dist, dataset(train_manifest, True), valid_set)
     if cfg.test:

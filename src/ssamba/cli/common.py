@@ -42,6 +42,19 @@ RECORDED_ONLY = frozenset(
 )
 
 
+# --train/--valid/--test, the same in every command that takes them (ssamba.data.read_splits)
+TRAIN_HELP = (
+    "PATH:SPLIT takes one split of a manifest with a split column; such a manifest given alone "
+    "also serves --valid and --test (its valid and test rows)"
+)
+VALID_HELP = "default: --train's valid rows, when it has a split column"
+TEST_HELP = "default: --train's test rows, when it has a split column; else none"
+OVERLAP_HELP = (
+    "run although files of --train are also in --valid/--test (a deliberate check; refused "
+    "otherwise: their scores would not be held out)"
+)
+
+
 class ArgumentError(UsageError):
     """An option argparse rejected (unknown, missing, or a value its type refuses)."""
 

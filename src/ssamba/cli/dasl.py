@@ -10,6 +10,9 @@ from pathlib import Path
 
 from ssamba.cli.checkpoints import check_device, check_model_conflict
 from ssamba.cli.common import (
+    TEST_HELP,
+    TRAIN_HELP,
+    VALID_HELP,
     add_command,
     add_out,
     add_overwrite,
@@ -53,9 +56,12 @@ def add_dasl_parser(subparsers) -> None:
     g = p.add_argument_group("model and data")
     add_starting_weights(g, options)
     add = options.add
-    add(g, "train", "DASL manifest (path,labels)", required=True)
-    add(g, "valid", "DASL manifest that selects the best epoch (default: none: final/ is used)")
-    add(g, "test", "DASL manifest the chosen model is evaluated on (default: none)")
+    add(g, "train", f"DASL manifest (path,labels); {TRAIN_HELP}", required=True,
+        metavar="MANIFEST")  # fmt: skip
+    add(g, "valid", f"DASL manifest that selects the best epoch ({VALID_HELP}; else none: "
+        "final/ is used)", metavar="MANIFEST")  # fmt: skip
+    add(g, "test", f"DASL manifest the chosen model is evaluated on ({TEST_HELP})",
+        metavar="MANIFEST")  # fmt: skip
     add(g, "chunk_seconds", "length of a labelled chunk", type=positive_float, metavar="S")
     add(g, "seconds", "recording length (default: the longest in --train)", type=positive_int)
     add(g, "normalize", "fbank normalisation: a preset, 'MEAN,STD', a stats JSON or none")

@@ -10,6 +10,10 @@ from pathlib import Path
 
 from ssamba.cli.checkpoints import default_device, either, load_checkpoint
 from ssamba.cli.common import (
+    OVERLAP_HELP,
+    TEST_HELP,
+    TRAIN_HELP,
+    VALID_HELP,
     add_checkpoint,
     add_command,
     add_config,
@@ -57,9 +61,7 @@ def _register_probe(subparsers) -> None:
         ),
     )
     add_checkpoint(p)
-    p.add_argument("--train", required=True, metavar="M", help="training manifest")
-    p.add_argument("--valid", required=True, metavar="M", help="validation manifest")
-    p.add_argument("--test", metavar="M", help="test manifest (default: none)")
+    add_split_options(p)
     add_out(p)
     add_embedding_options(p)
     p.add_argument(
@@ -115,15 +117,25 @@ def run_probe(args: argparse.Namespace) -> int:
             on_bad_file=args.on_bad_file,
             progress=not args.no_progress,
             pooling=args.pooling,
+            allow_overlap=args.allow_overlap,
         )
     except AudioError as err:
         raise bad_file_error(err) from None
     results["checkpoint"] = args.checkpoint
-    results["manifests"] = {"train": args.train, "valid": args.valid, "test": args.test}
     atomic_write_json(out / RESULTS_FILE, results)
     atomic_write_json(out / RUN_FILE, run_record(args, "probe"))
     _print_probe(results, out / RESULTS_FILE)
     return 0
+
+
+def add_split_options(p: argparse.ArgumentParser) -> None:
+    """``--train``, ``--valid``, ``--test`` and ``--allow-overlap``, as the training commands."""
+    p.add_argument(
+        "--train", required=True, metavar="MANIFEST", help=f"training manifest; {TRAIN_HELP}"
+    )
+    p.add_argument("--valid", metavar="MANIFEST", help=f"validation manifest ({VALID_HELP})")
+    p.add_argument("--test", metavar="MANIFEST", help=f"test manifest ({TEST_HELP})")
+    p.add_argument("--allow-overlap", action="store_true", help=OVERLAP_HELP)
 
 
 def run_record(args: argparse.Namespace, command: str) -> dict:

@@ -19,6 +19,10 @@ from typing import Any
 
 from ssamba.cli.checkpoints import check_device, check_model_conflict
 from ssamba.cli.common import (
+    OVERLAP_HELP,
+    TEST_HELP,
+    TRAIN_HELP,
+    VALID_HELP,
     add_checkpoint,
     add_command,
     add_config,
@@ -37,12 +41,12 @@ from ssamba.cli.common import (
 from ssamba.cli.evaluate import POOLINGS
 from ssamba.configs import (
     BAD_FILE_POLICIES,
+    FRESH_LAYOUT,
     LOSSES,
     LR_SCHEDULES,
     MASK_MODES,
     OBJECTIVES,
     PRECISIONS,
-    FRESH_LAYOUT,
     SELECTION_METRICS,
     FinetuneConfig,
     PretrainConfig,
@@ -192,6 +196,7 @@ def add_train_options(p, options: ConfigOptions) -> None:
         metavar="LIST")  # fmt: skip
     add_workers(g, default=options.defaults["workers"], what="load training data")
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    add(g, "allow_overlap", OVERLAP_HELP, action="store_true")
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
     add_overwrite(g)
     add_progress(g)
@@ -300,9 +305,10 @@ def add_pretrain_parser(subparsers) -> None:
         help="saved weights to continue pretraining from: save_pretrained folder or official "
         ".pth (default: none: a fresh --model)",
     )
-    options.add(g, "train", "audio folder, list or manifest", required=True)
-    options.add(g, "valid", "held-out audio for masked-patch accuracy (default: none: no "
-                "validation, no best/)")  # fmt: skip
+    options.add(g, "train", f"audio folder, list or manifest; {TRAIN_HELP}", required=True,
+                metavar="MANIFEST")  # fmt: skip
+    options.add(g, "valid", f"held-out audio for masked-patch accuracy ({VALID_HELP}; else none: "
+                "no validation, no best/)", metavar="MANIFEST")  # fmt: skip
     options.add(g, "target_length", "frames per clip (10 ms each)", type=target_frames,
                 metavar="FRAMES")  # fmt: skip
     options.add(g, "normalize", "fbank normalisation: auto (the checkpoint's own statistics; "
@@ -397,10 +403,12 @@ def add_finetune_parser(subparsers) -> None:
     )
     g = p.add_argument_group("data")
     options = ConfigOptions(FinetuneConfig, from_recipe=RECIPE_SETTABLE)
-    options.add(g, "train", "labelled manifest (CSV, SSAST JSON or a folder per class)",
-                required=True)  # fmt: skip
-    options.add(g, "valid", "manifest that selects the best epoch (default: none: final/ is used)")
-    options.add(g, "test", "manifest the chosen model is evaluated on (default: none)")
+    options.add(g, "train", f"labelled manifest (CSV, SSAST JSON or a folder per class); "
+                f"{TRAIN_HELP}", required=True, metavar="MANIFEST")  # fmt: skip
+    options.add(g, "valid", f"manifest that selects the best epoch ({VALID_HELP}; else none: "
+                "final/ is used)", metavar="MANIFEST")  # fmt: skip
+    options.add(g, "test", f"manifest the chosen model is evaluated on ({TEST_HELP})",
+                metavar="MANIFEST")  # fmt: skip
     add_finetune_options(p, options)
     p.set_defaults(func=run_finetune)
 

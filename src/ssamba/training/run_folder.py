@@ -61,6 +61,7 @@ RESUMABLE_CHANGES = {
     "log_every",
     "scan_backend",  # the same maths on another kernel (e.g. resumed on a GPU)
     "logger",
+    "allow_overlap",  # a check of the inputs, not of what is computed
     # provenance (recorded only): resuming on another machine or software version is allowed
     "version",
     "git",

@@ -362,3 +362,128 @@ def test_probe_on_one_manifest_uses_its_splits(tones, tmp_path, capsys):
     results = json.loads((out / "probe_results.json").read_text())
     assert (results["train"]["files"], results["valid"]["files"], results["test"]["files"]) == (
         4, 2, 2)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- item 5: vocabulary
+# Where one option name may differ between commands, and why. Anything else that differs (in
+# what the value is, its metavar or its default) fails test_one_option_one_meaning.
+REASONS = {
+    "--out": "the output's kind: a folder (DIR), a JSON file, a model file, a PNG; demo and "
+    "check-data name their defaults",
+    "--checkpoint": "what it may be (weights to start from, a model to evaluate, several to "
+    "average) and so what its absence means",
+    "--format": "each command writes its own file formats",
+    "--mode": "dasl-build's mixing mode, bench's inference or training",
+    "--device": "bench and export choose cpu unless told (a measurement, a trace)",
+    "--classes": "check-data checks a manifest's labels, evaluate names a model's classes",
+    "--min-seconds": "per-command thresholds (a problem in check-data, a dropped piece in "
+    "prepare and segment)",
+    "--seconds": "a clip length (prepare, segment, demo-data), a recording length (dasl, "
+    "dasl-build)",
+    "--workers": "prepare and demo-data: threads of a data-building job, not loader processes",
+    "--max-minutes": "bench's budget bounds the whole sweep",
+    "--model-overrides": "pretrain also has --drop-path",
+    "--target-length": "stats pads only when asked; training inherits the checkpoint's or its "
+    "recipe's",
+    "--normalize": "dasl: the reference script's AudioSet statistics",
+    "--fstride": "dasl: the reference script's 16; convert: read from the weights",
+    "--tstride": "dasl: the reference script's 16; convert: read from the weights",
+    "--seed": "what it seeds differs (its default 0 does not)",
+    "--recipe": "crossval: the task its prepared folder names",
+}
+# Per-task training defaults (ssamba/configs.py: each task's reference settings).
+TASK_DEFAULTS = {
+    "--batch-size", "--epochs", "--lr", "--weight-decay", "--eval-every", "--freqm", "--timem",
+    "--lr-decay", "--lr-decay-start", "--head-lr-mult", "--warmup-steps", "--model", "--depth",
+    "--valid",
+}  # fmt: skip
+
+
+def _parser():
+    from ssamba.cli import build_parser
+
+    return build_parser()
+
+
+def _default(option) -> str:
+    if option.kind == "flag" and option.default in ("", "off"):
+        return "off"  # a flag's absence
+    return option.default.removesuffix(", or the --recipe's")
+
+
+def test_one_option_one_meaning_metavar_and_default_in_every_command():
+    from ssamba.cli.vocabulary import shared
+
+    problems = []
+    for name, opts in shared(_parser()).items():
+        if name in REASONS:
+            continue
+        meanings = {o.meaning for o in opts}
+        if len(meanings) > 1:
+            problems.append(f"{name}: " + "; ".join(f"{o.command} {o.meaning}" for o in opts))
+        defaults = {_default(o) for o in opts}
+        if len(defaults) > 1 and name not in TASK_DEFAULTS:
+            problems.append(f"{name}: defaults " + "; ".join(f"{o.command} {o.default!r}"
+                                                                for o in opts))  # fmt: skip
+    assert not problems, "\n".join(problems)
+
+
+def test_every_help_default_is_printed_once_and_no_option_is_abbreviated():
+    from ssamba.cli.vocabulary import options, subcommands
+
+    parser = _parser()
+    assert not parser.allow_abbrev
+    assert all(not sub.allow_abbrev for _, sub in subcommands(parser))
+    twice = [f"{o.command} {o.name}: {o.help}" for o in options(parser)
+             if o.help.lower().count("default") > 1]  # fmt: skip
+    assert not twice, "\n".join(twice)
+
+
+def test_the_shared_options_table_in_docs_is_up_to_date():
+    from ssamba.cli.vocabulary import table
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "cli_options.md"
+    assert docs.read_text() == table(_parser()), (
+        "regenerate: python -m ssamba.cli.vocabulary > docs/cli_options.md"
+    )
+
+
+@pytest.mark.parametrize(
+    "command, old, new",
+    [
+        ("embed", ["--frames"], "--frame-embeddings"),
+        ("export", ["--frames", "64"], "--target-length"),
+        ("export", ["--output", "tokens"], "--returns"),
+    ],
+)
+def test_old_spellings_work_one_release_with_a_deprecation_line(command, old, new, capsys):
+    from ssamba.cli import build_parser
+
+    base = {"embed": ["embed", "x", "-c", "c", "-o", "o"], "export": ["export", "-c", "c", "-o",
+                                                                       "o.onnx"]}[command]  # fmt: skip
+    args = build_parser().parse_args([*base, *old])
+    if command == "embed":
+        assert args.frames is True
+    elif old[0] == "--frames":
+        assert args.frames == 64
+    else:
+        assert args.output == "tokens"
+    err = capsys.readouterr().err
+    assert f"warning: {old[0]} is deprecated" in err and new in err
+
+
+def test_finetune_into_a_folder_holding_a_run_is_refused_before_the_model_is_loaded(
+    tmp_path, capsys, monkeypatch
+):
+    import ssamba.finetune
+
+    out = tmp_path / "run"
+    (out / "checkpoints" / "step_00000001").mkdir(parents=True)
+    (out / "run.json").write_text("{}")
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded before the folder was checked")
+
+    monkeypatch.setattr(ssamba.finetune, "finetune", no_loading)
+    assert main(["finetune", "--train", str(tmp_path), "-o", str(out), "-c", "x"]) == 2
+    one_error_line(capsys.readouterr().err, "already holds a run")

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,13 @@ TEST_HELP = "default: --train's test rows, when it has a split column; else none
 OVERLAP_HELP = (
     "run although files of --train are also in --valid/--test (a deliberate check; refused "
     "otherwise: their scores would not be held out)"
+)
+
+
+DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda if available, else cpu)"
+NORMALIZE_HELP = (
+    "fbank normalisation: auto (the checkpoint's own statistics; AudioSet for a preset), a "
+    "preset, 'MEAN,STD', a stats JSON (`ssamba stats`) or none"
 )
 
 
@@ -137,6 +145,31 @@ def hidden_alias(p: argparse.ArgumentParser, *flags: str, dest: str, **kw) -> No
     p.add_argument(*flags, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw)
 
 
+class _Deprecated(argparse.Action):
+    """Stores like the new option and prints one ``warning:`` line naming the new spelling."""
+
+    def __init__(self, option_strings, dest, new: str, flag: bool = False, **kw):
+        self.new = new
+        if flag:
+            kw.update(nargs=0)
+        self.flag = flag
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} is deprecated and goes in the next release; use "
+              f"{self.new}", file=sys.stderr)  # fmt: skip
+        setattr(namespace, self.dest, True if self.flag else values)
+
+
+def deprecated_alias(
+    p: argparse.ArgumentParser, old: str, new: str, dest: str, flag: bool = False, **kw
+) -> None:
+    """``old`` kept for one release as a hidden spelling of ``new`` (same ``dest``): it works
+    and says, in one line, to use ``new``."""
+    p.add_argument(old, dest=dest, action=_Deprecated, new=new, flag=flag,
+                   help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw)  # fmt: skip
+
+
 def add_checkpoint(
     p: argparse.ArgumentParser,
     required: bool = True,
@@ -152,13 +185,21 @@ def add_out(
     p.add_argument("-o", "--out", required=required, metavar="DIR", help=help, **kw)
 
 
-def add_workers(p: argparse.ArgumentParser, default: int = 0, what: str = "load data") -> None:
+WORKERS_DEFAULT = "auto: one per core, at most 8"  # ssamba.configs.default_workers
+
+
+def add_workers(p: argparse.ArgumentParser, default: int | None = None, what: str = "load data"):
+    """``--workers N``: the same default everywhere (:func:`ssamba.configs.default_workers`)."""
+    from ssamba.configs import default_workers  # torch-free
+
     p.add_argument(
         "--workers",
         type=non_negative_int,
-        default=default,
+        default=default_workers() if default is None else default,
         metavar="N",
-        help=f"{what} in N worker processes (0: in the main process)",
+        help=f"{what} in N worker processes (0: in the main process; default: {WORKERS_DEFAULT})"
+        if default is None
+        else f"{what} in N worker processes (0: in the main process)",
     )
     hidden_alias(p, "--num-workers", dest="workers", type=non_negative_int)
 

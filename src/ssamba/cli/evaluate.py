@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
 from ssamba.cli.checkpoints import default_device, either, load_checkpoint
 from ssamba.cli.common import (
+    DEVICE_HELP,
+    NORMALIZE_HELP,
     OVERLAP_HELP,
     TEST_HELP,
     TRAIN_HELP,
@@ -24,6 +27,7 @@ from ssamba.cli.common import (
     non_negative_float,
     positive_int,
     prepare_output,
+    target_frames,
 )
 from ssamba.cli.embed import (
     add_bad_file_option,
@@ -176,6 +180,8 @@ def _register_evaluate(subparsers) -> None:
         required=False,
         help="fine-tuned model: save_pretrained folder or official .pth (required)",
     )
+    # -c is required (checked when it runs: the old positional spelling is still accepted)
+    p.usage = "%(prog)s [-h] -c CKPT [options] MANIFEST"
     # the old spelling `ssamba evaluate CKPT MANIFEST`, kept for one release
     p.add_argument("legacy_checkpoint", nargs="?", help=argparse.SUPPRESS)
     p.add_argument(
@@ -195,29 +201,26 @@ def _register_evaluate(subparsers) -> None:
     )
     p.add_argument(
         "--target-length",
-        type=positive_int,
-        metavar="N",
-        help="frames per clip (default: the model's)",
+        type=target_frames,
+        metavar="FRAMES",
+        help="frames per clip (10 ms each) (default: the checkpoint's)",
     )
     p.add_argument(
         "--fstride",
         type=positive_int,
         metavar="N",
-        help="patch stride in frequency (default: the model's)",
+        help="patch stride in frequency (default: the checkpoint's)",
     )
     p.add_argument(
         "--tstride",
         type=positive_int,
         metavar="N",
-        help="patch stride in time (default: the model's)",
+        help="patch stride in time (default: the checkpoint's)",
     )
-    p.add_argument(
-        "--normalize",
-        metavar="STATS",
-        help="preset name or stats JSON (default: the model's normalisation)",
-    )
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--normalize", metavar="STATS", default="auto", help=NORMALIZE_HELP)
+    p.add_argument("--device", help=DEVICE_HELP)
     add_workers(p, what="decode audio")
+    add_config(p)
     add_overwrite(p)
     add_progress(p)
     p.set_defaults(func=run_evaluate)
@@ -228,6 +231,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ssamba.evaluation import MetricWarning, evaluate_model, find_class_list
 
     checkpoint = either(args, "checkpoint", "legacy_checkpoint", "-c/--checkpoint")
+    if args.legacy_checkpoint is not None:
+        print("warning: `ssamba evaluate CKPT MANIFEST` is deprecated and goes in the next "
+              "release; use `ssamba evaluate -c CKPT MANIFEST`", file=sys.stderr)  # fmt: skip
     out = Path(args.out) if args.out else Path(f"eval-{Path(args.manifest).stem}")
     if not args.overwrite:
         prepare_output(out, False, "evaluation output")
@@ -244,7 +250,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             classes=classes,
             batch_size=args.batch_size,
             target_length=args.target_length,
-            normalize=args.normalize,
+            normalize=None if args.normalize == "auto" else args.normalize,
             device=device,
             progress=not args.no_progress,
             num_workers=args.workers,

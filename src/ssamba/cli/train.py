@@ -19,6 +19,8 @@ from typing import Any
 
 from ssamba.cli.checkpoints import check_device, check_model_conflict
 from ssamba.cli.common import (
+    DEVICE_HELP,
+    NORMALIZE_HELP,
     OVERLAP_HELP,
     TEST_HELP,
     TRAIN_HELP,
@@ -96,7 +98,8 @@ class ConfigOptions:
         flags = flags or (f"--{name.replace('_', '-')}",)
         default = self.defaults[name]
         if name in self.from_recipe:
-            help = f"{help} (default: {shown or _shown(default)}, or the --recipe's)"
+            if "default" not in help.lower():  # printed once
+                help = f"{help} (default: {shown or _shown(default)}, or the --recipe's)"
             kw["default"] = argparse.SUPPRESS
         elif kw.get("required"):
             kw["default"] = None  # (a --config file may set it)
@@ -139,7 +142,10 @@ def add_model_options(p, options: ConfigOptions, drop_path: bool = False) -> Non
     options.add(p, "model", f"the preset to build ({', '.join(list_models())})", metavar="PRESET",
                 choices=list_models(), action=StoreGiven)  # fmt: skip
     p.add_argument(
-        "--depth", type=positive_int, help="override the preset's depth (default: the preset's)"
+        "--depth",
+        type=positive_int,
+        metavar="N",
+        help="override the preset's depth (default: the preset's)",
     )
     if drop_path:
         p.add_argument(
@@ -184,7 +190,7 @@ def add_train_options(p, options: ConfigOptions) -> None:
     g = p.add_argument_group("run")
     add_out(g, help="output folder (run.json, metrics, checkpoints, best/ and final/ models)")
     add(g, "seed", "random seed (weights, data order, masks, augmentation)",
-        type=non_negative_int)  # fmt: skip
+        type=non_negative_int, metavar="N")  # fmt: skip
     add(g, "eval_every", "evaluate every N steps; 0: every epoch", type=non_negative_int,
         metavar="N")  # fmt: skip
     add(g, "save_every", "checkpoint every N steps; 0: every epoch", type=non_negative_int,
@@ -194,8 +200,8 @@ def add_train_options(p, options: ConfigOptions) -> None:
     add(g, "logger", "where metrics go, comma-separated: jsonl (metrics.jsonl, always "
         "written), tensorboard (tb/), wandb (wandb/; WANDB_MODE=offline keeps it local)",
         metavar="LIST")  # fmt: skip
-    add_workers(g, default=options.defaults["workers"], what="load training data")
-    g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    add_workers(g, what="load training data")
+    g.add_argument("--device", help=DEVICE_HELP)
     add(g, "allow_overlap", OVERLAP_HELP, action="store_true")
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
     add_overwrite(g)
@@ -311,9 +317,7 @@ def add_pretrain_parser(subparsers) -> None:
                 "no validation, no best/)", metavar="MANIFEST")  # fmt: skip
     options.add(g, "target_length", "frames per clip (10 ms each)", type=target_frames,
                 metavar="FRAMES")  # fmt: skip
-    options.add(g, "normalize", "fbank normalisation: auto (the checkpoint's own statistics; "
-                "AudioSet for a preset), a preset, 'MEAN,STD', a stats JSON (`ssamba stats`) or "
-                "none")  # fmt: skip
+    options.add(g, "normalize", NORMALIZE_HELP, metavar="STATS")
     options.add(g, "mask_patch", "masked patches per clip; none: 400 of 512, scaled to "
                 "--target-length", type=positive_int, metavar="N")  # fmt: skip
     options.add(g, "mask_mode", "cluster masks (SSAST), random patches or whole frames",
@@ -360,10 +364,12 @@ def add_probe_options(p, options: ConfigOptions) -> None:
 def run_pretrain(args) -> int:
     from ssamba.pretrain import pretrain
     from ssamba.training import configure_logging
+    from ssamba.training.run_folder import check_new_run
 
     check_device(args.device)
     cfg = pretrain_config(args)
     check_model_conflict(given_model(args), cfg.checkpoint)
+    check_new_run(cfg.out, cfg.resume, cfg.overwrite)  # before the model is loaded
     configure_logging(is_main_process())
     summary = pretrain(cfg, device=args.device)
     print(
@@ -421,8 +427,7 @@ def add_finetune_options(p, options: ConfigOptions) -> None:
     inherited = "the checkpoint's; {} without one"
     add(g, "target_length", "frames per clip (10 ms each)", type=target_frames, metavar="FRAMES",
         shown=inherited.format(FRESH_LAYOUT["target_length"]))  # fmt: skip
-    add(g, "normalize", "fbank normalisation: auto (the checkpoint's own statistics; AudioSet "
-        "for a preset), a preset, 'MEAN,STD', a stats JSON or none")  # fmt: skip
+    add(g, "normalize", NORMALIZE_HELP, metavar="STATS")
     add(g, "fstride", "patch stride in frequency", type=positive_int, metavar="N",
         shown=inherited.format(FRESH_LAYOUT["fstride"]))  # fmt: skip
     add(g, "tstride", "patch stride in time", type=positive_int, metavar="N",
@@ -470,10 +475,12 @@ def finetune_config(args, recipe: str | None = None, **fixed) -> FinetuneConfig:
 def run_finetune(args) -> int:
     from ssamba.finetune import finetune
     from ssamba.training import configure_logging
+    from ssamba.training.run_folder import check_new_run
 
     check_device(args.device)
     cfg = finetune_config(args, args.recipe)
     check_model_conflict(given_model(args), cfg.checkpoint)
+    check_new_run(cfg.out, cfg.resume, cfg.overwrite)  # before the model is loaded
     configure_logging(is_main_process())
     with warn_if_random(cfg.checkpoint, cfg.model, "fine-tuning"):
         summary = finetune(cfg, device=args.device)

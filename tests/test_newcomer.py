@@ -459,8 +459,10 @@ def test_the_shared_options_table_in_docs_is_up_to_date():
 def test_old_spellings_work_one_release_with_a_deprecation_line(command, old, new, capsys):
     from ssamba.cli import build_parser
 
-    base = {"embed": ["embed", "x", "-c", "c", "-o", "o"], "export": ["export", "-c", "c", "-o",
-                                                                       "o.onnx"]}[command]  # fmt: skip
+    base = {
+        "embed": ["embed", "x", "-c", "c", "-o", "o"],
+        "export": ["export", "-c", "c", "-o", "o.onnx"],
+    }[command]
     args = build_parser().parse_args([*base, *old])
     if command == "embed":
         assert args.frames is True

@@ -489,3 +489,35 @@ def test_finetune_into_a_folder_holding_a_run_is_refused_before_the_model_is_loa
     monkeypatch.setattr(ssamba.finetune, "finetune", no_loading)
     assert main(["finetune", "--train", str(tmp_path), "-o", str(out), "-c", "x"]) == 2
     one_error_line(capsys.readouterr().err, "already holds a run")
+
+
+# ---------------------------------------------------------------------------- item 7 (part)
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_the_same_file_twice_with_different_labels_is_an_error_naming_both(tones, tmp_path, fmt):
+    from ssamba.data import read_manifest
+    from ssamba.errors import ManifestError
+
+    wav = tones / "low" / "0.wav"
+    if fmt == "csv":
+        path = tmp_path / "m.csv"
+        path.write_text(f"path,label\n{wav},low\n{tones / 'low' / '1.wav'},low\n{wav},high\n")
+    else:
+        path = tmp_path / "m.json"
+        path.write_text(json.dumps({"data": [{"wav": str(wav), "labels": "low"},
+                                             {"wav": str(wav), "labels": "high"}]}))  # fmt: skip
+    with pytest.raises(ManifestError, match="0.wav.*twice with different labels.*low.*high"):
+        read_manifest(path)
+    assert len(read_manifest(path, ignore_labels=True)) >= 2  # labels ignored: no conflict
+
+
+@pytest.mark.parametrize("command", ["stats", "check-data"])
+def test_an_output_file_that_exists_as_a_folder_names_the_users_path(command, tones, tmp_path,
+                                                                     capsys):  # fmt: skip
+    out = tmp_path / "out.json"
+    out.mkdir()
+    argv = [command, str(tones), "-o", str(out), "--no-progress", "--workers", "0"]
+    if command == "stats":
+        argv.append("--overwrite")
+    assert main(argv) in (1, 2)
+    line = one_error_line(capsys.readouterr().err, str(out))
+    assert ".tmp" not in line

@@ -55,6 +55,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp_path)`` to produce the file, then move it onto ``path`` atomically (with
     the mode the umask gives a new file)."""
     path = Path(path)
+    if path.is_dir():  # refused before anything is written, naming the user's path
+        raise UsageError(f"{path}: a folder; expected a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_FILE_SUFFIX)
     os.close(fd)
@@ -64,7 +66,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
         write(tmp)
         with open(tmp, "rb") as f:  # the data is on disk before the rename makes it visible
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as err:  # name the target, never the temporary file
+            raise OSError(err.errno, err.strerror, str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -382,13 +382,13 @@ def _read_splits(
                 valid_manifest, train.classes, train.multilabel
             )
             splits["test"] = test_manifest and _read(test_manifest, train.classes, train.multilabel)
-        if not allow_overlap:
-            check_no_overlap(splits)
     else:
-        splits = read_splits(*given, allow_overlap=allow_overlap)
+        splits = read_splits(*given, allow_overlap=True)  # checked below, after the labels
         train = splits["train"]
     if not train.labeled:
         raise UsageError(f"{train.source}: the training manifest has no labels")
+    if not allow_overlap:
+        check_no_overlap(splits)
     if splits.get("valid") is None:
         raise UsageError(
             f"{train.spec}: no validation set to choose the L2 weight: pass one (--valid), or a "

@@ -179,6 +179,8 @@ def read_manifest(
             classes = path.parent / CLASS_LABELS_FILE
     if ignore_labels:
         examples = [dataclasses.replace(ex, labels=()) for ex in examples]
+    else:
+        _refuse_conflicting_labels(path, examples, where)
     labeled = any(ex.labels for ex in examples)
     if multilabel is None:  # decided on the whole file, so all its splits agree
         multilabel = any(len(ex.labels) > 1 for ex in examples)
@@ -342,6 +344,21 @@ def _read_shards(spec, classes):
     if classes is None and index_classes and any(ex.labels for ex in examples):
         classes = index_classes
     return "shards", examples, where, classes
+
+
+def _refuse_conflicting_labels(path: Path, examples: list[Example], where: list[str]) -> None:
+    """A file listed twice with different labels: which is right cannot be guessed (a file
+    listed twice with the same labels is left to check-data and the held-out checks)."""
+    first: dict[tuple, int] = {}
+    for k, ex in enumerate(examples):
+        key = (ex.path, ex.offset)
+        j = first.setdefault(key, k)
+        if j != k and set(examples[j].labels) != set(ex.labels):
+            raise ManifestError(
+                f"{path}: {ex.path} is listed twice with different labels ({where[j]}: "
+                f"{';'.join(examples[j].labels) or 'none'}; {where[k]}: "
+                f"{';'.join(ex.labels) or 'none'}); keep one row"
+            )
 
 
 def _refuse_self_reference(path: Path, examples: list[Example], where: list[str]) -> None:

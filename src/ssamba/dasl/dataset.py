@@ -25,7 +25,7 @@ def read_dasl_manifest(path, classes=None) -> tuple[list[tuple[Path, list[str]]]
     """
     if classes is None:
         classes = class_list_for(Path(split_spec(path)[0]))  # PATH or PATH:SPLIT
-    m = read_manifest(path, classes=classes, multilabel=True)
+    m = read_manifest(path, classes=classes, multilabel=True, label_sequences=True)
     if not m.labeled:
         raise ManifestError(f"{path}: a DASL manifest needs per-second labels")
     return [(ex.path, list(ex.labels)) for ex in m.examples], list(m.classes)

@@ -147,6 +147,7 @@ def read_manifest(
     *,
     ignore_labels: bool = False,
     multilabel: bool | None = None,
+    label_sequences: bool = False,
 ) -> Manifest:
     """Read a manifest of any supported format (see the module docstring).
 
@@ -160,6 +161,9 @@ def read_manifest(
             Classes are computed before filtering, so every split of one file shares them.
         ignore_labels: read labels as absent (pretraining on a labeled set).
         multilabel: force the flag; default: True when some example has more than one label.
+        label_sequences: labels are a sequence (DASL: one per second), and a file may be listed
+            again with labels for part of it; otherwise a file listed twice with different
+            labels is an error.
 
     ``path`` may also name a split as ``PATH:SPLIT`` (``data.csv:valid``, :func:`split_spec`).
     """
@@ -179,7 +183,7 @@ def read_manifest(
             classes = path.parent / CLASS_LABELS_FILE
     if ignore_labels:
         examples = [dataclasses.replace(ex, labels=()) for ex in examples]
-    else:
+    elif not label_sequences:
         _refuse_conflicting_labels(path, examples, where)
     labeled = any(ex.labels for ex in examples)
     if multilabel is None:  # decided on the whole file, so all its splits agree

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ssamba.data import Manifest, read_manifest
+from ssamba.data import Manifest, check_no_overlap, read_manifest, read_splits
 from ssamba.embeddings import embed_files, layer_columns, model_fingerprint, resolve_layers
 from ssamba.errors import UsageError
 from ssamba.evaluation import accuracy, mean_average_precision
@@ -281,7 +281,7 @@ def _targets(manifest, kept: list[int]) -> np.ndarray:
 def linear_probe(
     model,
     train_manifest,
-    valid_manifest,
+    valid_manifest=None,
     test_manifest=None,
     *,
     layers=None,
@@ -290,7 +290,10 @@ def linear_probe(
     """Linear probe of ``model``'s clip embeddings (see the module docstring).
 
     Manifests are paths (anything :func:`ssamba.data.read_manifest` reads) or ``Manifest``
-    objects; valid and test use the training classes. ``layers``: as :func:`ssamba.embed`;
+    objects; valid and test use the training classes. A manifest path with a ``split`` column
+    serves every set (:func:`ssamba.data.read_splits`: valid and test, when not given, are its
+    rows of those splits); a file in train and in valid or test is an error unless
+    ``allow_overlap``. ``layers``: as :func:`ssamba.embed`;
     ``options``: those of :func:`linear_probes`. Returns a JSON-ready dict with the chosen
     ``l2``, the per-``l2`` validation scores and ``train``/``valid``/``test`` metrics.
     """
@@ -303,7 +306,7 @@ def linear_probe(
 def linear_probes(
     model,
     train_manifest,
-    valid_manifest,
+    valid_manifest=None,
     test_manifest=None,
     views: dict[str, Any] | None = None,
     *,
@@ -317,6 +320,7 @@ def linear_probes(
     on_bad_file: str = "error",
     progress: bool = False,
     pooling: str = "mean",
+    allow_overlap: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """One :func:`linear_probe` per view of the model (``views``: name -> ``layers``, default
     ``{"probe": None}``: the final output), from one embedding pass.
@@ -328,7 +332,7 @@ def linear_probes(
     views = {"probe": None} if views is None else dict(views)
     if not views:
         raise UsageError("views must name at least one set of layers")
-    splits = _read_splits(train_manifest, valid_manifest, test_manifest)
+    splits = _read_splits(train_manifest, valid_manifest, test_manifest, allow_overlap)
     train = splits["train"]
     multilabel = bool(train.multilabel)
     _check_l2_grid(l2_grid)
@@ -375,6 +379,7 @@ def linear_probes(
         }
         for split in data:
             results[split]["bad_files"] = data[split][2]
+        results["manifests"] = {split: splits[split].spec for split in splits}  # PATH[:SPLIT]
         out[name] = results
     return out
 
@@ -387,15 +392,33 @@ def view_layers(model, views: dict[str, Any]) -> tuple[list[int], dict[str, tupl
     return list(dict.fromkeys(k for ks in chosen.values() for k in ks)), chosen
 
 
-def _read_splits(train_manifest, valid_manifest, test_manifest) -> dict[str, Manifest]:
-    """The labelled splits of a probe; valid and test read with the training classes."""
-    train = _read(train_manifest)
+def _read_splits(
+    train_manifest, valid_manifest, test_manifest, allow_overlap: bool = False
+) -> dict[str, Manifest]:
+    """The labelled splits of a probe; valid and test read with the training classes (paths:
+    :func:`ssamba.data.read_splits`, one manifest with a split column may serve all three)."""
+    given = (train_manifest, valid_manifest, test_manifest)
+    if any(isinstance(m, Manifest) for m in given):
+        train = _read(train_manifest)
+        splits = {"train": train}
+        if train.labeled:
+            splits["valid"] = valid_manifest and _read(
+                valid_manifest, train.classes, train.multilabel
+            )
+            splits["test"] = test_manifest and _read(test_manifest, train.classes, train.multilabel)
+    else:
+        splits = read_splits(*given, allow_overlap=True)  # checked below, after the labels
+        train = splits["train"]
     if not train.labeled:
         raise UsageError(f"{train.source}: the training manifest has no labels")
-    splits = {"train": train, "valid": _read(valid_manifest, train.classes, train.multilabel)}
-    if test_manifest:
-        splits["test"] = _read(test_manifest, train.classes, train.multilabel)
-    return splits
+    if not allow_overlap:
+        check_no_overlap(splits)
+    if splits.get("valid") is None:
+        raise UsageError(
+            f"{train.spec}: no validation set to choose the L2 weight: pass one (--valid), or a "
+            "manifest with a split column holding valid rows"
+        )
+    return {k: m for k, m in splits.items() if m is not None}
 
 
 def _check_l2_grid(l2_grid) -> None:

@@ -13,18 +13,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import one_error_line
 from ssamba.cli import main
 from ssamba.fileio import atomic_write_json, atomic_write_text, staged_folder
-
-
-def one_error_line(err: str, *needles: str) -> str:
-    """The single ``error: ...`` line of ``err``; it names every needle."""
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture

@@ -52,6 +52,13 @@ METHODS = {  # name -> FinetuneConfig changes (the rest: the demo's plan)
     "lp-ft, head lr x1": {"head_init": "probe", "layer_decay": 1.0, "head_lr_mult": 1.0},
     "lp-ft, lr 2e-5, head x1": {"head_init": "probe", "lr": 2e-5, "head_lr_mult": 1.0},
     "lp-ft, warm-up 50, head x1": {"head_init": "probe", "warmup_steps": 50, "head_lr_mult": 1.0},
+    "lp-ft, no SpecAugment": {"head_init": "probe", "freqm": 0, "timem": 0},
+    "lp-ft, no SpecAugment, head x1": {
+        "head_init": "probe",
+        "freqm": 0,
+        "timem": 0,
+        "head_lr_mult": 1.0,
+    },
 }
 RUNS = [  # (arch, init, method)
     ("ssamba", "pretrained", "plain"),
@@ -104,9 +111,9 @@ def run_one(out: Path, arch: str, init: str, method: str, task_name: str, data, 
     classes = json.loads((run / "final" / "classes.json").read_text())
     test_set = AudioDataset(read_manifest(cfg.test, classes=classes), cfg.target_length,
                             (stats[0], stats[1]), train=False)  # fmt: skip
-    valid = {
-        r["step"]: r["acc"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "valid"
-    }
+    records = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "valid"]
+    valid = {r["step"]: r["acc"] for r in records}
+    losses = {r["step"]: r.get("loss") for r in records}
     tests = {}
     if "head_probe" in summary:
         tests[0] = summary["head_probe"]["test"]["accuracy"]
@@ -115,12 +122,18 @@ def run_one(out: Path, arch: str, init: str, method: str, task_name: str, data, 
         if step in valid:
             tests[step] = test_accuracy(cfg, classes, ckpt, test_set)
     curve = []
-    best = (-math.inf, None)
+    best = (-math.inf, None)  # by validation accuracy, as best/ with --metric acc
+    least = (math.inf, None)  # by validation loss, as best/ with --metric loss
     for step in sorted(valid):
-        if valid[step] > best[0]:  # as best/: a strictly better validation result
+        if valid[step] > best[0]:  # a strictly better validation result
             best = (valid[step], step)
-        curve.append({"step": step, "valid": valid[step], "test": tests[best[1]],
-                      "best_step": best[1]})  # fmt: skip
+        if losses[step] is not None and losses[step] < least[0]:
+            least = (losses[step], step)
+        point = {"step": step, "valid": valid[step], "test": tests[best[1]], "best_step": best[1]}
+        if least[1] is not None:
+            point.update(valid_loss=losses[step], test_by_loss=tests[least[1]],
+                         best_step_by_loss=least[1])  # fmt: skip
+        curve.append(point)
     shutil.rmtree(run / "checkpoints")  # (the curve is what the study keeps)
     return {
         "task": task_name, "arch": arch, "init": init, "method": method, "steps": summary["steps"],

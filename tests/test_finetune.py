@@ -363,3 +363,25 @@ def test_head_scores_follow_the_loss_and_old_folders_keep_the_sigmoid(tmp_path):
     del config["head_loss"]  # a folder written before the field existed
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     assert ssamba.load_model(tmp_path / "m").config.head_loss == "bce"
+
+
+def test_metric_loss_keeps_the_checkpoint_with_the_lowest_validation_loss(tones, tmp_path):
+    """--metric loss: best/ is the evaluation with the lowest validation loss (the run's own
+    loss on its scores), and summary.json reports that loss."""
+    from ssamba.finetune import score_loss
+    from ssamba.training import read_metrics
+
+    out = tmp_path / "run"
+    summary = finetune(cfg(tones, out, metric="loss", epochs=3, head_init="probe"))
+    valid = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "valid"]
+    lowest = min(valid, key=lambda r: r["loss"])
+    assert valid[0]["step"] == 0 and len(valid) == 4
+    assert summary["best_step"] == lowest["step"]
+    assert summary["best_metric"] == pytest.approx(lowest["loss"])
+    assert summary["test"]["loss"] > 0
+    scores = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    want = -(np.log(0.7) + np.log(0.1)) / 2
+    assert score_loss(scores, targets, "ce") == pytest.approx(want)
+    bce = -(np.log(0.7) + np.log(0.8) + np.log(0.9) + np.log(0.9) + np.log(0.1) + np.log(0.2)) / 6
+    assert score_loss(scores, targets, "bce") == pytest.approx(bce)

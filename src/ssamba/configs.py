@@ -29,7 +29,7 @@ MASK_MODES = ("cluster", "random", "frame")
 BAD_FILE_POLICIES = ("error", "skip")
 LOSSES = ("ce", "bce")
 HEAD_INITS = ("random", "probe")  # fine-tuning's head: fresh, or the linear probe's (LP-FT)
-SELECTION_METRICS = ("acc", "map")
+SELECTION_METRICS = ("acc", "map", "loss")  # loss: the validation loss, lower is better
 MIXTURE_MODES = ("whole", "crop")
 # fine-tuning's decay after warm-up: lr_decay every epoch from lr_decay_start on, or at each of
 # lr_milestones (torch's MultiStepLR, as the official AS-20K script)

@@ -153,6 +153,7 @@ class FinetuneTask(ClassifierTask):
     def __init__(self, cfg: FinetuneConfig, model, classes: list[str]):
         super().__init__(cfg, model, classes)
         self.watch = cfg.metric
+        self.watch_higher = cfg.metric != "loss"
         # a head that starts as the probe is scored before any step (best/ starts from it)
         self.evaluate_first = cfg.head_init == "probe"
         self.module = Classifier(model, cfg.loss)
@@ -196,9 +197,21 @@ class FinetuneTask(ClassifierTask):
         scores, targets = self.predict(loader, dist)
         metrics = compute_metrics(scores.numpy(), targets.numpy(), self.classes)
         found = {k: metrics.get(k) for k in ("acc", "map", "mauc", "d_prime")}
+        found["loss"] = score_loss(scores, targets, self.cfg.loss)
         if found[self.watch] is None:
             raise UsageError(f"metric {self.watch!r} is undefined for this task: use --metric map")
         return {k: float(v) for k, v in found.items() if v is not None}
+
+
+def score_loss(scores: torch.Tensor, targets: torch.Tensor, loss: str) -> float:
+    """The training loss of the run, from its scores (:func:`ssamba.evaluation.head_scores`):
+    cross-entropy of the softmax against the targets' distribution (``ce``), the mean binary
+    cross-entropy per class (``bce``)."""
+    p = scores.double().clamp(1e-12, 1 - 1e-12)
+    t = targets.double()
+    if loss == "ce":
+        return float(-(t * p.log()).sum(dim=1).mean())
+    return float(-(t * p.log() + (1 - t) * (1 - p).log()).mean())
 
 
 def build_model(cfg, num_classes: int, stats, pool: str = "mean"):
@@ -415,6 +428,7 @@ def evaluate_on_test(task: FinetuneTask, test_set, cfg: FinetuneConfig, dist: Di
     chosen = load_chosen_model(cfg.out, task.model)
     scores, targets = task.predict(eval_loader(test_set, dist, cfg.batch_size), dist)
     test = compute_metrics(scores.numpy(), targets.numpy(), task.classes)
+    test["loss"] = score_loss(scores, targets, cfg.loss)
     if dist.is_main:
         atomic_write_json(Path(cfg.out) / "test_metrics.json", test, default=str)
     scalars = {k: v for k, v in test.items() if isinstance(v, int | float)}

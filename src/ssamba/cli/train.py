@@ -445,7 +445,8 @@ def add_finetune_options(p, options: ConfigOptions) -> None:
     add(g, "mixup", "probability of mixing two clips (mixup)", type=fraction)
     add(g, "noise", "add noise and shift in time", action=argparse.BooleanOptionalAction)
     add(g, "loss", "ce: single-label; bce: multi-label", choices=LOSSES)
-    add(g, "metric", "the validation metric that selects the best epoch", choices=SELECTION_METRICS)
+    add(g, "metric", "the validation metric that selects the best epoch (loss: the --loss on the "
+        "validation set, lower is better)", choices=SELECTION_METRICS)  # fmt: skip
     add(g, "balanced", "class-balanced sampling", action=argparse.BooleanOptionalAction)
     add(g, "on_bad_file", "an unreadable audio file stops the run, or is skipped",
         choices=BAD_FILE_POLICIES)  # fmt: skip

@@ -93,7 +93,7 @@ def fit(
             )
             if end_of_epoch:
                 break  # a new loader for the next epoch's order
-    return finish(run, model, progress, meter, metrics, dist, callback)
+    return finish(run, model, progress, meter, metrics, dist, callback, _sign(task))
 
 
 # ---------------------------------------------------------------------------- set-up
@@ -339,6 +339,11 @@ def _due(step: int, every: int, max_steps: int) -> bool:
     return step % every == 0 or step == max_steps
 
 
+def _sign(task: Task) -> int:
+    """+1 where a higher ``watch`` is better, -1 where lower is (a validation loss)."""
+    return 1 if getattr(task, "watch_higher", True) else -1
+
+
 def maybe_evaluate(task: Task, valid_set, cfg, dist, run: RunFolder, progress, plan) -> None:
     """Every ``eval_every`` steps and at the end: evaluate, feed the schedule, keep best/."""
     if valid_set is None or not _due(progress.step, plan.eval_every, plan.max_steps):
@@ -346,7 +351,7 @@ def maybe_evaluate(task: Task, valid_set, cfg, dist, run: RunFolder, progress, p
     loader = eval_loader(valid_set, dist, cfg.batch_size // dist.world_size, cfg.workers)
     # evaluation runs in fp32 whatever the training precision: metrics comparable across runs
     result = task.evaluate(loader, dist)  # already reduced over ranks
-    watched = result[task.watch]
+    watched = _sign(task) * result[task.watch]  # higher is better from here on
     task.schedule.observe(watched)
     if watched > progress.best_metric:
         progress.best_metric, progress.best_step = watched, progress.step
@@ -374,8 +379,11 @@ def maybe_save(
 
 
 # ---------------------------------------------------------------------------- finish
-def finish(run: RunFolder, model, progress: Progress, meter, metrics, dist, callback) -> dict:
-    """Save final/ and summary.json; the summary."""
+def finish(
+    run: RunFolder, model, progress: Progress, meter, metrics, dist, callback, sign: int = 1
+) -> dict:
+    """Save final/ and summary.json; the summary (``best_metric`` as evaluated: ``sign`` undoes
+    the flip of a lower-is-better metric)."""
     meter.close()
     elapsed = meter.elapsed()
     summary = {
@@ -384,7 +392,7 @@ def finish(run: RunFolder, model, progress: Progress, meter, metrics, dist, call
         "seconds": round(elapsed, 1),
         "skipped_files": meter.skipped_files,
         "last_train": metrics,
-        "best_metric": None if progress.best_step < 0 else progress.best_metric,
+        "best_metric": None if progress.best_step < 0 else sign * progress.best_metric,
         "best_step": None if progress.best_step < 0 else progress.best_step,
         **callback.summary(elapsed),
     }

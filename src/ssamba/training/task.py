@@ -37,6 +37,8 @@ class Task(Protocol):
     - ``unused_parameters``: True when a step leaves some of ``module``'s parameters without a
       gradient (pretraining with one objective leaves the other head unused); DDP then searches
       for them every step. Default False.
+    - ``watch_higher``: False when a lower ``watch`` is better (a validation loss). Default
+      True.
     - ``evaluate_first``: True to validate the initial weights too (step 0, before any update),
       so that ``best/`` can be them: a fine-tuning head that starts as a fitted probe. Default
       False.
@@ -53,6 +55,7 @@ class Task(Protocol):
     optimizer_class: ClassVar[type[torch.optim.Optimizer]] = torch.optim.AdamW
     unused_parameters: bool = False
     evaluate_first: bool = False
+    watch_higher: bool = True
 
     def settings(self) -> dict[str, Any]:
         """The run's settings for run.json, every key a command-line option of ``command`` (so

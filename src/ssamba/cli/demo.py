@@ -19,11 +19,12 @@ def register(subparsers) -> None:
         help="the whole pipeline end to end on built-in real audio (SSAMBA vs SSAST)",
         description=(
             "Build the demo data (cached), pretrain SSAMBA and SSAST of the same small size on "
-            "the same audio for the same time, then compare them (and the same architectures "
-            "from random initialisation, and a log-mel baseline) by linear probe and by short "
-            "fine-tuning on held-out voices and instruments. Writes results.md, results.json, "
-            "plots and a README to the output folder; a re-run reuses the data and pretrained "
-            "models whose settings match."
+            "the same audio for the same time, then compare them (and SSAMBA from random "
+            "initialisation, and a log-mel baseline) by fine-tuning (LP-FT: each run starts "
+            "from the linear probe of its final output, which is reported beside it) on "
+            "held-out voices and instruments. Writes results.md, results.json, plots and a "
+            "README to the output folder; a re-run reuses the data and pretrained models whose "
+            "settings match."
         ),
     )
     add_out(p, required=False, default="demo_out", help="output folder (data cached inside)")
@@ -40,6 +41,12 @@ def register(subparsers) -> None:
         help="delete the output folder and start from scratch (a folder that is not an earlier "
         "demo is refused otherwise)",
     )
+    p.add_argument(
+        "--fold-probes",
+        action="store_true",
+        help="also probe every layer and the final output separately, the instruments over "
+        "program folds (the earlier demos' probe; 3-4 minutes more)",
+    )
     add_progress(p)
     p.set_defaults(func=run_demo_command)
 
@@ -51,7 +58,9 @@ def run_demo_command(args: argparse.Namespace) -> int:
     # an earlier demo's folder holds data/ (built first): it is resumed, not replaced
     check_cache_folder(args.out, args.overwrite, "data", "folder (not a demo output)")
     configure_logging(True)
-    report = run_demo(args.out, args.budget, progress=not args.no_progress)
+    report = run_demo(
+        args.out, args.budget, progress=not args.no_progress, fold_probes=args.fold_probes
+    )
     print(report_text(report))
     print(f"\nwritten to {args.out}/ (results.md, results.json, plots, README.md)")
     return 0

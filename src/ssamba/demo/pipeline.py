@@ -362,13 +362,16 @@ def logmel_baseline(task: dict, stats, name: str = "") -> float:
 
 
 # ---------------------------------------------------------------------------- the demo
-def run_demo(out: str | Path = "demo_out", budget: float = 1.0, progress: bool = True) -> dict:
+def run_demo(
+    out: str | Path = "demo_out", budget: float = 1.0, progress: bool = True, fold_probes=False
+) -> dict:
     """The whole demo in ``out`` (data and pretrained models there are reused when their settings
-    match); writes results.md, results.json, plots and README.md there and returns the report."""
+    match); writes results.md, results.json, plots and README.md there and returns the report.
+    ``fold_probes``: also the separate probes of every layer (:attr:`DemoPlan.fold_probes`)."""
     started = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    plan = DemoPlan().scaled(budget)
+    plan = DemoPlan(fold_probes=fold_probes).scaled(budget)
     timings = {}
 
     t = time.time()

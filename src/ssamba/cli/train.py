@@ -288,7 +288,8 @@ def add_pretrain_parser(subparsers) -> None:
     )
     p.add_argument(
         "--recipe",
-        help="an official pretraining run: " + ", ".join(list_pretrain_recipes()) + " (default: "
+        help="a pretraining recipe: an official run (ssamba_SIZE_M) or ours for the teacher "
+        "objective (ssamba_SIZE_teacher): " + ", ".join(list_pretrain_recipes()) + " (default: "
         "none)",
     )
     options = ConfigOptions(PretrainConfig, from_recipe=PRETRAIN_FIELDS)
@@ -345,7 +346,7 @@ def add_teacher_options(p, options: ConfigOptions) -> None:
     add(g, "target_layers", "the teacher's top K layer outputs averaged into the targets (all "
         "of them when it has fewer)", type=positive_int, metavar="K")  # fmt: skip
     add(g, "utterance_weight", "weight of the utterance term (the student's class token "
-        "against the teacher's mean target)", type=non_negative_float)  # fmt: skip
+        "against the teacher's clip-level target)", type=non_negative_float)  # fmt: skip
     add(g, "decoder_layers", "convolution layers of the decoder", type=positive_int,
         metavar="N")  # fmt: skip
     add(g, "ema_decay", "the teacher's EMA decay at the first update", type=fraction,

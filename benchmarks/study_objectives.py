@@ -173,17 +173,25 @@ def run_arm(arm, data, stats, out: Path, plan, minutes, save_every: int, budget:
 
 
 # ---------------------------------------------------------------------------- scoring
-def score_points(arms, data, stats, out: Path, plan: DemoPlan, budget: Budget) -> list[dict]:
-    """Score the random initialisation and every checkpoint not scored yet; every row."""
+def marks(minutes: float, every: float) -> list[float]:
+    """The minutes at which the arms are compared: every ``every`` up to ``minutes``."""
+    return [every * k for k in range(1, int(round(minutes / every)) + 1)]
+
+
+def score_points(arms, data, stats, out: Path, plan: DemoPlan, budget: Budget, at) -> list[dict]:
+    """Score the random initialisation and, of every arm, the checkpoint nearest each minute of
+    ``at`` (the loop also checkpoints at every epoch's end: those between are left unscored),
+    when not scored yet; every row."""
     rows_file = out / "objectives.jsonl"
     rows = [json.loads(line) for line in rows_file.open()] if rows_file.exists() else []
     done = {(r["arm"], r["step"]) for r in rows}
     points = [("init", 0, 0.0, None)]
     for arm in arms:
-        for step, minute in checkpoint_minutes(out / "runs" / arm).items():
-            points.append(
-                (arm, step, minute, out / "runs" / arm / "checkpoints" / f"step_{step:08d}")
-            )
+        found = checkpoint_minutes(out / "runs" / arm)
+        chosen = {min(found, key=lambda s: abs(found[s] - m)) for m in at} if found else set()
+        for step in sorted(chosen):
+            path = out / "runs" / arm / "checkpoints" / f"step_{step:08d}"
+            points.append((arm, step, found[step], path))
     for arm, step, minute, path in points:
         if (arm, step) in done:
             continue
@@ -258,14 +266,14 @@ def report(rows, arms, out: Path, minutes: float, every: float, view: str) -> st
             f"| {arm} | {ARMS[arm][0]} | {last['step']} | {last['minutes']:.1f} | {cost:.2f} |"
         )
     # at equal minutes
-    marks = [every * k for k in range(1, int(round(minutes / every)) + 1)]
+    at = marks(minutes, every)
     head = "| minute | " + " | ".join(f"{arm} {task}" for task in TASKS for arm in arms) + " |"
     lines += ["", head, "|---:|" + "---:|" * (len(TASKS) * len(arms))]
     init = next((r for r in rows if r["arm"] == "init"), None)
     if init:
         cells = [pm(init[t][view], init["clips"][t]) for t in TASKS for _ in arms]
         lines.append("| 0 (random init) | " + " | ".join(cells) + " |")
-    for mark in marks:
+    for mark in at:
         cells = []
         for task in TASKS:
             for arm in arms:
@@ -287,16 +295,15 @@ def report(rows, arms, out: Path, minutes: float, every: float, view: str) -> st
                 peak_a = max(found[arm], key=lambda r: r[task][view])
                 peak_b = max(base, key=lambda r: r[task][view])
                 at_peak = diff(peak_a, peak_b, task, view)
-                per_mark = [
-                    diff(nearest(found[arm], m), nearest(base, m), task, view) for m in marks
-                ]
+                shown_a = pm(peak_a[task][view], peak_a["clips"][task])
+                shown_b = pm(peak_b[task][view], peak_b["clips"][task])
+                per_mark = [diff(nearest(found[arm], m), nearest(base, m), task, view) for m in at]
                 mean = statistics.fmean(d for d, _ in per_mark) if per_mark else float("nan")
                 lines.append(
                     f"- {arm} vs joint, {task}: at {minutes:g} min {end[0]:+.1f} ± {end[1]:.1f} "
                     f"({verdict(*end)}); peak against peak {at_peak[0]:+.1f} ± {at_peak[1]:.1f} "
-                    f"({arm} {pm(peak_a[task][view], peak_a['clips'][task])} at "
-                    f"{peak_a['minutes']:.1f} min, joint {pm(peak_b[task][view], peak_b['clips'][task])}"
-                    f" at {peak_b['minutes']:.1f} min; {verdict(*at_peak)}); mean over the "
+                    f"({arm} {shown_a} at {peak_a['minutes']:.1f} min, joint {shown_b} at "
+                    f"{peak_b['minutes']:.1f} min; {verdict(*at_peak)}); mean over the "
                     f"{len(per_mark)} marks {mean:+.1f}"
                 )
     return "\n".join(lines)
@@ -341,7 +348,7 @@ def main() -> None:
     ap.add_argument("--arms", default=",".join(ARMS), help="(default: all three)")
     ap.add_argument("--calibration-steps", type=int, default=12, help="(default: 12)")
     ap.add_argument("--max-minutes", type=float, default=None,
-                    help="stop this invocation after so many minutes (default: no limit)")  # fmt: skip
+                    help="stop this invocation after MIN minutes (default: no limit)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--budget", type=float, default=1.0,
                     help="scale the demo's data sizes, as `ssamba demo --budget` (default: 1; "
@@ -367,11 +374,13 @@ def main() -> None:
         save_every = max(1, round(args.save_every_minutes * 60 / cost))
         print(f"{arm}: {cost:.2f} s per step, a checkpoint every {save_every} steps", flush=True)
         complete &= run_arm(arm, data, stats, args.out, plan, args.minutes, save_every, budget)
-    rows = score_points(arms, data, stats, args.out, plan, budget)
+    at = marks(args.minutes, args.save_every_minutes)
+    rows = score_points(arms, data, stats, args.out, plan, budget, at)
     texts = [report(rows, arms, args.out, args.minutes, args.save_every_minutes, v) for v in VIEWS]
+    calibration = read_json(args.out / "calibration.json", {})
     settings = (
         f"{args.minutes:g} min per arm, checkpoints every ~{args.save_every_minutes:g} min, "
-        f"threads {torch.get_num_threads()}, calibration {read_json(args.out / 'calibration.json', {})}"
+        f"threads {torch.get_num_threads()}, calibration {calibration}"
     )
     status = "" if complete else "\n\nINCOMPLETE: the --max-minutes ran out; run it again.\n"
     (args.out / "objectives.md").write_text(settings + "\n\n" + "\n\n".join(texts) + status + "\n")

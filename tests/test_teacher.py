@@ -246,9 +246,12 @@ def test_ema_decay_schedule_and_update_match_a_hand_computation():
 
 
 # ---------------------------------------------------------------------------- gradients
-@pytest.mark.parametrize("hide", ["drop", "token"])
-def test_gradients_reach_the_student_and_decoder_never_the_teacher(hide):
-    model = tiny()
+@pytest.mark.parametrize(
+    "arch, hide", [("ssamba_tiny", "drop"), ("ssamba_tiny", "token"), ("ssast_tiny", "drop"),
+                   ("ssast_tiny", "token")]
+)  # fmt: skip
+def test_gradients_reach_the_student_and_decoder_never_the_teacher(arch, hide):
+    model = tiny(arch)
     task = task_for(model, hide_masked=hide)
     fbank = torch.randn(2, 64, 128)
     batch = {"fbank": fbank, "index": torch.arange(2)}
@@ -299,6 +302,13 @@ def test_a_teacher_run_releases_the_student_in_the_model_format(audio, tmp_path)
     assert len(list(emb.glob("*.npy"))) == 4
     classifier = ssamba.load_model(out / "final", num_classes=3, fstride=10, tstride=10)
     assert classifier(torch.randn(1, 64, 128)).shape == (1, 3)
+    try:  # `ssamba plot` draws the objective's own losses
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    from ssamba.plots import plot_metrics
+
+    assert plot_metrics(out).stat().st_size > 0
 
 
 def test_resume_equals_an_uninterrupted_run_teacher_included(audio, tmp_path):

@@ -9,6 +9,10 @@ Validation always uses cluster masks at the official M (400 of 512 patches, the 
 other input lengths), whatever the training masks: runs at 250, 300 or 400 masked patches, or with
 random or frame masks, are then halved and choose their best model on the same task.
 
+``--objective teacher`` (:class:`TeacherTask`, the objective itself in :mod:`ssamba.teacher`) is
+ours, not the paper's: an EMA teacher's averaged layer outputs as targets for the hidden patches
+of several masked views per clip (data2vec 2.0 / EAT family).
+
 The online probe (``--probe``, :class:`OnlineProbe`) scores the frozen features during the run:
 ``ssamba probe``'s linear probe (and a kNN vote) on labelled sets, at step 0, every
 ``probe_every`` steps and at the end, on rank 0 while the other ranks wait.

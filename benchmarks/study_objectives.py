@@ -121,22 +121,34 @@ def calibrate(arm: str, data, stats, out: Path, plan: DemoPlan, steps: int) -> f
 
 
 def checkpoint_minutes(run: Path) -> dict[int, float]:
-    """Step -> minutes of pretraining at which each checkpoint of ``run`` was written."""
-    sessions = read_json(run / "sessions.json", {"sessions": []})["sessions"]
+    """Step -> minutes of pretraining at which each checkpoint of ``run`` was written: as
+    recorded in sessions.json (:func:`record_minutes`), else from its file's time."""
+    log = read_json(run / "sessions.json", {"sessions": []})
+    sessions, recorded = log["sessions"], log.get("minutes", {})
     out = {}
     for ckpt in run.glob("checkpoints/step_*"):
         state = ckpt / "trainer_state.pt"
         if not state.exists():
+            continue
+        step = int(ckpt.name.split("_")[1])
+        if str(step) in recorded:
+            out[step] = recorded[str(step)]
             continue
         written = state.stat().st_mtime
         own = [s for s in sessions if s["start"] <= written]
         if not own:
             continue
         session = max(own, key=lambda s: s["start"])
-        out[int(ckpt.name.split("_")[1])] = (
-            session["from_minutes"] + (written - session["start"]) / 60
-        )
+        out[step] = session["from_minutes"] + (written - session["start"]) / 60
     return dict(sorted(out.items()))
+
+
+def record_minutes(run: Path) -> None:
+    """Write every checkpoint's minute into sessions.json, so that copying the study (which
+    changes file times) keeps them."""
+    log = read_json(run / "sessions.json", {"sessions": []})
+    log["minutes"] = {str(step): m for step, m in checkpoint_minutes(run).items()}
+    write_json(run / "sessions.json", log)
 
 
 def run_arm(arm, data, stats, out: Path, plan, minutes, save_every: int, budget: Budget) -> bool:
@@ -144,6 +156,8 @@ def run_arm(arm, data, stats, out: Path, plan, minutes, save_every: int, budget:
     from its last checkpoint); False when the study's budget stopped it first."""
     run = out / "runs" / arm
     log_file = run / "sessions.json"
+    if log_file.exists():
+        record_minutes(run)  # those of a session that was killed
     log = read_json(log_file, {"sessions": []})
     reached = checkpoint_minutes(run)
     from_step = max(reached, default=0)
@@ -165,6 +179,7 @@ def run_arm(arm, data, stats, out: Path, plan, minutes, save_every: int, budget:
     write_json(log_file, log)
     print(f"{arm}: pretraining {session:.2f} min from step {from_step}", flush=True)
     pretrain(cfg)
+    record_minutes(run)
     return session == remaining
 
 

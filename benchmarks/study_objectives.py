@@ -189,10 +189,10 @@ def marks(minutes: float, every: float) -> list[float]:
     return [every * k for k in range(1, int(round(minutes / every)) + 1)]
 
 
-def score_points(arms, data, stats, out: Path, plan: DemoPlan, budget: Budget, at) -> list[dict]:
+def score_points(arms, data, stats, out: Path, plan: DemoPlan, budget: Budget, at):
     """Score the random initialisation and, of every arm, the checkpoint nearest each minute of
     ``at`` (the loop also checkpoints at every epoch's end: those between are left unscored),
-    when not scored yet; every row."""
+    when not scored yet. Returns every row, and whether every point is scored."""
     rows_file = out / "objectives.jsonl"
     rows = [json.loads(line) for line in rows_file.open()] if rows_file.exists() else []
     done = {(r["arm"], r["step"]) for r in rows}
@@ -208,7 +208,7 @@ def score_points(arms, data, stats, out: Path, plan: DemoPlan, budget: Budget, a
             continue
         if budget.left() <= 0:
             print("the study's --max-minutes is spent: run it again to continue", flush=True)
-            break
+            return rows, False
         t = time.time()
         row = {"arm": arm, "step": step, "minutes": round(minute, 3), "clips": {}}
         for task in TASKS:
@@ -223,7 +223,7 @@ def score_points(arms, data, stats, out: Path, plan: DemoPlan, budget: Budget, a
         with rows_file.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), f"({time.time() - t:.0f} s)", flush=True)
-    return rows
+    return rows, True
 
 
 # ---------------------------------------------------------------------------- report
@@ -399,7 +399,8 @@ def main() -> None:
         print(f"{arm}: {cost:.2f} s per step, a checkpoint every {save_every} steps", flush=True)
         complete &= run_arm(arm, data, stats, args.out, plan, args.minutes, save_every, budget)
     at = marks(args.minutes, args.save_every_minutes)
-    rows = score_points(arms, data, stats, args.out, plan, budget, at)
+    rows, scored = score_points(arms, data, stats, args.out, plan, budget, at)
+    complete &= scored
     texts = [report(rows, arms, args.out, args.minutes, args.save_every_minutes, v) for v in VIEWS]
     calibration = read_json(args.out / "calibration.json", {})
     settings = (

@@ -303,8 +303,8 @@ def add_pretrain_parser(subparsers) -> None:
         ".pth (default: none: a fresh --model)",
     )
     options.add(g, "train", "audio folder, list or manifest", required=True)
-    options.add(g, "valid", "held-out audio for masked-patch accuracy (default: none: no "
-                "validation, no best/)")  # fmt: skip
+    options.add(g, "valid", "held-out audio for masked-patch accuracy (teacher: the "
+                "objective's loss) (default: none: no validation, no best/)")  # fmt: skip
     options.add(g, "target_length", "frames per clip (10 ms each)", type=target_frames,
                 metavar="FRAMES")  # fmt: skip
     options.add(g, "normalize", "fbank normalisation: auto (the checkpoint's own statistics; "

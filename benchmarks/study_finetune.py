@@ -1,6 +1,7 @@
 """Which fine-tuning pays off on the demo's tasks: plain, LP-FT, LP-FT with layer decay?
 
     python benchmarks/study_finetune.py --out ft [--steps 300] [--eval-every 50] [--max-minutes 60]
+        [--tasks keywords instruments] [--runs ssamba/pretrained/lp-ft ...]
 
 Builds the demo's data (``ssamba.demo.pipeline.build_data``, reused when present) and pretrains
 the demo's SSAMBA and SSAST with the demo's settings to the step counts an idle demo run reaches
@@ -44,10 +45,13 @@ from ssamba.finetune import FinetuneTask, finetune
 from ssamba.pretrain import pretrain
 from ssamba.training import Distributed, eval_loader, read_metrics
 
-METHODS = {  # name -> FinetuneConfig changes
+METHODS = {  # name -> FinetuneConfig changes (the rest: the demo's plan)
     "plain": {"head_init": "random", "layer_decay": 1.0},
     "lp-ft": {"head_init": "probe", "layer_decay": 1.0},
     "lp-ft + decay 0.75": {"head_init": "probe", "layer_decay": 0.75},
+    "lp-ft, head lr x1": {"head_init": "probe", "layer_decay": 1.0, "head_lr_mult": 1.0},
+    "lp-ft, lr 2e-5, head x1": {"head_init": "probe", "lr": 2e-5, "head_lr_mult": 1.0},
+    "lp-ft, warm-up 50, head x1": {"head_init": "probe", "warmup_steps": 50, "head_lr_mult": 1.0},
 }
 RUNS = [  # (arch, init, method)
     ("ssamba", "pretrained", "plain"),
@@ -189,7 +193,10 @@ def main() -> None:
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="start no new run after this many minutes")  # fmt: skip
     ap.add_argument("--tasks", nargs="+", default=list(TASKS))
+    ap.add_argument("--runs", nargs="+", metavar="ARCH/INIT/METHOD",
+                    help="the runs, in order (default: the grid of RUNS)")  # fmt: skip
     args = ap.parse_args()
+    runs = [tuple(r.split("/")) for r in args.runs] if args.runs else RUNS
     started = time.time()
     plan = DemoPlan()
     data = build_data(args.out, plan, progress=False)
@@ -201,7 +208,7 @@ def main() -> None:
     rows = [json.loads(line) for line in rows_file.open()] if rows_file.exists() else []
     done = {(r["task"], r["arch"], r["init"], r["method"]) for r in rows}
     for task in args.tasks:
-        for arch, init, method in RUNS:
+        for arch, init, method in runs:
             if (task, arch, init, method) in done:
                 continue
             if args.max_minutes and time.time() - started > 60 * args.max_minutes:

@@ -26,6 +26,16 @@ import soundfile as sf
 TONE_CLASSES = {"low": 220.0, "mid": 880.0, "high": 3520.0}
 
 
+def one_error_line(err: str, *needles: str) -> str:
+    """The single ``error: ...`` line of ``err`` (log lines aside); it names every needle."""
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
 def make_wav(
     path: str | os.PathLike,
     seconds: float = 1.0,

@@ -224,7 +224,15 @@ def test_cli_npy_mirrors_names_and_resumes(checkpoint, audio_folder, tmp_path, c
 
 def test_cli_frames_and_single_files(checkpoint, audio_folder, tmp_path, make_wav):
     out = tmp_path / "frames"
-    run_cli(audio_folder / "a.wav", audio_folder / "sub", "-c", checkpoint, "-o", out, "--frames")
+    run_cli(
+        audio_folder / "a.wav",
+        audio_folder / "sub",
+        "-c",
+        checkpoint,
+        "-o",
+        out,
+        "--frame-embeddings",
+    )
     frames = np.load(out / "sub" / "b.frames.npy")
     times = np.load(out / "sub" / "b.timestamps.npy")
     assert frames.shape == (expected_columns(22400), 192) and times.shape == (frames.shape[0],)
@@ -232,7 +240,7 @@ def test_cli_frames_and_single_files(checkpoint, audio_folder, tmp_path, make_wa
 
     for fmt in ("npz", "safetensors"):
         out = tmp_path / fmt
-        run_cli(audio_folder, "-c", checkpoint, "-o", out, "--format", fmt, "--frames")
+        run_cli(audio_folder, "-c", checkpoint, "-o", out, "--format", fmt, "--frame-embeddings")
         index = json.loads((out / "index.json").read_text())
         assert index["file"] == f"embeddings.{fmt}"
         if fmt == "npz":
@@ -249,7 +257,17 @@ def test_cli_frames_and_single_files(checkpoint, audio_folder, tmp_path, make_wa
 
     # a re-run with one more file keeps the others and adds it
     extra = make_wav(tmp_path / "extra" / "d.wav", 0.5, 200.0)
-    run_cli(audio_folder, extra, "-c", checkpoint, "-o", out, "--format", "safetensors", "--frames")
+    run_cli(
+        audio_folder,
+        extra,
+        "-c",
+        checkpoint,
+        "-o",
+        out,
+        "--format",
+        "safetensors",
+        "--frame-embeddings",
+    )
     index = json.loads((out / "index.json").read_text())
     assert len(index["files"]) == 4 and index["files"][str(extra)]["key"] == "extra/d"
     assert index["files"][str(audio_folder / "a.wav")]["key"] == "a"  # keeps its earlier key

@@ -131,7 +131,7 @@ def test_cli_prepares_both_and_mixes_them(tmp_path, capsys):
         assert main(["prepare", "librispeech", str(src_ls / "LibriSpeech"), "-o",
                      str(tmp_path / "ls_out"), "--workers", "2"]) == 0  # fmt: skip
     argv = ["prepare", "pretrain-mix", str(tmp_path / "as"), str(tmp_path / "ls_out")]
-    assert main([*argv, "-o", str(tmp_path / "mix"), "--valid", "2"]) == 0
+    assert main([*argv, "-o", str(tmp_path / "mix"), "--valid-clips", "2"]) == 0
     out = capsys.readouterr().out
     assert "pretrain_mix" in out and "total" in out
     train = read_manifest(tmp_path / "mix" / "train.csv", ignore_labels=True)

@@ -280,7 +280,7 @@ def test_training_help_shows_defaults_and_loads_no_torch():
     )
     assert "(default: 0.0, or the --recipe's)" in flat["finetune"]  # --mixup
     assert (
-        "--seed SEED random seed (weights, data order, masks, augmentation) (default: 0)"
+        "--seed N random seed (weights, data order, masks, augmentation) (default: 0)"
         in (flat["dasl"])
     )
     assert "--lr-decay LR_DECAY learning rate factor at each decay (default: 0.85)" in flat["dasl"]

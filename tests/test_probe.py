@@ -262,3 +262,23 @@ def test_fit_in_the_row_space_equals_the_fit_on_all_features():
     x_tall = rng.standard_normal((50, 8))
     same, none = row_space(x_tall)
     assert none is None and same is x_tall
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_probe_objective_and_its_gradients_are_autograds(multilabel):
+    """The written-out gradients of the probe's fit against autograd on the same loss."""
+    from ssamba.probe import _loss, objective
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 7, generator=g, dtype=torch.float64)
+    y = (torch.rand(30, 4, generator=g) < 0.4).double()
+    if not multilabel:
+        y = torch.nn.functional.one_hot(torch.randint(0, 4, (30,), generator=g), 4).double()
+    w = torch.randn(7, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+    reference = _loss(x @ w + b, y, multilabel) + 0.3 * w.square().sum()
+    reference.backward()
+    loss, gw, gb = objective(x, y, w.detach(), b.detach(), multilabel, 0.3)
+    torch.testing.assert_close(loss, reference.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gw, w.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gb, b.grad, rtol=1e-10, atol=1e-12)

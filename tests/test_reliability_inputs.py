@@ -461,7 +461,7 @@ def test_duplicate_rows_refused_in_finetuning_before_it_trains(data, tmp_path, f
     train = str(data / "train.csv")
     cfg = FinetuneConfig(out=str(tmp_path / "run"), model="ssamba_tiny", train=train,
                          target_length=64, model_overrides={"depth": 2}, progress=False,
-                         workers=0, **splits)  # fmt: skip
+                         workers=0, allow_overlap=True, **splits)  # fmt: skip
     with pytest.raises(ManifestError, match=f"--{flag} .*dup.csv: .* is listed more than once"):
         finetune(cfg)
     assert not (tmp_path / "run" / "final").exists()  # stopped before training

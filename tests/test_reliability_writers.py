@@ -22,6 +22,7 @@ import soundfile as sf
 import torch
 
 import ssamba
+from conftest import one_error_line
 from ssamba import embedding_store
 from ssamba.averaging import average_checkpoints
 from ssamba.cli import main
@@ -35,16 +36,6 @@ ENV = {**os.environ, "PYTHONPATH": str(SRC)}
 # A runtime failure (a full disk) exits 2 today; issue 15 item 2 may make it 1. Either way it is
 # one `error:` line, never a traceback (which would also exit 1: the stderr checks catch that).
 FAILED = (1, 2)
-
-
-def one_error_line(err: str, *needles: str) -> str:
-    """The single ``error: ...`` line of ``err`` (log lines aside); it names every needle."""
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -139,8 +139,8 @@ def test_view_masks_depend_on_clip_view_and_key_only():
         inverse_block_mask(GRID, 32, 3, random.Random(0))
 
 
-def test_a_mask_ratio_that_hides_every_patch_is_one_clear_line(tmp_path, capsys):
-    args = ["pretrain", "--objective", "teacher", "--depth", "2", "--train", str(tmp_path)]
+def test_a_mask_ratio_that_hides_every_patch_is_one_clear_line(audio, tmp_path, capsys):
+    args = ["pretrain", "--objective", "teacher", "--depth", "2", "--train", str(audio[0])]
     args += ["-o", str(tmp_path / "r"), "--target-length", "64", "--mask-ratio", "0.99"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()

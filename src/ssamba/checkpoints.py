@@ -6,6 +6,7 @@ Key mismatches are never ignored: a readable report lists missing, unexpected an
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -16,7 +17,7 @@ import torch
 
 from ssamba.audio import normalize_stats
 from ssamba.constants import PATCH
-from ssamba.errors import CheckpointError, UsageError
+from ssamba.errors import CheckpointError, UsageError, closest_name
 from ssamba.models.config import (
     PRESETS,
     RELEASES,
@@ -33,6 +34,7 @@ from ssamba.models.saving import (
     WEIGHTS_FILE,
     apply_overrides,
     load_weights,
+    read_pretrained,
     save_pretrained,
 )
 
@@ -358,6 +360,19 @@ def resolve_checkpoint(spec: str | Path) -> Path | str:
         return name
     if is_hub_id(name):
         return _weights_in(hub_download(name), name)
+    meant = closest_name(name, [*RELEASES, *PRESETS])
+    if meant is not None:  # another case, a file suffix or a typo of a known name
+        if meant in RELEASES:
+            try:
+                released_checkpoint(meant)
+                where = f"load_model({meant!r}) finds it in {ssamba_home()}"
+            except CheckpointError:
+                where = f"a released checkpoint: put {RELEASES[meant].filename} at " + str(
+                    ssamba_home() / RELEASES[meant].filename
+                )
+        else:
+            where = "a preset: random weights"
+        raise CheckpointError(f"{name}: no such file or folder; did you mean {meant}? ({where})")
     if "/" not in name and "\\" not in name and not path.suffix:
         raise CheckpointError(
             f"unknown model {name!r}: not a file or folder, a preset ({', '.join(list_models())})"
@@ -365,6 +380,20 @@ def resolve_checkpoint(spec: str | Path) -> Path | str:
             "(org/name) or a Hub file (hf://org/name/FILE)"
         )
     raise CheckpointError(f"{path}: no such file or folder")
+
+
+def checkpoint_config(path_or_name: str | Path) -> ModelConfig | None:
+    """The model config a checkpoint holds, read without its weights where the format allows
+    (a ``save_pretrained`` folder); None for a preset name (no weights of its own)."""
+    where = resolve_checkpoint(path_or_name)
+    if isinstance(where, str):
+        return None
+    if where.is_dir():
+        try:
+            return ModelConfig.from_dict(json.loads((where / CONFIG_FILE).read_text()))
+        except (OSError, ValueError, TypeError):
+            return read_pretrained(where)[0]  # its error names what is wrong
+    return official_config(read_official(where), str(where))[0]
 
 
 def load_model(path_or_name: str | Path, **overrides) -> AudioModel:

@@ -20,7 +20,7 @@ from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from ssamba.constants import FRAMES_PER_SECOND, PATCH
-from ssamba.errors import UsageError
+from ssamba.errors import UsageError, did_you_mean
 from ssamba.models.config import POOLS, list_models
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -39,6 +39,8 @@ MIXTURE_MODES = ("whole", "crop")
 # lr_milestones (torch's MultiStepLR, as the official AS-20K script)
 LR_SCHEDULES = ("step_decay", "milestones")
 LOGGERS = ("jsonl", "tensorboard", "wandb")  # metric destinations (ssamba.training.loggers)
+# Fine-tuning's input size and strides without a checkpoint (one given: its own, unless told)
+FRESH_LAYOUT = {"target_length": 1024, "fstride": 10, "tstride": 10}
 # Actions on the output folder and cosmetics: they do not define the run, run.json leaves them out.
 RUN_CONTROL = frozenset({"resume", "overwrite", "progress"})
 _PROBE_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a probe set's name (--probe NAME=...)
@@ -122,7 +124,8 @@ def _normalize(value) -> None:
 def _preset(value) -> None:
     if value not in list_models():
         raise UsageError(
-            f"model must be a preset ({', '.join(list_models())}), got {value!r}; "
+            f"model must be a preset ({', '.join(list_models())}), got {value!r}"
+            f"{did_you_mean(str(value), list_models())}; "
             "pass saved weights as checkpoint"
         )
 
@@ -178,6 +181,8 @@ class TrainConfig:
     overwrite: bool = False
     progress: bool = True
     logger: str = "jsonl"  # comma-separated LOGGERS; metrics.jsonl is always written
+    # a file in both the training set and a held-out one is an error unless this is set
+    allow_overlap: bool = False
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -315,10 +320,12 @@ class PretrainConfig(TrainConfig):
 class _ClassifierSettings:
     """Checks shared by the two classifier configs (fine-tuning and DASL)."""
 
+    INHERITS_LAYOUT = False  # None strides: the checkpoint's (resolved when the run starts)
+
     def _check_classifier(self):
         _preset(self.model)
         for name in ("fstride", "tstride"):
-            _at_least(name, getattr(self, name), 1)
+            _at_least(name, getattr(self, name), 1, optional=self.INHERITS_LAYOUT)
         for name in ("freqm", "timem", "lr_decay_start"):
             _at_least(name, getattr(self, name), 0)
         _positive("head_lr_mult", self.head_lr_mult)
@@ -334,10 +341,12 @@ class FinetuneConfig(TrainConfig, _ClassifierSettings):
     train: str = ""
     valid: str | None = None
     test: str | None = None
-    target_length: int = 1024
+    # None: the checkpoint's input size and strides (resolved when the run starts, recorded
+    # resolved in run.json); without a checkpoint FRESH_LAYOUT's
+    target_length: int | None = None
     normalize: str | None = "auto"  # as PretrainConfig.normalize
-    fstride: int = 10
-    tstride: int = 10
+    fstride: int | None = None
+    tstride: int | None = None
     freqm: int = 0
     timem: int = 0
     mixup: float = 0.0
@@ -365,10 +374,15 @@ class FinetuneConfig(TrainConfig, _ClassifierSettings):
     weight_decay: float = 5e-7
     warmup_steps: int = 0
     init: InitVar[str | None] = None  # the old name of ``checkpoint``, kept for one release
+    INHERITS_LAYOUT = True
 
     def __post_init__(self, init=None):
         if init is not None and self.checkpoint is None:
             self.checkpoint = init
+        if self.checkpoint is None:  # a fresh model: the documented defaults
+            for name, value in FRESH_LAYOUT.items():
+                if getattr(self, name) is None:
+                    setattr(self, name, value)
         super().__post_init__()
         self._check_classifier()
         _choice("head_init", self.head_init, HEAD_INITS)
@@ -381,7 +395,8 @@ class FinetuneConfig(TrainConfig, _ClassifierSettings):
         _choice("metric", self.metric, SELECTION_METRICS)
         _choice("pool", self.pool, POOLS)
         _choice("on_bad_file", self.on_bad_file, BAD_FILE_POLICIES)
-        _target_length(self.target_length)
+        if self.target_length is not None:
+            _target_length(self.target_length)
         _normalize(self.normalize)
         self._check_milestones()
         if not 0 <= self.mixup <= 1:

@@ -13,7 +13,7 @@ Python::
 Many files, decoded a batch at a time (:func:`embed_files`); as a resumable output folder,
 :mod:`ssamba.embedding_store` and the command line::
 
-    ssamba embed data/ more.wav list.csv -c model/ -o emb/ [--frames] [--format npz]
+    ssamba embed data/ more.wav list.csv -c model/ -o emb/ [--frame-embeddings] [--format npz]
 
 How audio becomes embeddings (docs/frontend.md, docs/model.md):
 

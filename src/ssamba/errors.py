@@ -9,7 +9,37 @@ runtime failure: one ``error: internal error: ...`` line and exit 1, the traceba
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Iterable
+
+
+def closest_name(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate ``name`` was most likely meant to be (another case, ``-`` for ``_``, a
+    file suffix, a typo), or None when none is close."""
+    candidates = list(candidates)
+
+    def key(text: str) -> str:
+        text = str(text).strip().lower()
+        for suffix in (".pth", ".pt"):
+            text = text.removesuffix(suffix)
+        return text.replace("-", "_")
+
+    wanted = key(os.path.basename(str(name)) or str(name))
+    by_key = {key(c): c for c in candidates}
+    if wanted in by_key:
+        return by_key[wanted]
+    bare = {k.replace("_", ""): c for k, c in by_key.items()}
+    if wanted.replace("_", "") in bare:
+        return bare[wanted.replace("_", "")]
+    close = difflib.get_close_matches(wanted, list(by_key), n=1, cutoff=0.8)
+    return by_key[close[0]] if close else None
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """``"; did you mean X?"`` for the closest candidate (see :func:`closest_name`), else ``""``."""
+    match = closest_name(name, candidates)
+    return f"; did you mean {match}?" if match is not None and match != name else ""
 
 
 class SsambaError(Exception):

@@ -29,18 +29,47 @@ TEMP_FILE_SUFFIX = ".tmp"  # atomic_write's temporary files: .NAME.XXXXXXXX.tmp
 TEMP_FOLDER_PREFIX = ".tmp_"  # staged_folder's temporary folders: .tmp_NAME_XXXXXXXX
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``/proc``); else
+    set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: str | os.PathLike, folder: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would have (0666 or 0777 less the
+    umask): ``mkstemp`` makes files 0600 and ``mkdtemp`` folders 0700, which would leave a
+    shared results folder readable by its owner alone."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
-    """Call ``write(tmp_path)`` to produce the file, then move it onto ``path`` atomically."""
+    """Call ``write(tmp_path)`` to produce the file, then move it onto ``path`` atomically (with
+    the mode the umask gives a new file)."""
     path = Path(path)
+    if path.is_dir():  # refused before anything is written, naming the user's path
+        raise UsageError(f"{path}: a folder; expected a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_FILE_SUFFIX)
     os.close(fd)
+    honour_umask(name)
     tmp = Path(name)
     try:
         write(tmp)
         with open(tmp, "rb") as f:  # the data is on disk before the rename makes it visible
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as err:  # name the target, never the temporary file
+            raise OSError(err.errno, err.strerror, str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -84,13 +113,20 @@ def staged_folder(target: str | os.PathLike, prefix: str | None = None) -> Itera
     names the temporary folder (default ``.tmp_<name>_``)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix or temp_folder_prefix(target)))
+    tmp = make_temp_folder(target.parent, prefix or temp_folder_prefix(target))
     try:
         yield tmp
         replace_folder(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def make_temp_folder(parent: str | os.PathLike, prefix: str) -> Path:
+    """A new temporary folder in ``parent`` with the mode the umask gives a new folder."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    honour_umask(tmp, folder=True)
+    return tmp
 
 
 def temp_folder_prefix(target: str | os.PathLike) -> str:

@@ -34,10 +34,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssamba.averaging import average_checkpoints
-from ssamba.checkpoints import load_model, model_stats
+from ssamba.checkpoints import checkpoint_config, load_model, model_stats
 from ssamba.configs import FinetuneConfig
 from ssamba.constants import CLASSES_FILE
-from ssamba.data import AudioDataset, drop_bad, make_loader, read_manifest
+from ssamba.data import AudioDataset, drop_bad, make_loader, read_splits
 from ssamba.data.checks import duplicate_problems
 from ssamba.errors import ManifestError, UsageError
 from ssamba.evaluation import compute_metrics, predict
@@ -219,14 +219,37 @@ def build_model(cfg, num_classes: int, stats, pool: str = "mean"):
     return load_model(cfg.checkpoint or cfg.model, **overrides).train()
 
 
+def inherit_layout(cfg: FinetuneConfig, main: bool = True) -> FinetuneConfig:
+    """``cfg`` with its unset (None) input size and strides taken from the checkpoint, so a
+    model pretrained at 256 frames and stride 16 is fine-tuned so unless told otherwise; a value
+    given that differs from the checkpoint's is named in one line."""
+    names = {"target_length": "input_tdim", "fstride": "fstride", "tstride": "tstride"}
+    source = checkpoint_config(cfg.checkpoint) if cfg.checkpoint else None
+    if source is None:
+        return cfg
+    ckpt = {name: getattr(source, field) for name, field in names.items()}
+    values = {k: ckpt[k] if getattr(cfg, k) is None else getattr(cfg, k) for k in names}
+    changed = [k for k in names if values[k] != ckpt[k]]
+    if changed and main:
+        shown = {"target_length": "{} frames"}
+        told = ", ".join(shown.get(k, k + " {}").format(values[k]) for k in changed)
+        had = ", ".join(shown.get(k, k + " {}").format(ckpt[k]) for k in changed)
+        log.info("note: fine-tuning at %s (the checkpoint's: %s)", told, had)
+    return dataclasses.replace(cfg, **values)
+
+
 @ends_process_group
 def finetune(cfg: FinetuneConfig, device: str | None = None) -> dict:
     """Fine-tune, select the best epoch on ``valid``, evaluate it on ``test``; returns a summary.
 
     The test metrics also go to ``test_metrics.json`` and into ``summary.json``."""
     dist = Distributed.from_env(device)
+    cfg = inherit_layout(cfg, dist.is_main)
     stats = model_stats(cfg.normalize)
-    train_manifest = read_manifest(cfg.train)
+    # one manifest with a split column serves all three; run.json records each as PATH[:SPLIT]
+    splits = read_splits(cfg.train, cfg.valid, cfg.test, allow_overlap=cfg.allow_overlap)
+    cfg = dataclasses.replace(cfg, **{k: m.spec if m else None for k, m in splits.items()})
+    train_manifest = splits["train"]
     if not train_manifest.labeled:
         raise UsageError(f"{cfg.train}: fine-tuning needs labels")
     classes = list(train_manifest.classes)
@@ -252,10 +275,9 @@ def finetune(cfg: FinetuneConfig, device: str | None = None) -> dict:
             on_bad_file=cfg.on_bad_file,
         )
 
-    def held_out(path, flag: str):
-        if not path:
+    def held_out(manifest, flag: str):
+        if manifest is None:
             return None
-        manifest = read_manifest(path, classes=classes)
         twice = duplicate_problems(manifest)
         if twice:  # as `ssamba evaluate`: a file listed twice would count twice in every metric
             raise ManifestError(
@@ -265,13 +287,14 @@ def finetune(cfg: FinetuneConfig, device: str | None = None) -> dict:
         return dataset(manifest, train=False)
 
     # both read before training, so that a bad test set stops the run before it starts
-    valid_set, test_set = held_out(cfg.valid, "valid"), held_out(cfg.test, "test")
+    valid_set, test_set = held_out(splits["valid"], "valid"), held_out(splits["test"], "test")
     head_probe = None
     if cfg.head_init == "probe":
         if valid_set is None:
             raise UsageError("--head-init probe needs --valid (the probe's L2 is chosen on it)")
-        splits = {"train": dataset(train_manifest, False), "valid": valid_set, "test": test_set}
-        head_probe = probe_head(model, splits, cfg, dist.device)
+        probe_sets = {"train": dataset(train_manifest, False), "valid": valid_set,
+                      "test": test_set}  # fmt: skip
+        head_probe = probe_head(model, probe_sets, cfg, dist.device)
     task = FinetuneTask(cfg, model, classes)
     summary = fit(task, cfg, dist, dataset(train_manifest, True), valid_set)
     if head_probe is not None:

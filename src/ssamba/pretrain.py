@@ -20,6 +20,7 @@ The online probe (``--probe``, :class:`OnlineProbe`) scores the frozen features 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -35,7 +36,7 @@ import torch.nn as nn
 
 from ssamba.checkpoints import load_model, model_stats
 from ssamba.configs import OBJECTIVES, PretrainConfig, parse_probe_spec
-from ssamba.data import AudioDataset, Manifest, drop_bad, read_manifest
+from ssamba.data import AudioDataset, Manifest, drop_bad, read_manifest, read_splits
 from ssamba.embeddings import POOLINGS, model_device, resolve_layers
 from ssamba.errors import AudioError, ManifestError, SsambaError, TrainingError, UsageError
 from ssamba.models.model import create_model
@@ -286,14 +287,17 @@ def build_model(cfg: PretrainConfig, stats):
 def pretrain(cfg: PretrainConfig, device: str | None = None) -> dict:
     """Run (or resume) a pretraining job; returns the summary."""
     dist = Distributed.from_env(device)
+    # one manifest with a split column serves both; run.json records each as PATH[:SPLIT]
+    splits = read_splits(cfg.train, cfg.valid, roles=("train", "valid"), ignore_labels=True,
+                         allow_overlap=cfg.allow_overlap)  # fmt: skip
+    cfg = dataclasses.replace(cfg, **{k: m.spec if m else None for k, m in splits.items()})
     stats = model_stats(cfg.normalize)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg, stats)
     stats = stats or model_stats(cfg.normalize, model)
     task = pretrain_task(cfg, model)  # checks the mask size before any data is read
 
-    def dataset(path, train: bool):
-        manifest = read_manifest(path, ignore_labels=True)
+    def dataset(manifest, train: bool):
         return AudioDataset(
             manifest,
             cfg.target_length,
@@ -306,8 +310,8 @@ def pretrain(cfg: PretrainConfig, device: str | None = None) -> dict:
         )
 
     probe = online_probe(cfg, model)  # a bad probe set stops the run here, before it starts
-    train_set = dataset(cfg.train, True)
-    valid_set = dataset(cfg.valid, False) if cfg.valid else None
+    train_set = dataset(splits["train"], True)
+    valid_set = dataset(splits["valid"], False) if splits["valid"] else None
     if valid_set is None and dist.is_main:
         log.warning("no --valid set: the learning rate is never halved and best/ is not written")
     return fit(task, cfg, dist, train_set, valid_set, callback=probe)

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ssamba.data import Manifest, read_manifest
+from ssamba.data import Manifest, check_no_overlap, read_manifest, read_splits
 from ssamba.embeddings import embed_files, layer_columns, model_fingerprint, resolve_layers
 from ssamba.errors import UsageError
 from ssamba.evaluation import accuracy, mean_average_precision
@@ -208,11 +208,32 @@ def _loss(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool) -> torc
     return torch.nn.functional.cross_entropy(logits, targets.argmax(dim=1))
 
 
+def objective(x, y, w, b, multilabel: bool, l2: float):
+    """The probe's loss, ``_loss(x @ w + b, y) + l2 * ||w||^2``, and its gradients with respect
+    to ``w`` and ``b``, written out (float64 tensors): the same numbers as autograd's
+    (tests/test_probe.py checks them against it) without building a graph at every one of the
+    ~200 L-BFGS evaluations a fit takes, which cost more than the arithmetic itself."""
+    logits = x @ w + b
+    n = logits.shape[0]
+    if multilabel:  # mean over every (clip, class) of the binary cross-entropy with logits
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+        grad_logits = (torch.sigmoid(logits) - y) / logits.numel()
+    else:  # cross-entropy against each row's largest target
+        target = y.argmax(dim=1)
+        log_probs = torch.log_softmax(logits, dim=1)
+        loss = -log_probs[torch.arange(n), target].mean()
+        grad_logits = log_probs.exp()
+        grad_logits[torch.arange(n), target] -= 1.0
+        grad_logits /= n
+    loss = loss + l2 * w.square().sum()
+    return loss, x.T @ grad_logits + 2.0 * l2 * w, grad_logits.sum(dim=0)
+
+
 def fit_linear(
     x: np.ndarray, y: np.ndarray, multilabel: bool, l2: float, max_iter: int = 200
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit ``logits = x @ W + b`` (float64, full-batch L-BFGS from zeros); returns (W, b)."""
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False):
         xt = torch.as_tensor(x, dtype=torch.float64)
         yt = torch.as_tensor(y, dtype=torch.float64)
         w = torch.zeros(xt.shape[1], yt.shape[1], dtype=torch.float64, requires_grad=True)
@@ -228,9 +249,8 @@ def fit_linear(
         )
 
         def closure():
-            opt.zero_grad()
-            loss = _loss(xt @ w + b, yt, multilabel) + l2 * w.square().sum()
-            loss.backward()
+            with torch.no_grad():
+                loss, w.grad, b.grad = objective(xt, yt, w, b, multilabel, l2)
             return loss
 
         opt.step(closure)
@@ -261,7 +281,7 @@ def _targets(manifest, kept: list[int]) -> np.ndarray:
 def linear_probe(
     model,
     train_manifest,
-    valid_manifest,
+    valid_manifest=None,
     test_manifest=None,
     *,
     layers=None,
@@ -270,7 +290,10 @@ def linear_probe(
     """Linear probe of ``model``'s clip embeddings (see the module docstring).
 
     Manifests are paths (anything :func:`ssamba.data.read_manifest` reads) or ``Manifest``
-    objects; valid and test use the training classes. ``layers``: as :func:`ssamba.embed`;
+    objects; valid and test use the training classes. A manifest path with a ``split`` column
+    serves every set (:func:`ssamba.data.read_splits`: valid and test, when not given, are its
+    rows of those splits); a file in train and in valid or test is an error unless
+    ``allow_overlap``. ``layers``: as :func:`ssamba.embed`;
     ``options``: those of :func:`linear_probes`. Returns a JSON-ready dict with the chosen
     ``l2``, the per-``l2`` validation scores and ``train``/``valid``/``test`` metrics.
     """
@@ -283,7 +306,7 @@ def linear_probe(
 def linear_probes(
     model,
     train_manifest,
-    valid_manifest,
+    valid_manifest=None,
     test_manifest=None,
     views: dict[str, Any] | None = None,
     *,
@@ -297,6 +320,7 @@ def linear_probes(
     on_bad_file: str = "error",
     progress: bool = False,
     pooling: str = "mean",
+    allow_overlap: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """One :func:`linear_probe` per view of the model (``views``: name -> ``layers``, default
     ``{"probe": None}``: the final output), from one embedding pass.
@@ -308,7 +332,7 @@ def linear_probes(
     views = {"probe": None} if views is None else dict(views)
     if not views:
         raise UsageError("views must name at least one set of layers")
-    splits = _read_splits(train_manifest, valid_manifest, test_manifest)
+    splits = _read_splits(train_manifest, valid_manifest, test_manifest, allow_overlap)
     train = splits["train"]
     multilabel = bool(train.multilabel)
     _check_l2_grid(l2_grid)
@@ -355,6 +379,7 @@ def linear_probes(
         }
         for split in data:
             results[split]["bad_files"] = data[split][2]
+        results["manifests"] = {split: splits[split].spec for split in splits}  # PATH[:SPLIT]
         out[name] = results
     return out
 
@@ -367,15 +392,33 @@ def view_layers(model, views: dict[str, Any]) -> tuple[list[int], dict[str, tupl
     return list(dict.fromkeys(k for ks in chosen.values() for k in ks)), chosen
 
 
-def _read_splits(train_manifest, valid_manifest, test_manifest) -> dict[str, Manifest]:
-    """The labelled splits of a probe; valid and test read with the training classes."""
-    train = _read(train_manifest)
+def _read_splits(
+    train_manifest, valid_manifest, test_manifest, allow_overlap: bool = False
+) -> dict[str, Manifest]:
+    """The labelled splits of a probe; valid and test read with the training classes (paths:
+    :func:`ssamba.data.read_splits`, one manifest with a split column may serve all three)."""
+    given = (train_manifest, valid_manifest, test_manifest)
+    if any(isinstance(m, Manifest) for m in given):
+        train = _read(train_manifest)
+        splits = {"train": train}
+        if train.labeled:
+            splits["valid"] = valid_manifest and _read(
+                valid_manifest, train.classes, train.multilabel
+            )
+            splits["test"] = test_manifest and _read(test_manifest, train.classes, train.multilabel)
+    else:
+        splits = read_splits(*given, allow_overlap=True)  # checked below, after the labels
+        train = splits["train"]
     if not train.labeled:
         raise UsageError(f"{train.source}: the training manifest has no labels")
-    splits = {"train": train, "valid": _read(valid_manifest, train.classes, train.multilabel)}
-    if test_manifest:
-        splits["test"] = _read(test_manifest, train.classes, train.multilabel)
-    return splits
+    if not allow_overlap:
+        check_no_overlap(splits)
+    if splits.get("valid") is None:
+        raise UsageError(
+            f"{train.spec}: no validation set to choose the L2 weight: pass one (--valid), or a "
+            "manifest with a split column holding valid rows"
+        )
+    return {k: m for k, m in splits.items() if m is not None}
 
 
 def _check_l2_grid(l2_grid) -> None:

@@ -122,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(argv: list[str]) -> int:
     parser = build_parser()
     config = config_path(argv)
-    sub = _subparser(parser, argv) if config else None
+    parser.chosen = _subparser(parser, argv)  # where an unknown option's near miss is looked up
+    sub = parser.chosen if config else None
     if sub is not None and any(a.dest == "config" for a in sub._actions):
         apply_config(sub, config)
     args = parser.parse_args(argv)

@@ -141,8 +141,8 @@ def _add_limit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-minutes",
         type=positive_float,
-        metavar="M",
-        help="bound the whole run: points not finished in M minutes get status 'budget' "
+        metavar="MIN",
+        help="bound the whole run: points not finished in MIN minutes get status 'budget' "
         "(default: no limit)",
     )
     p.add_argument(

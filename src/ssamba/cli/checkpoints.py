@@ -195,7 +195,11 @@ def _register_convert(subparsers) -> None:
     )
     # (the formatter takes a 0 default for "off": these helps state theirs)
     p.add_argument(
-        "--seed", type=int, default=0, metavar="N", help="seed of the check input (default: 0)"
+        "--seed",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="seed of the check input (default: 0)",
     )
     p.add_argument(
         "--atol",

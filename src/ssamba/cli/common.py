@@ -14,15 +14,18 @@ Nothing here imports torch: ``ssamba --help`` and ``ssamba COMMAND --help`` stay
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
+import re
 import shutil
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ssamba.constants import PATCH
-from ssamba.errors import ConfigError, UsageError
+from ssamba.errors import ConfigError, UsageError, did_you_mean
 
 # Keys a run.json records that are not command-line settings: ignored when it is replayed.
 RECORDED_ONLY = frozenset(
@@ -41,6 +44,26 @@ RECORDED_ONLY = frozenset(
 )
 
 
+# --train/--valid/--test, the same in every command that takes them (ssamba.data.read_splits)
+TRAIN_HELP = (
+    "PATH:SPLIT takes one split of a manifest with a split column; such a manifest given alone "
+    "also serves --valid and --test (its valid and test rows)"
+)
+VALID_HELP = "default: --train's valid rows, when it has a split column"
+TEST_HELP = "default: --train's test rows, when it has a split column; else none"
+OVERLAP_HELP = (
+    "run although files of --train are also in --valid/--test (a deliberate check; refused "
+    "otherwise: their scores would not be held out)"
+)
+
+
+DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda if available, else cpu)"
+NORMALIZE_HELP = (
+    "fbank normalisation: auto (the checkpoint's own statistics; AudioSet for a preset), a "
+    "preset, 'MEAN,STD', a stats JSON (`ssamba stats`) or none"
+)
+
+
 class ArgumentError(UsageError):
     """An option argparse rejected (unknown, missing, or a value its type refuses)."""
 
@@ -48,10 +71,46 @@ class ArgumentError(UsageError):
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line: it raises :class:`ArgumentError` (the
     command line prints ``error: ...`` and exits 2) instead of printing the usage and exiting.
-    Sub-command parsers are of the same class (argparse makes them with ``type(parent)``)."""
+    Sub-command parsers are of the same class (argparse makes them with ``type(parent)``).
+
+    Abbreviated options are refused (``allow_abbrev=False``): a misspelt ``--max-step`` is an
+    error that suggests ``--max-steps``, not silently taken for it."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
-        raise ArgumentError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+        raise ArgumentError(
+            f"{self.prog}: {message}{self._hint(message)} (see `{self.prog} --help`)"
+        )
+
+    def _hint(self, message: str) -> str:
+        """``; did you mean X?`` for an invalid choice or an unknown option close to a known one."""
+        choice = re.match(
+            r"argument (\S+): invalid choice: '([^']*)' \(choose from (.*)\)$", message
+        )
+        if choice:
+            options = [c.strip().strip("'") for c in choice.group(3).split(",")]
+            return did_you_mean(choice.group(2), options)
+        unknown = re.match(r"unrecognized arguments: (.*)$", message)
+        if unknown:
+            # the top-level parser reports a sub-command's unknown options: look in that one's
+            parsers = [self, *([self.chosen] if getattr(self, "chosen", None) else [])]
+            known = [
+                s
+                for p in parsers
+                for a in p._actions
+                for s in a.option_strings
+                if a.help != argparse.SUPPRESS
+            ]
+            for arg in unknown.group(1).split():
+                flag = arg.split("=", 1)[0]
+                if flag.startswith("--"):
+                    match = difflib.get_close_matches(flag, known, n=1, cutoff=0.8)
+                    if match:
+                        return f"; did you mean {match[0]}?"
+        return ""
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -87,6 +146,31 @@ def hidden_alias(p: argparse.ArgumentParser, *flags: str, dest: str, **kw) -> No
     p.add_argument(*flags, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw)
 
 
+class _Deprecated(argparse.Action):
+    """Stores like the new option and prints one ``warning:`` line naming the new spelling."""
+
+    def __init__(self, option_strings, dest, new: str, flag: bool = False, **kw):
+        self.new = new
+        if flag:
+            kw.update(nargs=0)
+        self.flag = flag
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} is deprecated and goes in the next release; use "
+              f"{self.new}", file=sys.stderr)  # fmt: skip
+        setattr(namespace, self.dest, True if self.flag else values)
+
+
+def deprecated_alias(
+    p: argparse.ArgumentParser, old: str, new: str, dest: str, flag: bool = False, **kw
+) -> None:
+    """``old`` kept for one release as a hidden spelling of ``new`` (same ``dest``): it works
+    and says, in one line, to use ``new``."""
+    p.add_argument(old, dest=dest, action=_Deprecated, new=new, flag=flag,
+                   help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw)  # fmt: skip
+
+
 def add_checkpoint(
     p: argparse.ArgumentParser,
     required: bool = True,
@@ -103,13 +187,21 @@ def add_out(
     p.add_argument("-o", "--out", required=required, metavar="DIR", help=help, **kw)
 
 
-def add_workers(p: argparse.ArgumentParser, default: int = 0, what: str = "load data") -> None:
+WORKERS_DEFAULT = "auto: one per core, at most 8"  # ssamba.configs.default_workers
+
+
+def add_workers(p: argparse.ArgumentParser, default: int | None = None, what: str = "load data"):
+    """``--workers N``: the same default everywhere (:func:`ssamba.configs.default_workers`)."""
+    from ssamba.configs import default_workers  # torch-free
+
     p.add_argument(
         "--workers",
         type=non_negative_int,
-        default=default,
+        default=default_workers() if default is None else default,
         metavar="N",
-        help=f"{what} in N worker processes (0: in the main process)",
+        help=f"{what} in N worker processes (0: in the main process; default: {WORKERS_DEFAULT})"
+        if default is None
+        else f"{what} in N worker processes (0: in the main process)",
     )
     hidden_alias(p, "--num-workers", dest="workers", type=non_negative_int)
 

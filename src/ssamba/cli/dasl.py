@@ -10,6 +10,9 @@ from pathlib import Path
 
 from ssamba.cli.checkpoints import check_device, check_model_conflict
 from ssamba.cli.common import (
+    TEST_HELP,
+    TRAIN_HELP,
+    VALID_HELP,
     add_command,
     add_out,
     add_overwrite,
@@ -53,14 +56,19 @@ def add_dasl_parser(subparsers) -> None:
     g = p.add_argument_group("model and data")
     add_starting_weights(g, options)
     add = options.add
-    add(g, "train", "DASL manifest (path,labels)", required=True)
-    add(g, "valid", "DASL manifest that selects the best epoch (default: none: final/ is used)")
-    add(g, "test", "DASL manifest the chosen model is evaluated on (default: none)")
+    add(g, "train", f"DASL manifest (path,labels); {TRAIN_HELP}", required=True,
+        metavar="MANIFEST")  # fmt: skip
+    add(g, "valid", f"DASL manifest that selects the best epoch ({VALID_HELP}; else none: "
+        "final/ is used)", metavar="MANIFEST")  # fmt: skip
+    add(g, "test", f"DASL manifest the chosen model is evaluated on ({TEST_HELP})",
+        metavar="MANIFEST")  # fmt: skip
     add(g, "chunk_seconds", "length of a labelled chunk", type=positive_float, metavar="S")
-    add(g, "seconds", "recording length (default: the longest in --train)", type=positive_int)
-    add(g, "normalize", "fbank normalisation: a preset, 'MEAN,STD', a stats JSON or none")
-    add(g, "fstride", "patch stride in frequency", type=positive_int)
-    add(g, "tstride", "patch stride in time", type=positive_int)
+    add(g, "seconds", "recording length (default: the longest in --train)", type=positive_int,
+        metavar="S")  # fmt: skip
+    add(g, "normalize", "fbank normalisation: a preset, 'MEAN,STD', a stats JSON or none",
+        metavar="STATS")  # fmt: skip
+    add(g, "fstride", "patch stride in frequency", type=positive_int, metavar="N")
+    add(g, "tstride", "patch stride in time", type=positive_int, metavar="N")
     add(g, "freqm", "SpecAugment: largest frequency mask (mel bins)", type=non_negative_int)
     add(g, "timem", "SpecAugment: largest time mask (frames)", type=non_negative_int)
     g = p.add_argument_group("learning rate")
@@ -75,10 +83,12 @@ def add_dasl_parser(subparsers) -> None:
 def run_dasl(args) -> int:
     from ssamba.dasl import train_dasl
     from ssamba.training import configure_logging
+    from ssamba.training.run_folder import check_new_run
 
     check_device(args.device)
     cfg = DaslConfig(**config_values(args, DaslConfig))
     check_model_conflict(given_model(args), cfg.checkpoint)
+    check_new_run(cfg.out, cfg.resume, cfg.overwrite)  # before the model is loaded
     configure_logging(is_main_process())
     with warn_if_random(cfg.checkpoint, cfg.model, "DASL training"):
         summary = train_dasl(cfg, device=args.device)

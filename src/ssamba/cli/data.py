@@ -22,12 +22,14 @@ from ssamba.cli.common import (
     add_overwrite,
     add_progress,
     add_workers,
+    deprecated_alias,
     hidden_alias,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
     prepare_output,
+    target_frames,
 )
 from ssamba.constants import SAMPLE_RATE
 from ssamba.errors import AudioError, UsageError
@@ -84,9 +86,9 @@ def _add_stats(subparsers) -> None:
     _add_json_out(p, "write the stats to this JSON file (default: print them only)")
     p.add_argument(
         "--target-length",
-        type=positive_int,
-        metavar="N",
-        help="pad/cut every fbank to N frames first, as training does (default: no padding)",
+        type=target_frames,
+        metavar="FRAMES",
+        help="pad/cut every fbank to FRAMES frames first, as training does (default: no padding)",
     )
     p.add_argument(
         "--on-bad-file",
@@ -230,17 +232,19 @@ def _add_prepare(subparsers) -> None:
         "0: skip",
     )
     g = p.add_argument_group("pretraining data")
-    g.add_argument("--seconds", type=positive_float, default=10.0,
+    g.add_argument("--seconds", type=positive_float, default=10.0, metavar="S",
                    help="librispeech: clip length in seconds")  # fmt: skip
-    g.add_argument("--min-seconds", type=positive_float, default=1.0,
+    g.add_argument("--min-seconds", type=non_negative_float, default=1.0, metavar="S",
                    help="librispeech: a shorter last piece of an utterance is dropped")  # fmt: skip
     g.add_argument("--workers", type=positive_int, default=1, metavar="N",
                    help="librispeech: threads that cut utterances (default: 1)")  # fmt: skip
     g.add_argument("--resume", action="store_true", help="librispeech: continue an interrupted "
                    "run in OUT, keeping the clips already written (default: off)")  # fmt: skip
-    g.add_argument("--valid", type=non_negative_int, default=0, metavar="N",
-                   help="pretrain-mix: clips held out at random into valid.csv")  # fmt: skip
-    g.add_argument("--seed", type=non_negative_int, default=0,
+    g.add_argument("--valid-clips", dest="valid", type=non_negative_int, default=0, metavar="N",
+                   help="pretrain-mix: clips held out at random into valid.csv "
+                   "(default: 0)")  # fmt: skip
+    deprecated_alias(g, "--valid", "--valid-clips", dest="valid", type=non_negative_int)
+    g.add_argument("--seed", type=non_negative_int, default=0, metavar="N",
                    help="pretrain-mix: seed of the held-out draw (default: 0)")  # fmt: skip
     add_overwrite(p)
     p.set_defaults(func=run_prepare)
@@ -396,7 +400,8 @@ def _add_pretrain_mix(sub) -> None:
 def _add_builder_common(p: argparse.ArgumentParser, default_out: str, tts: bool = False) -> None:
     add_out(p, required=False, default=default_out)
     # (default: 0) written out: the shared formatter leaves out falsy defaults
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, metavar="N",
+                   help="random seed (default: 0)")  # fmt: skip
     if tts:
         add_workers(p, default=2, what="synthesize speech")
     p.add_argument(

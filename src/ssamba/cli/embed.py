@@ -7,10 +7,12 @@ import sys
 
 from ssamba.cli.checkpoints import load_checkpoint
 from ssamba.cli.common import (
+    DEVICE_HELP,
     add_checkpoint,
     add_command,
     add_out,
     add_progress,
+    deprecated_alias,
     positive_float,
     positive_int,
 )
@@ -51,10 +53,12 @@ def register(subparsers) -> None:
     )
     add_embedding_options(p)
     p.add_argument(
-        "--frames",
+        "--frame-embeddings",
+        dest="frames",
         action="store_true",
         help="also write frame embeddings (T, D) and their timestamps (seconds)",
     )
+    deprecated_alias(p, "--frames", "--frame-embeddings", dest="frames", flag=True)
     add_bad_file_option(p)
     p.add_argument(
         "--overwrite",
@@ -88,7 +92,7 @@ def add_embedding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-size", type=positive_int, default=8, metavar="N", help="clips per batch"
     )
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--device", help=DEVICE_HELP)
 
 
 def add_bad_file_option(p: argparse.ArgumentParser) -> None:

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import tempfile
+import sys
 import warnings
 from pathlib import Path
 
 from ssamba.cli.checkpoints import default_device, either, load_checkpoint
 from ssamba.cli.common import (
+    DEVICE_HELP,
+    NORMALIZE_HELP,
+    OVERLAP_HELP,
+    TEST_HELP,
+    TRAIN_HELP,
+    VALID_HELP,
     add_checkpoint,
     add_command,
     add_config,
@@ -21,6 +27,7 @@ from ssamba.cli.common import (
     non_negative_float,
     positive_int,
     prepare_output,
+    target_frames,
 )
 from ssamba.cli.embed import (
     add_bad_file_option,
@@ -29,7 +36,7 @@ from ssamba.cli.embed import (
     check_window,
 )
 from ssamba.errors import AudioError
-from ssamba.fileio import atomic_write_json, replace_folder
+from ssamba.fileio import atomic_write_json, make_temp_folder, replace_folder
 
 # The same as ssamba.probe.DEFAULT_L2 / RESULTS_FILE and ssamba.embeddings.POOLINGS (written out
 # so that --help loads no torch; tests/test_probe.py checks they agree).
@@ -58,9 +65,7 @@ def _register_probe(subparsers) -> None:
         ),
     )
     add_checkpoint(p)
-    p.add_argument("--train", required=True, metavar="M", help="training manifest")
-    p.add_argument("--valid", required=True, metavar="M", help="validation manifest")
-    p.add_argument("--test", metavar="M", help="test manifest (default: none)")
+    add_split_options(p)
     add_out(p)
     add_embedding_options(p)
     p.add_argument(
@@ -116,15 +121,25 @@ def run_probe(args: argparse.Namespace) -> int:
             on_bad_file=args.on_bad_file,
             progress=not args.no_progress,
             pooling=args.pooling,
+            allow_overlap=args.allow_overlap,
         )
     except AudioError as err:
         raise bad_file_error(err) from None
     results["checkpoint"] = args.checkpoint
-    results["manifests"] = {"train": args.train, "valid": args.valid, "test": args.test}
     atomic_write_json(out / RESULTS_FILE, results)
     atomic_write_json(out / RUN_FILE, run_record(args, "probe"))
     _print_probe(results, out / RESULTS_FILE)
     return 0
+
+
+def add_split_options(p: argparse.ArgumentParser) -> None:
+    """``--train``, ``--valid``, ``--test`` and ``--allow-overlap``, as the training commands."""
+    p.add_argument(
+        "--train", required=True, metavar="MANIFEST", help=f"training manifest; {TRAIN_HELP}"
+    )
+    p.add_argument("--valid", metavar="MANIFEST", help=f"validation manifest ({VALID_HELP})")
+    p.add_argument("--test", metavar="MANIFEST", help=f"test manifest ({TEST_HELP})")
+    p.add_argument("--allow-overlap", action="store_true", help=OVERLAP_HELP)
 
 
 def run_record(args: argparse.Namespace, command: str) -> dict:
@@ -165,6 +180,8 @@ def _register_evaluate(subparsers) -> None:
         required=False,
         help="fine-tuned model: save_pretrained folder or official .pth (required)",
     )
+    # -c is required (checked when it runs: the old positional spelling is still accepted)
+    p.usage = "%(prog)s [-h] -c CKPT [options] MANIFEST"
     # the old spelling `ssamba evaluate CKPT MANIFEST`, kept for one release
     p.add_argument("legacy_checkpoint", nargs="?", help=argparse.SUPPRESS)
     p.add_argument(
@@ -184,29 +201,26 @@ def _register_evaluate(subparsers) -> None:
     )
     p.add_argument(
         "--target-length",
-        type=positive_int,
-        metavar="N",
-        help="frames per clip (default: the model's)",
+        type=target_frames,
+        metavar="FRAMES",
+        help="frames per clip (10 ms each) (default: the checkpoint's)",
     )
     p.add_argument(
         "--fstride",
         type=positive_int,
         metavar="N",
-        help="patch stride in frequency (default: the model's)",
+        help="patch stride in frequency (default: the checkpoint's)",
     )
     p.add_argument(
         "--tstride",
         type=positive_int,
         metavar="N",
-        help="patch stride in time (default: the model's)",
+        help="patch stride in time (default: the checkpoint's)",
     )
-    p.add_argument(
-        "--normalize",
-        metavar="STATS",
-        help="preset name or stats JSON (default: the model's normalisation)",
-    )
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--normalize", metavar="STATS", default="auto", help=NORMALIZE_HELP)
+    p.add_argument("--device", help=DEVICE_HELP)
     add_workers(p, what="decode audio")
+    add_config(p)
     add_overwrite(p)
     add_progress(p)
     p.set_defaults(func=run_evaluate)
@@ -217,6 +231,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ssamba.evaluation import MetricWarning, evaluate_model, find_class_list
 
     checkpoint = either(args, "checkpoint", "legacy_checkpoint", "-c/--checkpoint")
+    if args.legacy_checkpoint is not None:
+        print("warning: `ssamba evaluate CKPT MANIFEST` is deprecated and goes in the next "
+              "release; use `ssamba evaluate -c CKPT MANIFEST`", file=sys.stderr)  # fmt: skip
     out = Path(args.out) if args.out else Path(f"eval-{Path(args.manifest).stem}")
     if not args.overwrite:
         prepare_output(out, False, "evaluation output")
@@ -233,7 +250,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             classes=classes,
             batch_size=args.batch_size,
             target_length=args.target_length,
-            normalize=args.normalize,
+            normalize=None if args.normalize == "auto" else args.normalize,
             device=device,
             progress=not args.no_progress,
             num_workers=args.workers,
@@ -256,7 +273,7 @@ def _save_whole(result, out: Path) -> None:
     """Save into a new folder beside ``out``, then put it in place: a reader never finds a mix
     of two evaluations."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    tmp = make_temp_folder(out.parent, f".{out.name}.")
     try:
         result.save(tmp)
         replace_folder(tmp, out)

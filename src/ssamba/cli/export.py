@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ssamba.cli.common import add_checkpoint, add_command, add_overwrite, positive_int
+from ssamba.cli.common import (
+    add_checkpoint,
+    add_command,
+    add_overwrite,
+    deprecated_alias,
+    target_frames,
+)
 from ssamba.errors import UsageError
 
 FORMATS = ("onnx", "torchscript")  # as ssamba.export.FORMATS (that module imports torch)
@@ -33,19 +39,26 @@ def register(subparsers) -> None:
         "torchscript; else onnx)",
     )
     p.add_argument(
-        "--frames",
-        type=positive_int,
-        help="input frames (10 ms each) the file takes (default: the model's input_tdim)",
+        "--target-length",
+        dest="frames",
+        type=target_frames,
+        metavar="FRAMES",
+        help="frames per clip (10 ms each) the file takes (default: the model's input_tdim)",
     )
+    deprecated_alias(p, "--frames", "--target-length", dest="frames", type=target_frames)
     p.add_argument(
-        "--output",
+        "--returns",
+        dest="output",
         choices=("default", "tokens"),
         default="default",
-        help="default: logits with a classification head, else the pooled embedding; tokens: "
-        "the patch tokens",
+        help="what the file returns: default: logits with a classification head, else the "
+        "pooled embedding; tokens: the patch tokens",
     )
+    deprecated_alias(p, "--output", "--returns", dest="output", choices=("default", "tokens"))
     p.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
-    p.add_argument("--device", help="cpu or cuda (default: cpu)")
+    p.add_argument(
+        "--device", help="cpu, cuda or cuda:N (default: cpu: the export is traced there)"
+    )
     add_overwrite(p)
     p.set_defaults(func=run)
 

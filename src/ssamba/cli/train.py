@@ -19,6 +19,12 @@ from typing import Any
 
 from ssamba.cli.checkpoints import check_device, check_model_conflict
 from ssamba.cli.common import (
+    DEVICE_HELP,
+    NORMALIZE_HELP,
+    OVERLAP_HELP,
+    TEST_HELP,
+    TRAIN_HELP,
+    VALID_HELP,
     add_checkpoint,
     add_command,
     add_config,
@@ -38,6 +44,7 @@ from ssamba.cli.common import (
 from ssamba.cli.evaluate import POOLINGS
 from ssamba.configs import (
     BAD_FILE_POLICIES,
+    FRESH_LAYOUT,
     HEAD_INITS,
     HIDE_MASKED,
     LOSSES,
@@ -88,11 +95,14 @@ class ConfigOptions:
         self.defaults = field_defaults(cls)
         self.from_recipe = set(from_recipe)
 
-    def add(self, parser, name: str, help: str, *flags: str, **kw) -> None:
+    def add(self, parser, name: str, help: str, *flags: str, shown: str | None = None, **kw):
+        """``shown``: the default as --help states it, where the field's own is resolved later
+        (None: the checkpoint's)."""
         flags = flags or (f"--{name.replace('_', '-')}",)
         default = self.defaults[name]
         if name in self.from_recipe:
-            help = f"{help} (default: {_shown(default)}, or the --recipe's)"
+            if "default" not in help.lower():  # printed once
+                help = f"{help} (default: {shown or _shown(default)}, or the --recipe's)"
             kw["default"] = argparse.SUPPRESS
         elif kw.get("required"):
             kw["default"] = None  # (a --config file may set it)
@@ -135,7 +145,10 @@ def add_model_options(p, options: ConfigOptions, drop_path: bool = False) -> Non
     options.add(p, "model", f"the preset to build ({', '.join(list_models())})", metavar="PRESET",
                 choices=list_models(), action=StoreGiven)  # fmt: skip
     p.add_argument(
-        "--depth", type=positive_int, help="override the preset's depth (default: the preset's)"
+        "--depth",
+        type=positive_int,
+        metavar="N",
+        help="override the preset's depth (default: the preset's)",
     )
     if drop_path:
         p.add_argument(
@@ -180,7 +193,7 @@ def add_train_options(p, options: ConfigOptions) -> None:
     g = p.add_argument_group("run")
     add_out(g, help="output folder (run.json, metrics, checkpoints, best/ and final/ models)")
     add(g, "seed", "random seed (weights, data order, masks, augmentation)",
-        type=non_negative_int)  # fmt: skip
+        type=non_negative_int, metavar="N")  # fmt: skip
     add(g, "eval_every", "evaluate every N steps; 0: every epoch", type=non_negative_int,
         metavar="N")  # fmt: skip
     add(g, "save_every", "checkpoint every N steps; 0: every epoch", type=non_negative_int,
@@ -190,8 +203,9 @@ def add_train_options(p, options: ConfigOptions) -> None:
     add(g, "logger", "where metrics go, comma-separated: jsonl (metrics.jsonl, always "
         "written), tensorboard (tb/), wandb (wandb/; WANDB_MODE=offline keeps it local)",
         metavar="LIST")  # fmt: skip
-    add_workers(g, default=options.defaults["workers"], what="load training data")
-    g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    add_workers(g, what="load training data")
+    g.add_argument("--device", help=DEVICE_HELP)
+    add(g, "allow_overlap", OVERLAP_HELP, action="store_true")
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
     add_overwrite(g)
     add_progress(g)
@@ -302,14 +316,14 @@ def add_pretrain_parser(subparsers) -> None:
         help="saved weights to continue pretraining from: save_pretrained folder or official "
         ".pth (default: none: a fresh --model)",
     )
-    options.add(g, "train", "audio folder, list or manifest", required=True)
+    options.add(g, "train", f"audio folder, list or manifest; {TRAIN_HELP}", required=True,
+                metavar="MANIFEST")  # fmt: skip
     options.add(g, "valid", "held-out audio for masked-patch accuracy (teacher: the "
-                "objective's loss) (default: none: no validation, no best/)")  # fmt: skip
+                f"objective's loss) ({VALID_HELP}; else none: no validation, no best/)",
+                metavar="MANIFEST")  # fmt: skip
     options.add(g, "target_length", "frames per clip (10 ms each)", type=target_frames,
                 metavar="FRAMES")  # fmt: skip
-    options.add(g, "normalize", "fbank normalisation: auto (the checkpoint's own statistics; "
-                "AudioSet for a preset), a preset, 'MEAN,STD', a stats JSON (`ssamba stats`) or "
-                "none")  # fmt: skip
+    options.add(g, "normalize", NORMALIZE_HELP, metavar="STATS")
     options.add(g, "mask_patch", "masked patches per clip; none: 400 of 512, scaled to "
                 "--target-length", type=positive_int, metavar="N")  # fmt: skip
     options.add(g, "mask_mode", "cluster masks (SSAST), random patches or whole frames",
@@ -389,10 +403,12 @@ def add_probe_options(p, options: ConfigOptions) -> None:
 def run_pretrain(args) -> int:
     from ssamba.pretrain import pretrain
     from ssamba.training import configure_logging
+    from ssamba.training.run_folder import check_new_run
 
     check_device(args.device)
     cfg = pretrain_config(args)
     check_model_conflict(given_model(args), cfg.checkpoint)
+    check_new_run(cfg.out, cfg.resume, cfg.overwrite)  # before the model is loaded
     configure_logging(is_main_process())
     summary = pretrain(cfg, device=args.device)
     print(
@@ -432,10 +448,12 @@ def add_finetune_parser(subparsers) -> None:
     )
     g = p.add_argument_group("data")
     options = ConfigOptions(FinetuneConfig, from_recipe=RECIPE_SETTABLE)
-    options.add(g, "train", "labelled manifest (CSV, SSAST JSON or a folder per class)",
-                required=True)  # fmt: skip
-    options.add(g, "valid", "manifest that selects the best epoch (default: none: final/ is used)")
-    options.add(g, "test", "manifest the chosen model is evaluated on (default: none)")
+    options.add(g, "train", f"labelled manifest (CSV, SSAST JSON or a folder per class); "
+                f"{TRAIN_HELP}", required=True, metavar="MANIFEST")  # fmt: skip
+    options.add(g, "valid", f"manifest that selects the best epoch ({VALID_HELP}; else none: "
+                "final/ is used)", metavar="MANIFEST")  # fmt: skip
+    options.add(g, "test", f"manifest the chosen model is evaluated on ({TEST_HELP})",
+                metavar="MANIFEST")  # fmt: skip
     add_finetune_options(p, options)
     p.set_defaults(func=run_finetune)
 
@@ -445,11 +463,14 @@ def add_finetune_options(p, options: ConfigOptions) -> None:
     g = p.add_argument_group("model")
     add_starting_weights(g, options)
     add = options.add
-    add(g, "target_length", "frames per clip (10 ms each)", type=target_frames, metavar="FRAMES")
-    add(g, "normalize", "fbank normalisation: auto (the checkpoint's own statistics; AudioSet "
-        "for a preset), a preset, 'MEAN,STD', a stats JSON or none")  # fmt: skip
-    add(g, "fstride", "patch stride in frequency", type=positive_int)
-    add(g, "tstride", "patch stride in time", type=positive_int)
+    inherited = "the checkpoint's; {} without one"
+    add(g, "target_length", "frames per clip (10 ms each)", type=target_frames, metavar="FRAMES",
+        shown=inherited.format(FRESH_LAYOUT["target_length"]))  # fmt: skip
+    add(g, "normalize", NORMALIZE_HELP, metavar="STATS")
+    add(g, "fstride", "patch stride in frequency", type=positive_int, metavar="N",
+        shown=inherited.format(FRESH_LAYOUT["fstride"]))  # fmt: skip
+    add(g, "tstride", "patch stride in time", type=positive_int, metavar="N",
+        shown=inherited.format(FRESH_LAYOUT["tstride"]))  # fmt: skip
     add(g, "pool", "head input: mean patch token, class token(s), per-band means (and their "
         "standard deviations over time)", choices=POOLS)  # fmt: skip
     add(g, "head_init", "the head before the first step: random, or the linear probe of the "
@@ -502,10 +523,12 @@ def finetune_config(args, recipe: str | None = None, **fixed) -> FinetuneConfig:
 def run_finetune(args) -> int:
     from ssamba.finetune import finetune
     from ssamba.training import configure_logging
+    from ssamba.training.run_folder import check_new_run
 
     check_device(args.device)
     cfg = finetune_config(args, args.recipe)
     check_model_conflict(given_model(args), cfg.checkpoint)
+    check_new_run(cfg.out, cfg.resume, cfg.overwrite)  # before the model is loaded
     configure_logging(is_main_process())
     with warn_if_random(cfg.checkpoint, cfg.model, "fine-tuning"):
         summary = finetune(cfg, device=args.device)

@@ -12,7 +12,7 @@ from ssamba import audio
 from ssamba.constants import FRAMES_PER_SECOND, SAMPLE_RATE
 from ssamba.dasl.head import chunk_labels
 from ssamba.dasl.mixtures import class_list_for
-from ssamba.data import item_generator, read_manifest
+from ssamba.data import item_generator, read_manifest, split_spec
 from ssamba.errors import ManifestError, UsageError
 
 
@@ -23,10 +23,9 @@ def read_dasl_manifest(path, classes=None) -> tuple[list[tuple[Path, list[str]]]
     works. Classes: ``classes`` (a list or a ``class_labels_indices.csv``), else the
     ``class_labels_indices.csv`` next to the manifest, else the sorted label names.
     """
-    path = Path(path)
     if classes is None:
-        classes = class_list_for(path)
-    m = read_manifest(path, classes=classes, multilabel=True)
+        classes = class_list_for(Path(split_spec(path)[0]))  # PATH or PATH:SPLIT
+    m = read_manifest(path, classes=classes, multilabel=True, label_sequences=True)
     if not m.labeled:
         raise ManifestError(f"{path}: a DASL manifest needs per-second labels")
     return [(ex.path, list(ex.labels)) for ex in m.examples], list(m.classes)

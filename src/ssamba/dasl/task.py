@@ -24,6 +24,7 @@ from ssamba.dasl.dataset import DaslDataset, read_dasl_manifest
 from ssamba.dasl.head import IGNORE, chunk_logits
 from ssamba.dasl.metrics import dasl_metrics
 from ssamba.dasl.mixtures import write_csv
+from ssamba.data import read_splits
 from ssamba.evaluation import predict
 from ssamba.fileio import atomic_write_json
 from ssamba.finetune import ClassifierTask, build_model
@@ -124,6 +125,11 @@ def train_dasl(cfg: DaslConfig, device: str | None = None) -> dict:
     """
     dist = Distributed.from_env(device)
     stats = normalize_stats(cfg.normalize)
+    # one manifest with a split column serves all three; run.json records each as PATH[:SPLIT]
+    splits = read_splits(
+        cfg.train, cfg.valid, cfg.test, ignore_labels=True, allow_overlap=cfg.allow_overlap
+    )
+    cfg = dataclasses.replace(cfg, **{k: m.spec if m else None for k, m in splits.items()})
     train_items, classes = read_dasl_manifest(cfg.train)
     if cfg.seconds is None:
         cfg = dataclasses.replace(cfg, seconds=max(len(labels) for _, labels in train_items))

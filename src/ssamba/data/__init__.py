@@ -31,8 +31,11 @@ from ssamba.data.manifest import (
     Example,
     Manifest,
     ManifestWarning,
+    check_no_overlap,
     read_class_list,
     read_manifest,
+    read_splits,
+    split_spec,
 )
 from ssamba.data.sampling import (
     EpochSampler,
@@ -71,6 +74,9 @@ __all__ = [
     "parse_size",
     "read_class_list",
     "read_manifest",
+    "read_splits",
+    "split_spec",
+    "check_no_overlap",
     "read_window",
     "segment_recordings",
     "set_epoch",

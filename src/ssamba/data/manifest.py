@@ -78,6 +78,7 @@ class Manifest:
     source: Path | None = None
     format: str = "list"
     display_names: dict[str, str] = field(default_factory=dict)
+    split: str | None = None  # the split selected from ``source`` (None: all of it)
 
     def __post_init__(self) -> None:
         self._index = {name: i for i, name in enumerate(self.classes)}
@@ -120,6 +121,20 @@ class Manifest:
     def paths(self) -> list[Path]:
         return [ex.path for ex in self.examples]
 
+    @property
+    def spec(self) -> str:
+        """How to name this manifest again: ``SOURCE`` or ``SOURCE:SPLIT``."""
+        return f"{self.source}:{self.split}" if self.split else str(self.source)
+
+    def splits(self) -> list[str]:
+        """The split names the manifest's examples carry, sorted (empty: no split column)."""
+        return sorted({ex.split for ex in self.examples if ex.split})
+
+    def select_split(self, split: str) -> Manifest:
+        """The examples of one split (the class list and multi-label flag of the whole file)."""
+        kept = _keep_split(self.source, self.examples, split)
+        return dataclasses.replace(self, examples=kept, split=split)
+
 
 # --------------------------------------------------------------------------------------------------
 # Reading manifests
@@ -132,6 +147,7 @@ def read_manifest(
     *,
     ignore_labels: bool = False,
     multilabel: bool | None = None,
+    label_sequences: bool = False,
 ) -> Manifest:
     """Read a manifest of any supported format (see the module docstring).
 
@@ -145,7 +161,14 @@ def read_manifest(
             Classes are computed before filtering, so every split of one file shares them.
         ignore_labels: read labels as absent (pretraining on a labeled set).
         multilabel: force the flag; default: True when some example has more than one label.
+        label_sequences: labels are a sequence (DASL: one per second), and a file may be listed
+            again with labels for part of it; otherwise a file listed twice with different
+            labels is an error.
+
+    ``path`` may also name a split as ``PATH:SPLIT`` (``data.csv:valid``, :func:`split_spec`).
     """
+    if split is None and isinstance(path, (str, os.PathLike)):
+        path, split = split_spec(path)
     if is_shard_spec(path):
         fmt, examples, where, classes = _read_shards(path, classes)
         path = Path(path).expanduser()
@@ -160,6 +183,8 @@ def read_manifest(
             classes = path.parent / CLASS_LABELS_FILE
     if ignore_labels:
         examples = [dataclasses.replace(ex, labels=()) for ex in examples]
+    elif not label_sequences:
+        _refuse_conflicting_labels(path, examples, where)
     labeled = any(ex.labels for ex in examples)
     if multilabel is None:  # decided on the whole file, so all its splits agree
         multilabel = any(len(ex.labels) > 1 for ex in examples)
@@ -178,11 +203,140 @@ def read_manifest(
         source=path,
         format=fmt,
         display_names=display,
+        split=split,
     )
     empty = _empty_classes(manifest)
     if empty:
         warnings.warn(f"{path}: {empty}", ManifestWarning, stacklevel=2)
     return manifest
+
+
+# --------------------------------------------------------------------------------------------------
+# Splits: one manifest with a split column serves training and its held-out sets
+
+#: The split names each role takes from a manifest's split column, in order of preference.
+SPLIT_NAMES = {
+    "train": ("train", "training"),
+    "valid": ("valid", "validation", "val", "dev"),
+    "test": ("test", "eval", "evaluation"),
+}
+_SPLIT_SUFFIX = re.compile(r"^(.+):([A-Za-z0-9_.-]+)$")
+
+
+def split_spec(spec: str | os.PathLike) -> tuple[str, str | None]:
+    """``"data.csv:valid"`` -> ``("data.csv", "valid")``. A path that exists as given (a colon
+    in a file name) or has no ``:SPLIT`` suffix whose ``PATH`` exists is returned whole, with
+    no split."""
+    text = os.fspath(spec)
+    if os.path.exists(os.path.expanduser(text)):
+        return text, None
+    match = _SPLIT_SUFFIX.match(text)
+    if match and (os.path.exists(os.path.expanduser(match[1])) or is_shard_spec(match[1])):
+        return match[1], match[2]
+    return text, None
+
+
+def role_split(manifest: Manifest, role: str) -> str | None:
+    """The split of ``manifest`` that serves ``role`` (train, valid, test; see
+    :data:`SPLIT_NAMES`), None when it has none."""
+    present = set(manifest.splits())
+    return next((name for name in SPLIT_NAMES[role] if name in present), None)
+
+
+def _for_role(manifest: Manifest, split: str | None, role: str) -> Manifest:
+    """``manifest`` as the ``role`` set: the split asked for; else, when it has a split column,
+    its rows of that role; else all of it."""
+    if split is not None:
+        return manifest.select_split(split)
+    if not manifest.splits():
+        return manifest
+    name = role_split(manifest, role)
+    if name is None:
+        raise ManifestError(
+            f"{manifest.source}: has a split column but no {role} rows (splits: "
+            f"{', '.join(manifest.splits())}); name the split to use as "
+            f"{manifest.source}:SPLIT"
+        )
+    return manifest.select_split(name)
+
+
+def read_splits(
+    train: str | os.PathLike,
+    valid: str | os.PathLike | None = None,
+    test: str | os.PathLike | None = None,
+    *,
+    roles: Sequence[str] = ("train", "valid", "test"),
+    classes: Sequence[str] | str | os.PathLike | None = None,
+    ignore_labels: bool = False,
+    multilabel: bool | None = None,
+    allow_overlap: bool = False,
+) -> dict[str, Manifest | None]:
+    """The training set and its held-out sets, ``{role: Manifest or None}`` for ``roles``.
+
+    Each argument is a manifest, or ``PATH:SPLIT`` for one split of it. A manifest with a
+    ``split`` column given without ``:SPLIT`` contributes the rows of its role (``--train
+    all.csv --test all.csv``: the train rows, then the test rows; :data:`SPLIT_NAMES`), and a
+    held-out set not given comes from the training manifest's rows of that role when it has
+    them (``--train all.csv`` alone). Held-out sets use the training classes.
+
+    A file in the training set and in a held-out one would inflate its scores: a ManifestError
+    naming how many and one of them, unless ``allow_overlap`` (a deliberate check)."""
+    path, split = split_spec(train)
+    whole = read_manifest(path, classes, ignore_labels=ignore_labels, multilabel=multilabel)
+    out: dict[str, Manifest | None] = {"train": _for_role(whole, split, "train")}
+    given = {"valid": valid, "test": test}
+    for role in roles:
+        if role == "train":
+            continue
+        spec = given[role]
+        if spec is None:
+            from_train = split is None and role_split(whole, role) is not None
+            out[role] = whole.select_split(role_split(whole, role)) if from_train else None
+            continue
+        held_path, held_split = split_spec(spec)
+        if _same_file(held_path, path):
+            held = whole
+        else:
+            held = read_manifest(
+                held_path,
+                whole.classes if whole.labeled else None,
+                ignore_labels=ignore_labels,
+                multilabel=whole.multilabel if whole.labeled else multilabel,
+            )
+        out[role] = _for_role(held, held_split, role)
+    if not allow_overlap:
+        check_no_overlap(out)
+    return out
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(os.path.expanduser(a), os.path.expanduser(b))
+    except OSError:
+        return False
+
+
+def _clip_key(ex: Example) -> tuple:
+    return (os.path.realpath(ex.path), ex.offset)
+
+
+def check_no_overlap(sets: dict[str, Manifest | None]) -> None:
+    """A ManifestError when a file of the ``train`` set is also in another of ``sets``."""
+    train = sets.get("train")
+    if train is None:
+        return
+    seen = {_clip_key(ex) for ex in train}
+    for role, held in sets.items():
+        if role == "train" or held is None:
+            continue
+        shared = [ex for ex in held if _clip_key(ex) in seen]
+        if shared:
+            raise ManifestError(
+                f"{len(shared)} file(s) of --train {train.spec} are also in --{role} "
+                f"{held.spec} (e.g. {shared[0].path}): its scores would not be held out; use "
+                "separate files or one manifest with a split column, or pass --allow-overlap "
+                "for a deliberate check"
+            )
 
 
 def _read_shards(spec, classes):
@@ -194,6 +348,21 @@ def _read_shards(spec, classes):
     if classes is None and index_classes and any(ex.labels for ex in examples):
         classes = index_classes
     return "shards", examples, where, classes
+
+
+def _refuse_conflicting_labels(path: Path, examples: list[Example], where: list[str]) -> None:
+    """A file listed twice with different labels: which is right cannot be guessed (a file
+    listed twice with the same labels is left to check-data and the held-out checks)."""
+    first: dict[tuple, int] = {}
+    for k, ex in enumerate(examples):
+        key = (ex.path, ex.offset)
+        j = first.setdefault(key, k)
+        if j != k and set(examples[j].labels) != set(ex.labels):
+            raise ManifestError(
+                f"{path}: {ex.path} is listed twice with different labels ({where[j]}: "
+                f"{';'.join(examples[j].labels) or 'none'}; {where[k]}: "
+                f"{';'.join(ex.labels) or 'none'}); keep one row"
+            )
 
 
 def _refuse_self_reference(path: Path, examples: list[Example], where: list[str]) -> None:

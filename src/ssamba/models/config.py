@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 
 from ssamba.constants import PATCH
-from ssamba.errors import UsageError
+from ssamba.errors import UsageError, did_you_mean
 
 SIZES = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}  # embed_dim, SSAST heads
 POOLS = ("mean", "cls", "bands", "bands+std")  # fine-tuning head inputs (ModelConfig.pool)
@@ -264,5 +264,8 @@ def list_models(pretrained: bool = False) -> list[str]:
 
 def preset_config(name: str, **overrides) -> ModelConfig:
     if name not in PRESETS:
-        raise UsageError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+        raise UsageError(
+            f"unknown model {name!r}{did_you_mean(name, PRESETS)}; available: "
+            f"{', '.join(list_models())}"
+        )
     return ModelConfig.from_dict({**PRESETS[name].config, **overrides})

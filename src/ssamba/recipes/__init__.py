@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 
 from ssamba.configs import FinetuneConfig
-from ssamba.errors import RecipeError, UsageError
+from ssamba.errors import RecipeError, UsageError, did_you_mean
 
 RECIPE_DIR = Path(__file__).resolve().parent
 
@@ -95,7 +95,10 @@ def recipe_name(name: str) -> str:
     key = str(name).strip().lower().replace("-", "_")
     key = _ALIASES.get(key, key)
     if key not in list_recipes():
-        raise RecipeError(f"unknown task {name!r}; available: {', '.join(list_recipes())}")
+        raise RecipeError(
+            f"unknown task {name!r}{did_you_mean(name, list_recipes())}; available: "
+            f"{', '.join(list_recipes())}"
+        )
     return key
 
 

@@ -13,7 +13,7 @@ Torch-free (``--help`` lists the names).
 from __future__ import annotations
 
 from ssamba.configs import PretrainConfig
-from ssamba.errors import RecipeError, UsageError
+from ssamba.errors import RecipeError, UsageError, did_you_mean
 
 SIZES = ("tiny", "small", "base")
 MASKED_PATCHES = (250, 300, 400)
@@ -150,7 +150,8 @@ def load_pretrain_recipe(name: str) -> dict:
     key = str(name).strip().lower().replace("-", "_")
     if key not in list_pretrain_recipes():
         raise RecipeError(
-            f"unknown pretraining recipe {name!r}; available: {', '.join(list_pretrain_recipes())}"
+            f"unknown pretraining recipe {name!r}{did_you_mean(name, list_pretrain_recipes())}; "
+            f"available: {', '.join(list_pretrain_recipes())}"
         )
     _, size, kind = key.split("_")
     found = _teacher_recipe(size) if kind == "teacher" else _official_recipe(size, kind)

@@ -62,6 +62,8 @@ def fit(
         progress = resume(run, task, optimizer, dist, scaler, callback)
     module = distribute(task.module.to(dist.device), dist, task.unused_parameters)
     plan = plan_steps(cfg, dist, train_set, task.sampling())
+    if progress.step == 0:  # a resumed run keeps the warm-up it started with (trainer state)
+        fit_warmup(task.schedule, plan.max_steps, dist.is_main)
     meter = Meter(cfg, plan.max_steps, progress.step, dist.is_main)
     metrics: dict[str, float] = {}
     loader = TrainLoader(
@@ -210,6 +212,25 @@ class StepPlan:
     max_steps: int
     eval_every: int
     save_every: int
+
+
+WARMUP_SHARE = 0.1  # a warm-up longer than the run is scaled to this share of it
+
+
+def fit_warmup(schedule, max_steps: int, main: bool = True) -> None:
+    """A warm-up longer than the run would never reach the learning rate (1000 steps of warm-up
+    in a 6-step run peak at 0.6% of it): scale it to :data:`WARMUP_SHARE` of the run (at least
+    one step), with one line saying so. A warm-up that fits the run is kept as asked."""
+    asked = schedule.warmup_steps
+    if not asked or asked <= max_steps:
+        return
+    schedule.warmup_steps = max(1, round(WARMUP_SHARE * max_steps))
+    if main:
+        log.warning(
+            "note: the warm-up (--warmup-steps %d) is longer than this run (%d steps): warming "
+            "up over %d step(s) instead (%d%% of the run; pass --warmup-steps N <= %d to choose)",
+            asked, max_steps, schedule.warmup_steps, round(100 * WARMUP_SHARE), max_steps,
+        )  # fmt: skip
 
 
 def plan_steps(cfg: TrainConfig, dist: Distributed, train_set, sampling: dict) -> StepPlan:

@@ -12,6 +12,10 @@ and the temporary files it leaves are removed when the run is started again.
 none is intact the resume stops with an error (starting over silently would discard the run);
 when there is none yet the run starts from scratch. Either way ``metrics.jsonl`` is cut back to
 the step the run continues from (to nothing from scratch), so no step is logged twice.
+
+A folder whose run never completed a step (it failed at set-up, e.g. a batch larger than the
+data) holds nothing to keep (:meth:`RunFolder.has_progress`): a rerun into it, with or without
+``--resume`` and with any settings, starts afresh instead of being refused.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ RESUMABLE_CHANGES = {
     "log_every",
     "scan_backend",  # the same maths on another kernel (e.g. resumed on a GPU)
     "logger",
+    "allow_overlap",  # a check of the inputs, not of what is computed
     # provenance (recorded only): resuming on another machine or software version is allowed
     "version",
     "git",
@@ -110,6 +115,42 @@ def load_chosen_model(out: str | Path, model) -> Path:
     return chosen
 
 
+def list_checkpoints(out: str | Path) -> list[Path]:
+    """A run's checkpoints/step_N folders, newest first."""
+    found = [p for p in (Path(out) / CHECKPOINTS).glob("step_*") if p.is_dir()]
+    found = [p for p in found if checkpoint_step(p) is not None]
+    return sorted(found, key=checkpoint_step, reverse=True)
+
+
+def has_progress(out: str | Path) -> bool:
+    """Whether a run folder holds anything a run computed: a checkpoint, a saved model, a
+    summary, or a metrics line of a step (step 0, the online probe of the initial weights, does
+    not count). A run that failed at set-up has none: a rerun may start afresh."""
+    path = Path(out)
+    if list_checkpoints(path) or (path / SUMMARY_FILE).exists():
+        return True
+    if any((path / name).is_dir() for name in ("best", "best_probe", "final")):
+        return True
+    metrics = path / METRICS
+    try:
+        records = read_metrics(metrics) if metrics.is_file() else []
+    except TrainingError:
+        return True  # damaged, but something was logged: keep it unless told otherwise
+    return any(isinstance(r.get("step"), int) and r["step"] >= 1 for r in records)
+
+
+def check_new_run(out: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a new run into a folder holding one that made progress, unless ``resume`` or
+    ``overwrite``: what the run would refuse later, checked before any model is loaded."""
+    path = Path(out)
+    if resume or overwrite or not (path / RUN_FILE).exists():
+        return
+    if has_progress(path):
+        raise TrainingError(
+            f"{path} already holds a run: pass --resume to continue it or --overwrite to replace it"
+        )
+
+
 def _upgrade(saved: dict) -> dict:
     """The run.json of an older version in today's keys (so it can still be resumed)."""
     return {_RENAMED.get(k, k): v for k, v in saved.items() if k not in _DROPPED}
@@ -141,15 +182,22 @@ class RunFolder:
         self.trackers = None
         self._lock: int | None = None
         run_file = self.path / RUN_FILE
+        if run_file.exists() and not self.has_progress():
+            # a run that failed before its first step (a batch larger than the data, say) left
+            # nothing worth keeping: the corrected rerun, with --resume or without, starts afresh
+            if main:
+                log.warning("%s: the run there never completed a step; starting afresh", self.path)
+            self.replace = True
+            return
         if run_file.exists() and not resume:
-            if not overwrite:
-                raise TrainingError(
-                    f"{self.path} already holds a run: pass --resume to continue it or "
-                    "--overwrite to replace it"
-                )
+            check_new_run(self.path, resume, overwrite)
             self.replace = True
         if resume and run_file.exists():
             self._check_same_settings(_upgrade(json.loads(run_file.read_text())))
+
+    def has_progress(self) -> bool:
+        """See :func:`has_progress`."""
+        return has_progress(self.path)
 
     def _check_same_settings(self, saved: dict) -> None:
         changed = sorted(
@@ -208,9 +256,7 @@ class RunFolder:
 
     def checkpoints(self) -> list[Path]:
         """The run's checkpoints/step_N folders, newest first."""
-        found = [p for p in (self.path / CHECKPOINTS).glob("step_*") if p.is_dir()]
-        found = [p for p in found if checkpoint_step(p) is not None]
-        return sorted(found, key=checkpoint_step, reverse=True)
+        return list_checkpoints(self.path)
 
     def save_checkpoint(self, model, trainer_state: dict, step: int, keep: int) -> Path:
         """Write checkpoints/step_N atomically (temp folder + rename), then move ``latest``.

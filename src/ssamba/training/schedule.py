@@ -74,7 +74,13 @@ class LRSchedule:
             self.scale *= self.factor ** self.milestones.count(epoch + 1)
 
     def state_dict(self) -> dict:
-        return {"scale": self.scale, "best": self.best, "bad_rounds": self.bad_rounds}
+        return {
+            "scale": self.scale,
+            "best": self.best,
+            "bad_rounds": self.bad_rounds,
+            "warmup_steps": self.warmup_steps,  # as the run used it (a long one scaled to the run)
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.scale, self.best, self.bad_rounds = state["scale"], state["best"], state["bad_rounds"]
+        self.warmup_steps = state.get("warmup_steps", self.warmup_steps)

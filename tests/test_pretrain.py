@@ -374,10 +374,15 @@ def test_pretraining_recipes_and_ablation_flags():
     from ssamba.cli.train import pretrain_config
     from ssamba.errors import RecipeError
     from ssamba.pretrain import build_model
-    from ssamba.recipes.pretraining import list_pretrain_recipes, load_pretrain_recipe
+    from ssamba.recipes.pretraining import (
+        OFFICIAL_FIELDS,
+        list_pretrain_recipes,
+        load_pretrain_recipe,
+    )
 
     names = list_pretrain_recipes()
-    assert len(names) == 9 and "ssamba_base_250" in names
+    assert len(names) == 12 and "ssamba_base_250" in names and "ssamba_base_teacher" in names
+    assert set(load_pretrain_recipe("ssamba_tiny_400")["pretrain"]) == set(OFFICIAL_FIELDS)
     parse = build_parser().parse_args
     base = ["pretrain", "--train", "t", "-o", "o"]
     cfg = pretrain_config(parse([*base, "--recipe", "ssamba_small_300"]))

@@ -11,7 +11,15 @@ from ssamba.training import METRICS, read_metrics
 
 __all__ = ["CURVES_FILE", "PANELS", "metrics_file", "plot_metrics"]
 
-PANELS = (("loss", "loss"), ("nce", "InfoNCE"), ("mse", "MSE"), ("acc", "accuracy"), ("map", "mAP"))
+PANELS = (
+    ("loss", "loss"),
+    ("nce", "InfoNCE"),
+    ("mse", "MSE"),
+    ("acc", "accuracy"),
+    ("map", "mAP"),
+    ("frame_loss", "frame loss (teacher)"),  # pretrain --objective teacher
+    ("utterance_loss", "utterance loss (teacher)"),
+)
 CURVES_FILE = "curves.png"  # written beside the metrics unless another path is given
 
 

@@ -9,6 +9,10 @@ Validation always uses cluster masks at the official M (400 of 512 patches, the 
 other input lengths), whatever the training masks: runs at 250, 300 or 400 masked patches, or with
 random or frame masks, are then halved and choose their best model on the same task.
 
+``--objective teacher`` (:class:`TeacherTask`, the objective itself in :mod:`ssamba.teacher`) is
+ours, not the paper's: an EMA teacher's averaged layer outputs as targets for the hidden patches
+of several masked views per clip (data2vec 2.0 / EAT family).
+
 The online probe (``--probe``, :class:`OnlineProbe`) scores the frozen features during the run:
 ``ssamba probe``'s linear probe (and a kNN vote) on labelled sets, at step 0, every
 ``probe_every`` steps and at the end, on rank 0 while the other ranks wait.
@@ -38,6 +42,7 @@ from ssamba.errors import AudioError, ManifestError, SsambaError, TrainingError,
 from ssamba.models.model import create_model
 from ssamba.models.patches import check_mask_size, draw_mask_index
 from ssamba.probe import holdout_split, probe_scores, subsample
+from ssamba.teacher import STUDENT_ONLY, TeacherObjective, view_masks
 from ssamba.training import (
     Distributed,
     LRSchedule,
@@ -161,6 +166,112 @@ class PretrainTask(Task):
         return dist.weighted_mean(totals, count)
 
 
+class TeacherTask(Task):
+    """The teacher objective (``--objective teacher``, :mod:`ssamba.teacher`) for
+    :func:`ssamba.training.fit`: the student is ``model`` (what is saved), the EMA teacher and
+    the decoder are the task's own state (every checkpoint's trainer state holds them)."""
+
+    command = "pretrain"
+    # Validation: the objective's loss against the current teacher, negated (higher is better).
+    # The targets move with the teacher, so it compares nearby evaluations only; the online
+    # probe (--probe, --keep-best-probe) is the better judge of a teacher run's features.
+    watch = "neg_loss"
+
+    def __init__(self, cfg: PretrainConfig, model):
+        self.cfg, self.model = cfg, model
+        f_dim, t_dim = model.grid
+        num_patches = f_dim * t_dim
+        self.num_masked = round(cfg.mask_ratio * num_patches)
+        if not 1 <= self.num_masked <= num_patches - 1:
+            raise UsageError(
+                f"--mask-ratio {cfg.mask_ratio:g} hides {self.num_masked} of the {num_patches} "
+                f"patches of a {cfg.target_length}-frame clip; at least one must be hidden and "
+                "one visible: change --mask-ratio or --target-length"
+            )
+        self.freeze_unused(model, cfg.hide_masked == "drop")
+        self.module = TeacherObjective(model, cfg)
+        self.schedule = LRSchedule(cfg.warmup_steps, mode="plateau", factor=0.5, patience=2)
+
+    @staticmethod
+    def freeze_unused(model, drop: bool) -> None:
+        """The masked-patch heads (and the mask token when hidden patches are dropped) take no
+        part: frozen, so that DDP needs no search for unused parameters and the optimiser leaves
+        them as they are (the saved model keeps them: it loads like any pretrained one)."""
+        for name in STUDENT_ONLY:
+            part = getattr(model, name, None)
+            if part is None or (name == "mask_embed" and not drop):
+                continue
+            part.requires_grad_(False)
+
+    def settings(self) -> dict:
+        return self.cfg.settings()
+
+    def param_groups(self):
+        """The student's trained parameters and the decoder's (the teacher is frozen)."""
+        return [{"params": [p for p in self.module.parameters() if p.requires_grad]}]
+
+    def masks(self, batch, fbank, key: str, views: int) -> torch.Tensor:
+        """(B, views, hidden patches) on fbank's device (:func:`ssamba.teacher.view_masks`)."""
+        grid = self.model.input_grid(fbank)
+        masks = view_masks(batch["index"], grid, self.num_masked, views, self.cfg.mask_block, key)
+        return masks.to(fbank.device)
+
+    def compute_loss(self, module, batch, step_seed):
+        fbank = batch["fbank"]
+        key = ":".join(map(str, step_seed))
+        loss, parts = module(fbank, self.masks(batch, fbank, key, self.cfg.masks_per_clip))
+        metrics = {k: float(v) for k, v in parts.items()}
+        metrics["ema_decay"] = self.module.decay_at(step_seed[1])  # of this step's EMA update
+        return loss, metrics
+
+    def after_update(self, step: int) -> None:
+        self.module.update_teacher(step)
+
+    @torch.no_grad()
+    def evaluate(self, loader, dist: Distributed) -> dict:
+        """The objective's losses on the held-out set: one view per clip, masks fixed by (seed,
+        clip index), targets from the current teacher."""
+        self.module.eval()
+        totals, count = {}, 0
+        for batch in loader:
+            batch = drop_bad(batch)
+            if batch is None:
+                continue
+            fbank = batch["fbank"].to(dist.device)
+            masks = self.masks(batch, fbank, f"valid:{self.cfg.seed}", 1)
+            _, parts = self.module(fbank, masks)
+            n = fbank.shape[0]
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * n
+            count += n
+        self.module.train()
+        if not dist.enabled and count == 0:
+            raise ManifestError("no clip to validate on: every file of --valid is bad")
+        result = dist.weighted_mean(totals, count)
+        result["neg_loss"] = -result["loss"]
+        return result
+
+    def state_dict(self) -> dict:
+        return {
+            "teacher": self.module.teacher.state_dict(),
+            "decoder": self.module.decoder.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            raise TrainingError(
+                "--resume: the checkpoint holds no teacher (it is not from a --objective teacher "
+                "run)"
+            )
+        self.module.teacher.load_state_dict(state["teacher"])
+        self.module.decoder.load_state_dict(state["decoder"])
+
+
+def pretrain_task(cfg: PretrainConfig, model) -> Task:
+    """The task of ``cfg.objective``: the teacher objective, or masked patch modelling."""
+    return TeacherTask(cfg, model) if cfg.objective == "teacher" else PretrainTask(cfg, model)
+
+
 def build_model(cfg: PretrainConfig, stats):
     """A fresh preset, or the checkpoint to continue from, laid out for ``target_length`` frames."""
     overrides = dict(cfg.model_overrides)
@@ -184,7 +295,7 @@ def pretrain(cfg: PretrainConfig, device: str | None = None) -> dict:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg, stats)
     stats = stats or model_stats(cfg.normalize, model)
-    task = PretrainTask(cfg, model)  # checks the mask size before any data is read
+    task = pretrain_task(cfg, model)  # checks the mask size before any data is read
 
     def dataset(manifest, train: bool):
         return AudioDataset(
@@ -386,10 +497,12 @@ __all__ = [
     "PretrainConfig",
     "PretrainTask",
     "ProbeSet",
+    "TeacherTask",
     "build_model",
     "clip_masks",
     "default_mask_patch",
     "online_probe",
     "pretrain",
+    "pretrain_task",
     "read_probe_sets",
 ]

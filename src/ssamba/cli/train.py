@@ -46,6 +46,7 @@ from ssamba.configs import (
     BAD_FILE_POLICIES,
     FRESH_LAYOUT,
     HEAD_INITS,
+    HIDE_MASKED,
     LOSSES,
     LR_SCHEDULES,
     MASK_MODES,
@@ -292,7 +293,8 @@ def add_pretrain_parser(subparsers) -> None:
         help="self-supervised pretraining (masked spectrogram patch modelling)",
         description=(
             "Pretrain SSAMBA or SSAST on unlabeled audio with the joint discriminative (InfoNCE) "
-            "and generative (MSE) masked-patch objective (docs/pretraining.md). Runs under "
+            "and generative (MSE) masked-patch objective (the paper's, the default), or with an "
+            "EMA teacher (--objective teacher; docs/pretraining.md). Runs under "
             "torchrun for several processes/nodes (DDP). Settings: defaults < --recipe (an "
             "official run's settings) < --config file < options given. `--config RUN/run.json` "
             "replays a run."
@@ -300,7 +302,8 @@ def add_pretrain_parser(subparsers) -> None:
     )
     p.add_argument(
         "--recipe",
-        help="an official pretraining run: " + ", ".join(list_pretrain_recipes()) + " (default: "
+        help="a pretraining recipe: an official run (ssamba_SIZE_M) or ours for the teacher "
+        "objective (ssamba_SIZE_teacher): " + ", ".join(list_pretrain_recipes()) + " (default: "
         "none)",
     )
     options = ConfigOptions(PretrainConfig, from_recipe=PRETRAIN_FIELDS)
@@ -315,8 +318,9 @@ def add_pretrain_parser(subparsers) -> None:
     )
     options.add(g, "train", f"audio folder, list or manifest; {TRAIN_HELP}", required=True,
                 metavar="MANIFEST")  # fmt: skip
-    options.add(g, "valid", f"held-out audio for masked-patch accuracy ({VALID_HELP}; else none: "
-                "no validation, no best/)", metavar="MANIFEST")  # fmt: skip
+    options.add(g, "valid", "held-out audio for masked-patch accuracy (teacher: the "
+                f"objective's loss) ({VALID_HELP}; else none: no validation, no best/)",
+                metavar="MANIFEST")  # fmt: skip
     options.add(g, "target_length", "frames per clip (10 ms each)", type=target_frames,
                 metavar="FRAMES")  # fmt: skip
     options.add(g, "normalize", NORMALIZE_HELP, metavar="STATS")
@@ -324,14 +328,47 @@ def add_pretrain_parser(subparsers) -> None:
                 "--target-length", type=positive_int, metavar="N")  # fmt: skip
     options.add(g, "mask_mode", "cluster masks (SSAST), random patches or whole frames",
                 choices=MASK_MODES)  # fmt: skip
-    options.add(g, "objective", "joint: InfoNCE + weighted MSE; mpc or mpg: one of them",
+    options.add(g, "objective", "joint: InfoNCE + weighted MSE (the paper's); mpc or mpg: one of "
+                "them; teacher: an EMA teacher's layer outputs as targets (ours, see below)",
                 choices=OBJECTIVES)  # fmt: skip
     options.add(g, "mpg_weight", "weight of the generative (MSE) loss", type=non_negative_float)
     options.add(g, "on_bad_file", "an unreadable audio file stops the run, or is skipped",
                 choices=BAD_FILE_POLICIES)  # fmt: skip
+    add_teacher_options(p, options)
     add_probe_options(p, options)
     add_train_options(p, options)
     p.set_defaults(func=run_pretrain)
+
+
+def add_teacher_options(p, options: ConfigOptions) -> None:
+    """The teacher objective's settings (docs/pretraining.md, "The teacher objective")."""
+    g = p.add_argument_group(
+        "teacher objective (--objective teacher; --mask-patch and --mask-mode do not apply)",
+        "An EMA teacher encodes the whole clip; a light decoder after the student predicts\n"
+        "the mean of the teacher's top layer outputs (each instance-normalised) at the\n"
+        "hidden patches of several masked views per clip. The released model is the student.",
+    )
+    add = options.add
+    add(g, "mask_ratio", "fraction of the patches hidden from the student in each view (inverse "
+        "block masking)", type=fraction, metavar="F")  # fmt: skip
+    add(g, "mask_block", "side, in patches, of the visible squares the masks are built of",
+        type=positive_int, metavar="N")  # fmt: skip
+    add(g, "masks_per_clip", "masked views per clip, sharing one teacher pass",
+        type=positive_int, metavar="M")  # fmt: skip
+    add(g, "hide_masked", "drop: hidden patches leave the student's sequence (MAE-style); "
+        "token: a learned mask token takes their place", choices=HIDE_MASKED)  # fmt: skip
+    add(g, "target_layers", "the teacher's top K layer outputs averaged into the targets (all "
+        "of them when it has fewer)", type=positive_int, metavar="K")  # fmt: skip
+    add(g, "utterance_weight", "weight of the utterance term (the student's class token "
+        "against the teacher's clip-level target)", type=non_negative_float)  # fmt: skip
+    add(g, "decoder_layers", "convolution layers of the decoder", type=positive_int,
+        metavar="N")  # fmt: skip
+    add(g, "ema_decay", "the teacher's EMA decay at the first update", type=fraction,
+        metavar="D")  # fmt: skip
+    add(g, "ema_end_decay", "the decay reached after --ema-anneal-steps (linear rise)",
+        type=fraction, metavar="D")  # fmt: skip
+    add(g, "ema_anneal_steps", "updates over which the decay rises", type=positive_int,
+        metavar="N")  # fmt: skip
 
 
 def add_probe_options(p, options: ConfigOptions) -> None:

@@ -111,6 +111,36 @@ class AudioModel(nn.Module):
         x = torch.cat([self.class_tokens(x.shape[0]).to(x.dtype), x], dim=1)
         return x + self.positional_embedding(grid), grid
 
+    def embed_views(self, fbank: torch.Tensor, mask_index: torch.Tensor, drop: bool = False):
+        """Tokens of ``M`` masked views of every clip (the teacher objective's student input):
+        ``mask_index`` (B, M, K) holds each view's hidden patches; returns (tokens
+        (B * M, L, E), rows of view ``m`` of clip ``b`` at ``b * M + m``; the visible patch ids
+        (B * M, N - K), sorted, or None).
+
+        The patch embedding is computed once per clip and shared by its views. ``drop=False``:
+        hidden patches become ``mask_embed`` in place, exactly as :meth:`embed_tokens` (L = n_cls
+        + N). ``drop=True``: they leave the sequence (MAE-style; L = n_cls + N - K), and each
+        visible patch keeps its own positional embedding, so an encoder that sees a shorter
+        sequence still knows where every token sits on the grid."""
+        grid = self.input_grid(fbank)
+        b, m, k = mask_index.shape
+        patches = self.patch_embed(fbank_to_image(fbank))  # (B, N, E)
+        n, e = patches.shape[1:]
+        hidden = torch.zeros(b, m, n, dtype=torch.bool, device=patches.device)
+        hidden.scatter_(2, mask_index.to(patches.device, torch.long), True)
+        hidden = hidden.flatten(0, 1)  # (B*M, N)
+        patches = patches.repeat_interleave(m, dim=0)
+        pos = self.positional_embedding(grid).to(patches.dtype)
+        n_cls = self.config.num_class_tokens
+        classes = self.class_tokens(b * m).to(patches.dtype)
+        if not drop:
+            x = torch.where(hidden.unsqueeze(-1), self.mask_embed.to(patches.dtype), patches)
+            return torch.cat([classes, x], dim=1) + pos, None
+        # visible ids in grid order: a stable sort puts the False (visible) entries first
+        visible = torch.sort(hidden.to(torch.uint8), dim=1, stable=True).indices[:, : n - k]
+        x = (patches + pos[:, n_cls:]).gather(1, visible.unsqueeze(-1).expand(-1, -1, e))
+        return torch.cat([classes + pos[:, :n_cls], x], dim=1), visible
+
     # ----------------------------------------------------------------- forward modes
     def encode(self, fbank: torch.Tensor, return_layers: bool = False) -> EncoderOutput:
         tokens, grid = self.embed_tokens(fbank)

@@ -112,6 +112,40 @@ def frame_mask(f_dim: int, t_dim: int, mask_patch: int, rng: random.Random) -> l
     return sorted(ids[:mask_patch])
 
 
+def inverse_block_mask(
+    grid: tuple[int, int], num_masked: int, block: int, rng: random.Random
+) -> list[int]:
+    """Inverse block masking (data2vec 2.0, EAT) for one clip: sorted ids of ``num_masked``
+    hidden patches.
+
+    What is drawn is what stays VISIBLE: ``block`` x ``block`` squares of patches (``block``
+    frequency rows by ``block`` time columns, centred on a random patch, cut at the grid's edges,
+    no wrapping) are added until ``N - num_masked`` patches are visible; the last square is cut
+    short at that count (in row-major order within it), so every clip hides exactly
+    ``num_masked``. The student then sees a few contiguous regions and must predict everything
+    between them, which a few visible neighbours cannot give away (unlike random patches at a
+    high ratio)."""
+    f_dim, t_dim = grid
+    n = f_dim * t_dim
+    if not 1 <= num_masked <= n - 1:
+        raise ValueError(
+            f"cannot hide {num_masked} of {n} patches: at least one must be hidden and one "
+            "visible; change the mask ratio or the input length"
+        )
+    if block < 1:
+        raise ValueError(f"mask block must be >= 1, got {block}")
+    visible: dict[int, None] = {}  # insertion-ordered set
+    keep = n - num_masked
+    half = block // 2
+    while len(visible) < keep:
+        top, left = rng.randrange(f_dim) - half, rng.randrange(t_dim) - half
+        for f in range(max(top, 0), min(top + block, f_dim)):
+            for t in range(max(left, 0), min(left + block, t_dim)):
+                if len(visible) < keep:
+                    visible.setdefault(f * t_dim + t)
+    return [i for i in range(n) if i not in visible]
+
+
 def draw_mask_index(
     batch: int,
     grid: tuple[int, int],

@@ -59,7 +59,7 @@ def fit(
     scaler = torch.amp.GradScaler(dist.device.type, enabled=cfg.precision == "fp16")
     progress = Progress()
     if cfg.resume:
-        progress = resume(run, model, optimizer, task.schedule, dist, scaler, callback)
+        progress = resume(run, task, optimizer, dist, scaler, callback)
     module = distribute(task.module.to(dist.device), dist, task.unused_parameters)
     plan = plan_steps(cfg, dist, train_set, task.sampling())
     if progress.step == 0:  # a resumed run keeps the warm-up it started with (trainer state)
@@ -167,21 +167,22 @@ def make_optimizer(task: Task, cfg: TrainConfig, device: torch.device) -> torch.
 
 
 def resume(
-    run: RunFolder, model, optimizer, schedule, dist: Distributed, scaler, callback: StepCallback
+    run: RunFolder, task: Task, optimizer, dist: Distributed, scaler, callback: StepCallback
 ) -> Progress:
     """Continue from the run's newest intact checkpoint (weights, optimiser, schedule, data
-    position, RNG states, the fp16 loss scale, the callback's state); from scratch, with no
-    metrics kept, when it has none yet."""
-    found = run.resume_checkpoint(model)
+    position, RNG states, the fp16 loss scale, the task's own state, e.g. an EMA teacher, and
+    the callback's); from scratch, with no metrics kept, when it has none yet."""
+    found = run.resume_checkpoint(task.model)
     if found is None:
         if dist.is_main:
             run.truncate_metrics(None)  # what a run killed before its first checkpoint logged
             log.info("--resume: no checkpoint in %s yet, starting from scratch", run.path)
         return Progress()
     ckpt, state = found
-    progress = restore_trainer_state(state, optimizer, schedule, dist)
+    progress = restore_trainer_state(state, optimizer, task.schedule, dist)
     if scaler.is_enabled() and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
+    task.load_state_dict(state.get("task", {}))
     callback.load_state_dict(state.get("callback", {}))
     if dist.is_main:
         run.truncate_metrics(progress.step)
@@ -273,12 +274,14 @@ def train_step(
             f"checkpoint is {run.latest_checkpoint() or 'none yet'}. Try a lower --lr, "
             "--grad-clip, or fp32."
         )
-    if cfg.grad_clip:
+    if cfg.grad_clip:  # every trained parameter: a task's own (a decoder) beside the model's
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(task.model.parameters(), cfg.grad_clip)
+        trained = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
     scaler.step(optimizer)  # a plain optimizer.step() when the scaler is disabled
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+    task.after_update(progress.step)  # e.g. the EMA teacher follows the updated weights
     progress.step += 1
     progress.batch_in_epoch += 1
     return dist.mean(sums)
@@ -374,6 +377,7 @@ def maybe_save(
         if scaler.is_enabled():
             state["scaler"] = scaler.state_dict()
         state["callback"] = callback.state_dict()
+        state["task"] = task.state_dict()
         run.save_checkpoint(task.model, state, progress.step, keep)
     dist.barrier()
 

@@ -92,6 +92,19 @@ class Task(Protocol):
         checkpoint resumed must hold the same. Default: none."""
         return {}
 
+    def after_update(self, step: int) -> None:
+        """After the optimiser update of step ``step`` (0 for the first), on every rank: work
+        that follows the new weights, e.g. pretraining's EMA teacher. Default: nothing."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the task holds besides ``model`` and the optimiser that a resumed run needs
+        (e.g. the EMA teacher's weights and the decoder's), saved in every checkpoint's trainer
+        state by the main rank. Default: nothing."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` when a run is resumed (every rank). Default: nothing."""
+
 
 class StepCallback:
     """Work between optimiser steps that is no part of the training itself (pretraining's online

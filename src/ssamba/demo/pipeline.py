@@ -187,9 +187,25 @@ def pretrain_model(arch: str, data: dict, stats, out: Path, plan: DemoPlan, prog
     if reusable and json.loads(key_file.read_text()) == json.loads(json.dumps(key, default=str)):
         log.info("%s: reusing the pretrained model in %s", arch, run)
     else:
+        compile_kernels(arch, plan)
         pretrain(cfg)
         atomic_write_json(key_file, key, default=str)
     return run
+
+
+def compile_kernels(arch: str, plan: DemoPlan) -> float:
+    """Run a copy of ``arch``'s demo model forward and backward once, so that the one-time
+    compilation of its CPU kernels (numba: ~30 s on the first run of a fresh install, cached on
+    disk after it) is not taken from the pretraining minutes the demo gives every model; returns
+    the seconds it took."""
+    started = time.time()
+    name, overrides = _preset(arch, plan)
+    model = create_model(name, input_tdim=plan.clip_frames, pretrain_heads=False, **overrides)
+    fbank = torch.zeros(2, plan.clip_frames, model.config.num_mel_bins)
+    model.train()(fbank).float().sum().backward()
+    seconds = time.time() - started
+    log.info("%s: kernels ready in %.1f s (before the pretraining clock starts)", arch, seconds)
+    return seconds
 
 
 def random_model(arch: str, stats, plan: DemoPlan):

@@ -145,25 +145,37 @@ class PretrainTask(Task):
         """Masked-patch accuracy/InfoNCE/MSE on the held-out set, with cluster masks of the
         official size (:attr:`valid_mask_patch`) fixed by (seed, clip index), so that
         evaluations are comparable within a run and across runs of any training mask."""
-        self.model.eval()
-        totals, count = {}, 0
+        key = f"valid:{self.cfg.seed}"
+
+        def parts(batch, fbank):
+            mask_c, mask_g = self.masks(batch, fbank, "cluster", key, self.valid_mask_patch)
+            acc, nce = self.model.forward_pretrain(fbank, "mpc", mask_index=mask_c)
+            mse = self.model.forward_pretrain(fbank, "mpg", mask_index=mask_g)
+            return {"acc": acc, "nce": nce, "mse": mse}
+
+        return held_out_means(self.model, loader, dist, parts)
+
+
+def held_out_means(module, loader, dist: Distributed, parts_of) -> dict:
+    """The clip-weighted means over the held-out set of ``parts_of(batch, fbank)`` (name ->
+    scalar) in eval mode (training mode restored), reduced over ranks; bad files left out."""
+    module.eval()
+    totals, count = {}, 0
+    try:
         for batch in loader:
             batch = drop_bad(batch)
             if batch is None:
                 continue
             fbank = batch["fbank"].to(dist.device)
-            key = f"valid:{self.cfg.seed}"
-            mask_c, mask_g = self.masks(batch, fbank, "cluster", key, self.valid_mask_patch)
-            acc, nce = self.model.forward_pretrain(fbank, "mpc", mask_index=mask_c)
-            mse = self.model.forward_pretrain(fbank, "mpg", mask_index=mask_g)
             n = fbank.shape[0]
-            for k, v in (("acc", acc), ("nce", nce), ("mse", mse)):
+            for k, v in parts_of(batch, fbank).items():
                 totals[k] = totals.get(k, 0.0) + float(v) * n
             count += n
-        self.model.train()
-        if not dist.enabled and count == 0:
-            raise ManifestError("no clip to validate on: every file of --valid is bad")
-        return dist.weighted_mean(totals, count)
+    finally:
+        module.train()
+    if not dist.enabled and count == 0:
+        raise ManifestError("no clip to validate on: every file of --valid is bad")
+    return dist.weighted_mean(totals, count)
 
 
 class TeacherTask(Task):
@@ -175,7 +187,7 @@ class TeacherTask(Task):
     # Validation: the objective's loss against the current teacher, negated (higher is better).
     # The targets move with the teacher, so it compares nearby evaluations only; the online
     # probe (--probe, --keep-best-probe) is the better judge of a teacher run's features.
-    watch = "neg_loss"
+    watch, watch_higher = "loss", False  # the objective's validation loss: lower is better
 
     def __init__(self, cfg: PretrainConfig, model):
         self.cfg, self.model = cfg, model
@@ -231,25 +243,12 @@ class TeacherTask(Task):
     def evaluate(self, loader, dist: Distributed) -> dict:
         """The objective's losses on the held-out set: one view per clip, masks fixed by (seed,
         clip index), targets from the current teacher."""
-        self.module.eval()
-        totals, count = {}, 0
-        for batch in loader:
-            batch = drop_bad(batch)
-            if batch is None:
-                continue
-            fbank = batch["fbank"].to(dist.device)
-            masks = self.masks(batch, fbank, f"valid:{self.cfg.seed}", 1)
-            _, parts = self.module(fbank, masks)
-            n = fbank.shape[0]
-            for k, v in parts.items():
-                totals[k] = totals.get(k, 0.0) + float(v) * n
-            count += n
-        self.module.train()
-        if not dist.enabled and count == 0:
-            raise ManifestError("no clip to validate on: every file of --valid is bad")
-        result = dist.weighted_mean(totals, count)
-        result["neg_loss"] = -result["loss"]
-        return result
+        key = f"valid:{self.cfg.seed}"
+
+        def parts(batch, fbank):
+            return self.module(fbank, self.masks(batch, fbank, key, 1))[1]
+
+        return held_out_means(self.module, loader, dist, parts)
 
     def state_dict(self) -> dict:
         return {

@@ -33,7 +33,7 @@ def register(subparsers) -> None:
         type=positive_float,
         default=1.0,
         metavar="X",
-        help="scale times and sizes (1: about 15 minutes on 2 CPU cores)",
+        help="scale times and sizes (1: about 12 minutes on 2 CPU cores)",
     )
     p.add_argument(
         "--overwrite",

@@ -3,11 +3,12 @@
 1. Build the data (cached): an unlabelled pretraining mix and two labelled tasks whose test sets
    differ in kind from training (unseen TTS voices for keywords, unseen instruments).
 2. Pretrain SSAMBA and SSAST of the same small size on the same data for the same time.
-3. Evaluate both, and the same architectures from random initialisation, by linear probe and by
-   short fine-tuning, next to a log-mel + logistic-regression baseline.
+3. Fine-tune both, and SSAMBA from random initialisation, with LP-FT: each run starts from the
+   linear probe of its final output, which is reported beside it; next to a log-mel +
+   logistic-regression baseline (``fold_probes``: also the separate probes of every layer).
 4. Write results.md / results.json, plots and a README to the output folder.
 
-``budget`` scales every time and data size (1.0: about 15 minutes on 2 CPU cores).
+``budget`` scales every time and data size (1.0: about 12 minutes on 2 CPU cores).
 :func:`run_demo` runs it all and returns the report; ``ssamba demo`` (:mod:`ssamba.cli.demo`)
 prints its table.
 """

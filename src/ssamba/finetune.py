@@ -373,7 +373,7 @@ def probe_head(model, splits: dict, cfg: FinetuneConfig, device) -> dict:
     multilabel = cfg.loss == "bce"  # the head's own loss: softmax CE or a sigmoid per class
     probe = select_linear(data, multilabel)
     load_probe_into_head(model, probe)
-    results = probe_results(probe, data, multilabel, [])
+    results = probe_results(probe, data, multilabel, list(splits["train"].manifest.classes))
     log.info(
         "head initialised from the linear probe (l2 %g): valid %s %.4f",
         probe.l2,

@@ -512,3 +512,49 @@ def test_an_output_file_that_exists_as_a_folder_names_the_users_path(command, to
     assert main(argv) in (1, 2)
     line = one_error_line(capsys.readouterr().err, str(out))
     assert ".tmp" not in line
+
+
+# ---------------------------------------------------------------------------- bad files
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory) -> Path:
+    """A tiny two-class 'fine-tuned' model of 64 frames, with its classes.json."""
+    import ssamba
+
+    model = ssamba.create_model("ssamba_tiny", depth=2, input_tdim=64, num_classes=2)
+    folder = model.save_pretrained(tmp_path_factory.mktemp("finetuned") / "final")
+    (Path(folder) / "classes.json").write_text(json.dumps(sorted(FREQS)))
+    return Path(folder)
+
+
+def with_bad_file(tones: Path, tmp_path: Path, kind: str = "corrupt") -> tuple[Path, Path]:
+    """A labelled manifest of the tones plus one bad file: not audio ("corrupt"), or a WAV or
+    FLAC cut short of what its header declares ("truncated-wav", "truncated-flac")."""
+    if kind == "corrupt":
+        bad = tmp_path / "bad.wav"
+        bad.write_bytes(b"RIFF but not audio at all" * 10)
+    else:
+        bad = tmp_path / f"cut.{kind.split('-')[1]}"
+        t = np.arange(16000) / 16000
+        sf.write(bad, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
+        os.truncate(bad, bad.stat().st_size // 2)
+    rows = [f"{tones / label / f'{k}.wav'},{label}" for label in FREQS for k in range(4)]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\n" + "\n".join([*rows, f"{bad},low"]) + "\n")
+    return manifest, bad
+
+
+def test_evaluate_stops_at_a_bad_file_naming_it_or_skips_and_counts_it(
+    finetuned, tones, tmp_path, capsys
+):
+    manifest, bad = with_bad_file(tones, tmp_path)
+    out = tmp_path / "eval"
+    argv = ["evaluate", "-c", str(finetuned), str(manifest), "-o", str(out), "--no-progress",
+            "--workers", "0"]  # fmt: skip
+    assert main(argv) == 2
+    one_error_line(capsys.readouterr().err, str(bad), "--on-bad-file skip")
+    assert not out.exists()
+    assert main([*argv, "--on-bad-file", "skip"]) == 0, capsys.readouterr().err
+    assert "1 bad file(s) left out" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert str(bad) not in (out / "per_class.csv").read_text() + json.dumps(metrics)
+    assert len(np.load(out / "scores.npz")["paths"]) == 8

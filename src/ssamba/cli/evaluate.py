@@ -35,7 +35,7 @@ from ssamba.cli.embed import (
     bad_file_error,
     check_window,
 )
-from ssamba.errors import AudioError
+from ssamba.errors import AudioError, UsageError
 from ssamba.fileio import atomic_write_json, make_temp_folder, replace_folder
 
 # The same as ssamba.probe.DEFAULT_L2 / RESULTS_FILE and ssamba.embeddings.POOLINGS (written out
@@ -220,6 +220,7 @@ def _register_evaluate(subparsers) -> None:
     p.add_argument("--normalize", metavar="STATS", default="auto", help=NORMALIZE_HELP)
     p.add_argument("--device", help=DEVICE_HELP)
     add_workers(p, what="decode audio")
+    add_bad_file_option(p)
     add_config(p)
     add_overwrite(p)
     add_progress(p)
@@ -244,17 +245,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
     classes, display = read_class_list(class_file) if class_file is not None else (None, {})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MetricWarning)
-        result = evaluate_model(
-            model,
-            args.manifest,
-            classes=classes,
-            batch_size=args.batch_size,
-            target_length=args.target_length,
-            normalize=None if args.normalize == "auto" else args.normalize,
-            device=device,
-            progress=not args.no_progress,
-            num_workers=args.workers,
-        )
+        try:
+            result = evaluate_model(
+                model,
+                args.manifest,
+                classes=classes,
+                batch_size=args.batch_size,
+                target_length=args.target_length,
+                normalize=None if args.normalize == "auto" else args.normalize,
+                device=device,
+                progress=not args.no_progress,
+                num_workers=args.workers,
+                on_bad_file=args.on_bad_file,
+            )
+        except AudioError as err:
+            raise UsageError(
+                f"cannot evaluate {err} (--on-bad-file skip leaves bad files out)"
+            ) from None
     for w in caught:  # metric warnings are in the result's notes, printed below
         if not issubclass(w.category, MetricWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -558,3 +558,31 @@ def test_evaluate_stops_at_a_bad_file_naming_it_or_skips_and_counts_it(
     metrics = json.loads((out / "metrics.json").read_text())
     assert str(bad) not in (out / "per_class.csv").read_text() + json.dumps(metrics)
     assert len(np.load(out / "scores.npz")["paths"]) == 8
+
+
+# ---------------------------------------------------------------------------- item 7a: folders
+@pytest.mark.parametrize("command", ["evaluate", "finetune", "pretrain", "dasl", "embed", "probe"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_output_folder_that_exists_as_a_file_names_the_users_path(
+    command, overwrite, finetuned, tones, dasl_data, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    out.write_text("my notes\n")
+    argv = {
+        "evaluate": ["evaluate", "-c", str(finetuned), str(tones / "all.csv"), "-o", str(out),
+                     "--no-progress", "--workers", "0"],
+        "finetune": finetune_argv(tones, out, "--batch-size", "2", "--max-steps", "1"),
+        "pretrain": pretrain_argv(tones, out, "--batch-size", "2", "--max-steps", "1"),
+        "dasl": dasl_argv(dasl_data, out, "--batch-size", "2", "--max-steps", "1"),
+        "embed": ["embed", str(tones / "low"), "-c", str(finetuned), "-o", str(out),
+                  "--no-progress"],
+        "probe": ["probe", "-c", str(finetuned), "--train", str(tones / "all.csv"), "-o",
+                  str(out), "--no-progress", "--max-iter", "2"],
+    }[command]  # fmt: skip
+    if overwrite:
+        argv.append("--overwrite")
+    assert main(argv) == 2
+    line = one_error_line(capsys.readouterr().err, str(out), "not a folder")
+    assert ".tmp" not in line
+    assert out.read_text() == "my notes\n"  # nothing written, nothing replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

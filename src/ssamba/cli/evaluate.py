@@ -36,7 +36,12 @@ from ssamba.cli.embed import (
     check_window,
 )
 from ssamba.errors import AudioError, UsageError
-from ssamba.fileio import atomic_write_json, make_temp_folder, replace_folder
+from ssamba.fileio import (
+    atomic_write_json,
+    check_folder_target,
+    make_temp_folder,
+    replace_folder,
+)
 
 # The same as ssamba.probe.DEFAULT_L2 / RESULTS_FILE and ssamba.embeddings.POOLINGS (written out
 # so that --help loads no torch; tests/test_probe.py checks they agree).
@@ -100,7 +105,7 @@ def run_probe(args: argparse.Namespace) -> int:
     from ssamba.probe import linear_probe
 
     check_window(args)
-    out = Path(args.out)
+    out = check_folder_target(args.out, "probe's output folder")
     if not args.overwrite:
         prepare_output(out / RESULTS_FILE, False, "output")
     model = load_checkpoint(args.checkpoint, args.device)
@@ -236,6 +241,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print("warning: `ssamba evaluate CKPT MANIFEST` is deprecated and goes in the next "
               "release; use `ssamba evaluate -c CKPT MANIFEST`", file=sys.stderr)  # fmt: skip
     out = Path(args.out) if args.out else Path(f"eval-{Path(args.manifest).stem}")
+    check_folder_target(out, "evaluation output folder")
     if not args.overwrite:
         prepare_output(out, False, "evaluation output")
     overrides = {k: getattr(args, k) for k in ("fstride", "tstride") if getattr(args, k)}

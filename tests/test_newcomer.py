@@ -586,3 +586,68 @@ def test_an_output_folder_that_exists_as_a_file_names_the_users_path(
     assert ".tmp" not in line
     assert out.read_text() == "my notes\n"  # nothing written, nothing replaced
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# ---------------------------------------------------------------------------- item 7b: options
+@pytest.mark.parametrize(
+    "arch, field, value",
+    [
+        ("ssamba", "num_heads", 4),
+        ("ssamba", "attention", "explicit"),
+        ("ssast", "d_state", 8),
+        ("ssast", "d_conv", 3),
+        ("ssast", "expand", 1),
+        ("ssast", "dt_rank", 4),
+        ("ssast", "bidirectional", False),
+        ("ssast", "residual_in_fp32", True),
+        ("ssast", "norm", "rmsnorm"),
+    ],
+)
+def test_a_model_field_of_the_other_architecture_is_refused_naming_both(arch, field, value):
+    import ssamba
+    from ssamba.errors import UsageError
+    from ssamba.models.config import ModelConfig
+
+    with pytest.raises(UsageError, match=f"{field}.*{'SSAST' if arch == 'ssamba' else 'SSAMBA'}"
+                       f".*not.*{arch}"):  # fmt: skip
+        ModelConfig(arch=arch, depth=2, **{field: value})
+    with pytest.raises(UsageError, match=field):
+        ssamba.create_model(f"{arch}_tiny", depth=2, **{field: value})
+
+
+def test_every_preset_and_official_layout_passes_the_architecture_check(tmp_path):
+    import ssamba
+    from ssamba.models.config import PRESETS, ModelConfig, preset_config
+
+    for name in PRESETS:
+        config = preset_config(name, depth=2)
+        assert ModelConfig.from_saved(config.saved_dict()) == config
+    golden = Path(__file__).parent / "data" / "golden"
+    for arch, depth in (("ssamba", 4), ("ssast", 2)):
+        path = golden / f"official_{arch}_tiny_depth{depth}" / "pretrain_state_dict.pt"
+        assert ssamba.load_model(path).config.arch == arch
+    # a field of the other architecture that an older version saved (it never had an effect)
+    saved = preset_config("ssast_tiny", depth=2).saved_dict()
+    saved.update(norm="rmsnorm", d_state=8)
+    config = ModelConfig.from_saved(saved)
+    assert (config.norm, config.d_state) == ("layernorm", 16)
+
+
+@pytest.mark.parametrize(
+    "model, extra, needle",
+    [
+        ("ssamba_tiny", ["--model-overrides", '{"num_heads": 4}'], "num_heads"),
+        ("ssast_tiny", ["--model-overrides", '{"d_state": 8}'], "d_state"),
+        ("ssast_tiny", ["--unidirectional"], "bidirectional"),
+        ("ssast_tiny", ["--norm", "rmsnorm"], "norm"),
+    ],
+)
+def test_an_option_that_does_not_apply_to_the_chosen_model_is_refused(
+    model, extra, needle, tones, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    argv = pretrain_argv(tones, out, "--model", model, "--batch-size", "2", "--max-steps", "1",
+                         *extra)  # fmt: skip
+    assert main(argv) == 2
+    one_error_line(capsys.readouterr().err, needle, model.split("_")[0])
+    assert not (out / "final").exists()

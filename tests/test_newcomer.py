@@ -526,9 +526,12 @@ def finetuned(tmp_path_factory) -> Path:
     return Path(folder)
 
 
-def with_bad_file(tones: Path, tmp_path: Path, kind: str = "corrupt") -> tuple[Path, Path]:
-    """A labelled manifest of the tones plus one bad file: not audio ("corrupt"), or a WAV or
-    FLAC cut short of what its header declares ("truncated-wav", "truncated-flac")."""
+def with_bad_file(
+    tones: Path, tmp_path: Path, kind: str = "corrupt", split: str | None = None
+) -> tuple[Path, Path]:
+    """A labelled manifest of the tones (those of ``split`` only, when given) plus one bad
+    file: not audio ("corrupt"), or a WAV or FLAC cut short of what its header declares
+    ("truncated-wav", "truncated-flac")."""
     if kind == "corrupt":
         bad = tmp_path / "bad.wav"
         bad.write_bytes(b"RIFF but not audio at all" * 10)
@@ -537,7 +540,8 @@ def with_bad_file(tones: Path, tmp_path: Path, kind: str = "corrupt") -> tuple[P
         t = np.arange(16000) / 16000
         sf.write(bad, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
         os.truncate(bad, bad.stat().st_size // 2)
-    rows = [f"{tones / label / f'{k}.wav'},{label}" for label in FREQS for k in range(4)]
+    picked = [r.split(",") for r in (tones / "all.csv").read_text().splitlines()[1:]]
+    rows = [f"{tones / p},{lab}" for p, lab, part in picked if split in (None, part)]
     manifest = tmp_path / "m.csv"
     manifest.write_text("path,label\n" + "\n".join([*rows, f"{bad},low"]) + "\n")
     return manifest, bad
@@ -651,3 +655,56 @@ def test_an_option_that_does_not_apply_to_the_chosen_model_is_refused(
     assert main(argv) == 2
     one_error_line(capsys.readouterr().err, needle, model.split("_")[0])
     assert not (out / "final").exists()
+
+
+# ---------------------------------------------------------------------------- item 7d: truncated
+TRUNCATED = ["truncated-wav", "truncated-flac"]
+
+
+@pytest.mark.parametrize("kind", TRUNCATED)
+@pytest.mark.parametrize("target_length", [64, 1024])  # a window of the file, the whole file
+def test_the_training_dataset_stops_at_a_truncated_file_or_skips_it(kind, target_length, tones,
+                                                                     tmp_path):  # fmt: skip
+    from ssamba.data import AudioDataset
+    from ssamba.errors import AudioError
+
+    manifest, bad = with_bad_file(tones, tmp_path, kind)
+    last = 8  # the bad file's row
+    with pytest.raises(AudioError, match="truncated|cannot decode") as err:
+        AudioDataset(manifest, target_length, train=True)[last]
+    assert str(bad) in str(err.value)
+    skipping = AudioDataset(manifest, target_length, train=True, on_bad_file="skip")
+    assert skipping[last]["skipped"] == 1 and skipping.skipped == 1
+
+
+@pytest.mark.parametrize("kind", TRUNCATED)
+@pytest.mark.parametrize("command", ["embed", "probe", "evaluate"])
+def test_every_command_stops_at_a_truncated_file_naming_it_or_skips_it(
+    command, kind, finetuned, tones, tmp_path, capsys
+):
+    manifest, bad = with_bad_file(tones, tmp_path, kind, "train" if command == "probe" else None)
+    out = tmp_path / "out"
+    argv = {
+        "embed": ["embed", str(bad), str(tones / "low" / "0.wav"), "-c", str(finetuned), "-o",
+                  str(out)],
+        "probe": ["probe", "-c", str(finetuned), "--train", str(manifest), "--valid",
+                  f"{tones / 'all.csv'}:valid", "-o", str(out), "--max-iter", "2"],
+        "evaluate": ["evaluate", "-c", str(finetuned), str(manifest), "-o", str(out),
+                     "--workers", "0"],
+    }[command]  # fmt: skip
+    argv.append("--no-progress")
+    assert main(argv) == 2
+    one_error_line(capsys.readouterr().err, str(bad), "--on-bad-file skip")
+    assert main([*argv, "--on-bad-file", "skip"]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert {"embed": "1 bad", "probe": "1 bad files skipped", "evaluate": "1 bad file(s)"}[
+        command] in printed, printed  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", TRUNCATED)
+def test_check_data_reports_a_truncated_file(kind, tones, tmp_path, capsys):
+    manifest, bad = with_bad_file(tones, tmp_path, kind)
+    main(["check-data", str(manifest), "--no-progress", "--workers", "0"])
+    printed = capsys.readouterr()
+    assert str(bad) in printed.out + printed.err
+    assert "truncated" in printed.out + printed.err

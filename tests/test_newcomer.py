@@ -708,3 +708,36 @@ def test_check_data_reports_a_truncated_file(kind, tones, tmp_path, capsys):
     printed = capsys.readouterr()
     assert str(bad) in printed.out + printed.err
     assert "truncated" in printed.out + printed.err
+
+
+# ---------------------------------------------------------------------------- item 7c: leftovers
+def test_a_probe_cache_an_interrupted_run_left_is_never_read_as_complete(
+    finetuned, tones, tmp_path, capsys, monkeypatch
+):
+    import ssamba.probe
+
+    out = tmp_path / "probe"
+    argv = ["probe", "-c", str(finetuned), "--train", str(tones / "all.csv"), "-o", str(out),
+            "--no-progress", "--max-iter", "2"]  # fmt: skip
+    real = np.savez
+    writes = []
+
+    def killed_midway(f, **arrays):
+        writes.append(1)
+        if len(writes) == 3:  # the third file: half written, then the process is stopped
+            f.write(b"PK\x03\x04 half an npz")
+            raise KeyboardInterrupt
+        real(f, **arrays)
+
+    monkeypatch.setattr(ssamba.probe.np, "savez", killed_midway)
+    assert main(argv) == 130
+    monkeypatch.setattr(ssamba.probe.np, "savez", real)
+    cached = sorted((out / "cache").iterdir())
+    assert [p.suffix for p in cached] == [".npz", ".npz"]  # the two complete files only
+    for path in cached:
+        with np.load(path) as data:
+            assert data["clip"].shape[-1] > 0
+    capsys.readouterr()
+    assert main(argv) == 0, capsys.readouterr().err
+    assert len(list((out / "cache").glob("*.npz"))) == 8
+    assert not [p for p in (out / "cache").iterdir() if p.suffix != ".npz"]

@@ -512,3 +512,232 @@ def test_an_output_file_that_exists_as_a_folder_names_the_users_path(command, to
     assert main(argv) in (1, 2)
     line = one_error_line(capsys.readouterr().err, str(out))
     assert ".tmp" not in line
+
+
+# ---------------------------------------------------------------------------- bad files
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory) -> Path:
+    """A tiny two-class 'fine-tuned' model of 64 frames, with its classes.json."""
+    import ssamba
+
+    model = ssamba.create_model("ssamba_tiny", depth=2, input_tdim=64, num_classes=2)
+    folder = model.save_pretrained(tmp_path_factory.mktemp("finetuned") / "final")
+    (Path(folder) / "classes.json").write_text(json.dumps(sorted(FREQS)))
+    return Path(folder)
+
+
+def with_bad_file(
+    tones: Path, tmp_path: Path, kind: str = "corrupt", split: str | None = None
+) -> tuple[Path, Path]:
+    """A labelled manifest of the tones (those of ``split`` only, when given) plus one bad
+    file: not audio ("corrupt"), or a WAV or FLAC cut short of what its header declares
+    ("truncated-wav", "truncated-flac")."""
+    if kind == "corrupt":
+        bad = tmp_path / "bad.wav"
+        bad.write_bytes(b"RIFF but not audio at all" * 10)
+    else:
+        bad = tmp_path / f"cut.{kind.split('-')[1]}"
+        t = np.arange(16000) / 16000
+        sf.write(bad, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
+        os.truncate(bad, bad.stat().st_size // 2)
+    picked = [r.split(",") for r in (tones / "all.csv").read_text().splitlines()[1:]]
+    rows = [f"{tones / p},{lab}" for p, lab, part in picked if split in (None, part)]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\n" + "\n".join([*rows, f"{bad},low"]) + "\n")
+    return manifest, bad
+
+
+def test_evaluate_stops_at_a_bad_file_naming_it_or_skips_and_counts_it(
+    finetuned, tones, tmp_path, capsys
+):
+    manifest, bad = with_bad_file(tones, tmp_path)
+    out = tmp_path / "eval"
+    argv = ["evaluate", "-c", str(finetuned), str(manifest), "-o", str(out), "--no-progress",
+            "--workers", "0"]  # fmt: skip
+    assert main(argv) == 2
+    one_error_line(capsys.readouterr().err, str(bad), "--on-bad-file skip")
+    assert not out.exists()
+    assert main([*argv, "--on-bad-file", "skip"]) == 0, capsys.readouterr().err
+    assert "1 bad file(s) left out" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert str(bad) not in (out / "per_class.csv").read_text() + json.dumps(metrics)
+    assert len(np.load(out / "scores.npz")["paths"]) == 8
+
+
+# ---------------------------------------------------------------------------- item 7a: folders
+@pytest.mark.parametrize("command", ["evaluate", "finetune", "pretrain", "dasl", "embed", "probe"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_output_folder_that_exists_as_a_file_names_the_users_path(
+    command, overwrite, finetuned, tones, dasl_data, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    out.write_text("my notes\n")
+    argv = {
+        "evaluate": ["evaluate", "-c", str(finetuned), str(tones / "all.csv"), "-o", str(out),
+                     "--no-progress", "--workers", "0"],
+        "finetune": finetune_argv(tones, out, "--batch-size", "2", "--max-steps", "1"),
+        "pretrain": pretrain_argv(tones, out, "--batch-size", "2", "--max-steps", "1"),
+        "dasl": dasl_argv(dasl_data, out, "--batch-size", "2", "--max-steps", "1"),
+        "embed": ["embed", str(tones / "low"), "-c", str(finetuned), "-o", str(out),
+                  "--no-progress"],
+        "probe": ["probe", "-c", str(finetuned), "--train", str(tones / "all.csv"), "-o",
+                  str(out), "--no-progress", "--max-iter", "2"],
+    }[command]  # fmt: skip
+    if overwrite:
+        argv.append("--overwrite")
+    assert main(argv) == 2
+    line = one_error_line(capsys.readouterr().err, str(out), "not a folder")
+    assert ".tmp" not in line
+    assert out.read_text() == "my notes\n"  # nothing written, nothing replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# ---------------------------------------------------------------------------- item 7b: options
+@pytest.mark.parametrize(
+    "arch, field, value",
+    [
+        ("ssamba", "num_heads", 4),
+        ("ssamba", "attention", "explicit"),
+        ("ssast", "d_state", 8),
+        ("ssast", "d_conv", 3),
+        ("ssast", "expand", 1),
+        ("ssast", "dt_rank", 4),
+        ("ssast", "bidirectional", False),
+        ("ssast", "residual_in_fp32", True),
+        ("ssast", "norm", "rmsnorm"),
+    ],
+)
+def test_a_model_field_of_the_other_architecture_is_refused_naming_both(arch, field, value):
+    import ssamba
+    from ssamba.errors import UsageError
+    from ssamba.models.config import ModelConfig
+
+    with pytest.raises(UsageError, match=f"{field}.*{'SSAST' if arch == 'ssamba' else 'SSAMBA'}"
+                       f".*not.*{arch}"):  # fmt: skip
+        ModelConfig(arch=arch, depth=2, **{field: value})
+    with pytest.raises(UsageError, match=field):
+        ssamba.create_model(f"{arch}_tiny", depth=2, **{field: value})
+
+
+def test_every_preset_and_official_layout_passes_the_architecture_check(tmp_path):
+    import ssamba
+    from ssamba.models.config import PRESETS, ModelConfig, preset_config
+
+    for name in PRESETS:
+        config = preset_config(name, depth=2)
+        assert ModelConfig.from_saved(config.saved_dict()) == config
+    golden = Path(__file__).parent / "data" / "golden"
+    for arch, depth in (("ssamba", 4), ("ssast", 2)):
+        path = golden / f"official_{arch}_tiny_depth{depth}" / "pretrain_state_dict.pt"
+        assert ssamba.load_model(path).config.arch == arch
+    # a field of the other architecture that an older version saved (it never had an effect)
+    saved = preset_config("ssast_tiny", depth=2).saved_dict()
+    saved.update(norm="rmsnorm", d_state=8)
+    config = ModelConfig.from_saved(saved)
+    assert (config.norm, config.d_state) == ("layernorm", 16)
+
+
+@pytest.mark.parametrize(
+    "model, extra, needle",
+    [
+        ("ssamba_tiny", ["--model-overrides", '{"num_heads": 4}'], "num_heads"),
+        ("ssast_tiny", ["--model-overrides", '{"d_state": 8}'], "d_state"),
+        ("ssast_tiny", ["--unidirectional"], "bidirectional"),
+        ("ssast_tiny", ["--norm", "rmsnorm"], "norm"),
+    ],
+)
+def test_an_option_that_does_not_apply_to_the_chosen_model_is_refused(
+    model, extra, needle, tones, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    argv = pretrain_argv(tones, out, "--model", model, "--batch-size", "2", "--max-steps", "1",
+                         *extra)  # fmt: skip
+    assert main(argv) == 2
+    one_error_line(capsys.readouterr().err, needle, model.split("_")[0])
+    assert not (out / "final").exists()
+
+
+# ---------------------------------------------------------------------------- item 7d: truncated
+TRUNCATED = ["truncated-wav", "truncated-flac"]
+
+
+@pytest.mark.parametrize("kind", TRUNCATED)
+@pytest.mark.parametrize("target_length", [64, 1024])  # a window of the file, the whole file
+def test_the_training_dataset_stops_at_a_truncated_file_or_skips_it(kind, target_length, tones,
+                                                                     tmp_path):  # fmt: skip
+    from ssamba.data import AudioDataset
+    from ssamba.errors import AudioError
+
+    manifest, bad = with_bad_file(tones, tmp_path, kind)
+    last = 8  # the bad file's row
+    with pytest.raises(AudioError, match="truncated|cannot decode") as err:
+        AudioDataset(manifest, target_length, train=True)[last]
+    assert str(bad) in str(err.value)
+    skipping = AudioDataset(manifest, target_length, train=True, on_bad_file="skip")
+    assert skipping[last]["skipped"] == 1 and skipping.skipped == 1
+
+
+@pytest.mark.parametrize("kind", TRUNCATED)
+@pytest.mark.parametrize("command", ["embed", "probe", "evaluate"])
+def test_every_command_stops_at_a_truncated_file_naming_it_or_skips_it(
+    command, kind, finetuned, tones, tmp_path, capsys
+):
+    manifest, bad = with_bad_file(tones, tmp_path, kind, "train" if command == "probe" else None)
+    out = tmp_path / "out"
+    argv = {
+        "embed": ["embed", str(bad), str(tones / "low" / "0.wav"), "-c", str(finetuned), "-o",
+                  str(out)],
+        "probe": ["probe", "-c", str(finetuned), "--train", str(manifest), "--valid",
+                  f"{tones / 'all.csv'}:valid", "-o", str(out), "--max-iter", "2"],
+        "evaluate": ["evaluate", "-c", str(finetuned), str(manifest), "-o", str(out),
+                     "--workers", "0"],
+    }[command]  # fmt: skip
+    argv.append("--no-progress")
+    assert main(argv) == 2
+    one_error_line(capsys.readouterr().err, str(bad), "--on-bad-file skip")
+    assert main([*argv, "--on-bad-file", "skip"]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert {"embed": "1 bad", "probe": "1 bad files skipped", "evaluate": "1 bad file(s)"}[
+        command] in printed, printed  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", TRUNCATED)
+def test_check_data_reports_a_truncated_file(kind, tones, tmp_path, capsys):
+    manifest, bad = with_bad_file(tones, tmp_path, kind)
+    main(["check-data", str(manifest), "--no-progress", "--workers", "0"])
+    printed = capsys.readouterr()
+    assert str(bad) in printed.out + printed.err
+    assert "truncated" in printed.out + printed.err
+
+
+# ---------------------------------------------------------------------------- item 7c: leftovers
+def test_a_probe_cache_an_interrupted_run_left_is_never_read_as_complete(
+    finetuned, tones, tmp_path, capsys, monkeypatch
+):
+    import ssamba.probe
+
+    out = tmp_path / "probe"
+    argv = ["probe", "-c", str(finetuned), "--train", str(tones / "all.csv"), "-o", str(out),
+            "--no-progress", "--max-iter", "2"]  # fmt: skip
+    real = np.savez
+    writes = []
+
+    def killed_midway(f, **arrays):
+        writes.append(1)
+        if len(writes) == 3:  # the third file: half written, then the process is stopped
+            f.write(b"PK\x03\x04 half an npz")
+            raise KeyboardInterrupt
+        real(f, **arrays)
+
+    monkeypatch.setattr(ssamba.probe.np, "savez", killed_midway)
+    assert main(argv) == 130
+    monkeypatch.setattr(ssamba.probe.np, "savez", real)
+    cached = sorted((out / "cache").iterdir())
+    assert [p.suffix for p in cached] == [".npz", ".npz"]  # the two complete files only
+    for path in cached:
+        with np.load(path) as data:
+            assert data["clip"].shape[-1] > 0
+    capsys.readouterr()
+    assert main(argv) == 0, capsys.readouterr().err
+    assert len(list((out / "cache").glob("*.npz"))) == 8
+    assert not [p for p in (out / "cache").iterdir() if p.suffix != ".npz"]

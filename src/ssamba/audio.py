@@ -107,14 +107,18 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch
     if not path.is_file():
         raise AudioError(path, "not a regular file")
 
+    declared = None
     try:
         data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as sf_error:  # libsndfile raises several types; all mean "cannot decode"
         data, file_rate = _decode_with_ffmpeg(path, sf_error)
+        # a header libsndfile reads over data it cannot (a FLAC cut short: "lost sync"), which
+        # ffmpeg decodes up to the cut: compared with what the header declares
+        declared = declared_frames(path)
 
     if data.shape[0] == 0:
         raise AudioError(path, "the file contains no audio samples")
-    _check_complete(path, data.shape[0], file_rate)
+    _check_complete(path, data.shape[0], file_rate, declared)
     wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(wave).all():
         bad = int((~np.isfinite(wave)).sum())
@@ -124,10 +128,14 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch
     return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
 
 
-def _check_complete(path: Path, frames: int, rate: int) -> None:
+def _check_complete(path: Path, frames: int, rate: int, declared: int | None = None) -> None:
     """A WAV whose data ends before its header says is a damaged file, not a short clip:
     libsndfile silently trims its frame count to what is there (only WAV headers are read here,
-    which costs one small read; other formats are compared by ``ssamba check-data``)."""
+    which costs one small read, unless ``declared`` gives the header's count already; other
+    formats are compared by ``ssamba check-data``)."""
+    if declared is not None:
+        _refuse_short(path, frames, rate, declared)
+        return
     try:
         with open(path, "rb") as f:
             head = f.read(12)
@@ -138,6 +146,10 @@ def _check_complete(path: Path, frames: int, rate: int) -> None:
             )
     except OSError:
         return
+    _refuse_short(path, frames, rate, declared)
+
+
+def _refuse_short(path: Path, frames: int, rate: int, declared: int | None) -> None:
     if declared is not None and frames < declared - max(1, declared // 1000):
         raise AudioError(
             path,

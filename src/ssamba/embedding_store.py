@@ -50,6 +50,7 @@ from ssamba.fileio import (
     LOCK_FILE,
     atomic_write,
     atomic_write_json,
+    check_folder_target,
     lock_folder,
     remove_temporaries,
 )
@@ -161,7 +162,7 @@ class EmbeddingStore:
     ):
         if format not in FORMATS:
             raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-        self.out = Path(out)
+        self.out = check_folder_target(out, "embeddings folder")
         self.settings = settings
         self.format = format
         self.frames = frames

@@ -452,6 +452,7 @@ def evaluate_model(
     progress: bool = True,
     num_workers: int = 0,
     multilabel: bool | None = None,
+    on_bad_file: str = "error",
 ) -> EvalResult:
     """Run a fine-tuned model over a labeled manifest and compute the metrics.
 
@@ -467,6 +468,9 @@ def evaluate_model(
         normalize: ``(mean, std)``, a preset name or stats JSON (default: the model's
             ``norm_mean``/``norm_std``).
         multilabel: default: the manifest's flag.
+        on_bad_file: ``"error"`` (default) stops at a file that cannot be read (AudioError naming
+            it); ``"skip"`` leaves it out of the metrics, counted in the notes. An
+            :class:`~ssamba.data.AudioDataset` given as ``data`` keeps its own policy.
     """
     num_classes = _num_outputs(model, classes)
     if isinstance(data, AudioDataset):
@@ -483,7 +487,7 @@ def evaluate_model(
     if multilabel is None:
         multilabel = bool(manifest.multilabel)
     if dataset is None:
-        dataset = _eval_dataset(model, manifest, target_length, normalize)
+        dataset = _eval_dataset(model, manifest, target_length, normalize, on_bad_file)
     loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers)
     scores, bad = _predict(model, loader, len(dataset), num_classes, torch.device(device), progress)
     paths = [str(ex.path) for ex in manifest.examples]
@@ -586,14 +590,18 @@ def _targets(manifest: Manifest, classes: list[str]) -> np.ndarray:
 
 
 def _eval_dataset(
-    model: AudioModel, manifest: Manifest, target_length: int | None, normalize: Any
+    model: AudioModel,
+    manifest: Manifest,
+    target_length: int | None,
+    normalize: Any,
+    on_bad_file: str = "error",
 ) -> AudioDataset:
     """The manifest as the model was trained to see it (its input length and normalisation)."""
     if target_length is None:
         target_length = int(model.config.input_tdim)
     if normalize is None:
         normalize = (float(model.config.norm_mean), float(model.config.norm_std))
-    return AudioDataset(manifest, target_length, normalize, train=False)
+    return AudioDataset(manifest, target_length, normalize, train=False, on_bad_file=on_bad_file)
 
 
 def head_scores(logits: torch.Tensor, head_loss: str) -> torch.Tensor:

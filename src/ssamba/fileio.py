@@ -89,6 +89,20 @@ def atomic_write_json(path: str | os.PathLike, data: Any, **dumps: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, **dumps) + "\n")
 
 
+def check_folder_target(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Refuse an output folder's path that exists as something else (a file): one line naming
+    the path, before anything is written (a folder would otherwise replace the user's file,
+    or fail later naming a temporary). Returns the path."""
+    path = Path(path)
+    if (path.exists() or path.is_symlink()) and not path.is_dir():
+        kind = "a broken link" if not path.exists() else "a file"
+        raise UsageError(
+            f"{path}: not a folder ({kind} is there) but it names the {what}; choose another "
+            "path or move it away"
+        )
+    return path
+
+
 def replace_folder(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Move a complete folder ``tmp`` onto ``target`` (removing what ``target`` held first).
 
@@ -111,7 +125,7 @@ def staged_folder(target: str | os.PathLike, prefix: str | None = None) -> Itera
     replaces ``target`` (:func:`replace_folder`); on any failure (a full disk, an exception in
     the block) the temporary folder is removed and ``target`` is left as it was. ``prefix``
     names the temporary folder (default ``.tmp_<name>_``)."""
-    target = Path(target)
+    target = check_folder_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_folder(target.parent, prefix or temp_folder_prefix(target))
     try:

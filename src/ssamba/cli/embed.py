@@ -17,6 +17,7 @@ from ssamba.cli.common import (
     positive_int,
 )
 from ssamba.errors import AudioError, UsageError
+from ssamba.fileio import check_folder_target
 
 # The same as ssamba.embedding_store.FORMATS and ssamba.data.BAD_FILE_POLICIES (written out so
 # that --help loads no torch; tests/test_embed.py checks they agree).
@@ -123,6 +124,7 @@ def run_embed(args: argparse.Namespace) -> int:
     from ssamba.embeddings import resolve_layers
 
     check_window(args)
+    check_folder_target(args.out, "embeddings folder")  # before the model is loaded
     files = collect_inputs(args.inputs)
     model = load_checkpoint(args.checkpoint, args.device)
     resolve_layers(model, args.layers)

@@ -35,8 +35,13 @@ from ssamba.cli.embed import (
     bad_file_error,
     check_window,
 )
-from ssamba.errors import AudioError
-from ssamba.fileio import atomic_write_json, make_temp_folder, replace_folder
+from ssamba.errors import AudioError, UsageError
+from ssamba.fileio import (
+    atomic_write_json,
+    check_folder_target,
+    make_temp_folder,
+    replace_folder,
+)
 
 # The same as ssamba.probe.DEFAULT_L2 / RESULTS_FILE and ssamba.embeddings.POOLINGS (written out
 # so that --help loads no torch; tests/test_probe.py checks they agree).
@@ -100,7 +105,7 @@ def run_probe(args: argparse.Namespace) -> int:
     from ssamba.probe import linear_probe
 
     check_window(args)
-    out = Path(args.out)
+    out = check_folder_target(args.out, "probe's output folder")
     if not args.overwrite:
         prepare_output(out / RESULTS_FILE, False, "output")
     model = load_checkpoint(args.checkpoint, args.device)
@@ -220,6 +225,7 @@ def _register_evaluate(subparsers) -> None:
     p.add_argument("--normalize", metavar="STATS", default="auto", help=NORMALIZE_HELP)
     p.add_argument("--device", help=DEVICE_HELP)
     add_workers(p, what="decode audio")
+    add_bad_file_option(p)
     add_config(p)
     add_overwrite(p)
     add_progress(p)
@@ -235,6 +241,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print("warning: `ssamba evaluate CKPT MANIFEST` is deprecated and goes in the next "
               "release; use `ssamba evaluate -c CKPT MANIFEST`", file=sys.stderr)  # fmt: skip
     out = Path(args.out) if args.out else Path(f"eval-{Path(args.manifest).stem}")
+    check_folder_target(out, "evaluation output folder")
     if not args.overwrite:
         prepare_output(out, False, "evaluation output")
     overrides = {k: getattr(args, k) for k in ("fstride", "tstride") if getattr(args, k)}
@@ -244,17 +251,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
     classes, display = read_class_list(class_file) if class_file is not None else (None, {})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MetricWarning)
-        result = evaluate_model(
-            model,
-            args.manifest,
-            classes=classes,
-            batch_size=args.batch_size,
-            target_length=args.target_length,
-            normalize=None if args.normalize == "auto" else args.normalize,
-            device=device,
-            progress=not args.no_progress,
-            num_workers=args.workers,
-        )
+        try:
+            result = evaluate_model(
+                model,
+                args.manifest,
+                classes=classes,
+                batch_size=args.batch_size,
+                target_length=args.target_length,
+                normalize=None if args.normalize == "auto" else args.normalize,
+                device=device,
+                progress=not args.no_progress,
+                num_workers=args.workers,
+                on_bad_file=args.on_bad_file,
+            )
+        except AudioError as err:
+            raise UsageError(
+                f"cannot evaluate {err} (--on-bad-file skip leaves bad files out)"
+            ) from None
     for w in caught:  # metric warnings are in the result's notes, printed below
         if not issubclass(w.category, MetricWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

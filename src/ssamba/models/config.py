@@ -69,6 +69,7 @@ class ModelConfig:
                     f"got {getattr(self, name)!r}"
                 )
         self._check_numbers()
+        self._check_arch_fields()
         if self.arch == "ssamba" and self.bidirectional and self.depth % 2:
             raise UsageError(
                 f"model config: depth={self.depth}: a bidirectional SSAMBA uses layers in pairs "
@@ -87,6 +88,22 @@ class ModelConfig:
                 )
         if self.dt_rank is None:
             self.dt_rank = -(-self.embed_dim // 16)
+
+    def _check_arch_fields(self) -> None:
+        """A field of the other architecture must keep its default: given for this one it would
+        be ignored without a word (``num_heads`` for an SSAMBA, ``d_state`` for an SSAST)."""
+        for name in inapplicable_fields(self.arch):
+            value = getattr(self, name)
+            if name == "dt_rank":  # None: derived from embed_dim, and saved derived
+                unchanged = value is None or value == -(-self.embed_dim // 16)
+            else:
+                unchanged = value == _DEFAULTS[name]
+            if not unchanged:
+                owner = next(a for a, names in ARCH_FIELDS.items() if name in names)
+                raise UsageError(
+                    f"model config: {name}={value!r} applies to {owner.upper()} models only, "
+                    f"not to this {self.arch} model (leave it out)"
+                )
 
     def _check_numbers(self) -> None:
         """Each number within what a model can be built from (a negative size would fail deep
@@ -143,6 +160,10 @@ class ModelConfig:
         aside; any other unknown key is refused."""
         data = dict(data)
         extra = {k: data.pop(k) for k in TRANSFORMERS_KEYS if k in data}
+        # an older version saved the other architecture's fields as given (they had no effect
+        # on the weights): read as the defaults they always acted as
+        for name in inapplicable_fields(data.get("arch", _DEFAULTS["arch"])):
+            data.pop(name, None)
         config = cls.from_dict(data)
         model_type = extra.get("model_type", config.arch)
         if model_type != config.arch:
@@ -167,6 +188,20 @@ class ModelConfig:
                 f"{', '.join(sorted(known))})"
             )
         return cls(**data)
+
+
+# The fields only one architecture reads; the other's config keeps their defaults.
+ARCH_FIELDS = {
+    "ssamba": ("d_state", "d_conv", "expand", "dt_rank", "bidirectional", "residual_in_fp32",
+               "norm"),
+    "ssast": ("num_heads", "attention"),
+}  # fmt: skip
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+
+
+def inapplicable_fields(arch: str) -> tuple[str, ...]:
+    """The fields ``arch`` does not read (those of the other architecture)."""
+    return tuple(n for a, names in ARCH_FIELDS.items() if a != arch for n in names)
 
 
 _CHOICES = {

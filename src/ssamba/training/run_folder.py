@@ -36,6 +36,7 @@ from ssamba.errors import CheckpointError, TrainingError
 from ssamba.fileio import (
     atomic_write_json,
     atomic_write_text,
+    check_folder_target,
     lock_folder,
     remove_temporaries,
     staged_folder,
@@ -142,7 +143,7 @@ def has_progress(out: str | Path) -> bool:
 def check_new_run(out: str | Path, resume: bool, overwrite: bool) -> None:
     """Refuse a new run into a folder holding one that made progress, unless ``resume`` or
     ``overwrite``: what the run would refuse later, checked before any model is loaded."""
-    path = Path(out)
+    path = check_folder_target(out, "run's output folder")
     if resume or overwrite or not (path / RUN_FILE).exists():
         return
     if has_progress(path):
@@ -173,7 +174,7 @@ class RunFolder:
         ``extra_files`` (name -> text) are written into every saved model folder. Every rank
         checks before rank 0 writes (a barrier between them), so all ranks see the same folder
         and agree on the verdict."""
-        self.path = Path(out)
+        self.path = check_folder_target(out, "run's output folder")
         self.main = main
         self.settings, self.replace = settings, False
         self.extra_files = dict(extra_files or {})

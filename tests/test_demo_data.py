@@ -596,4 +596,9 @@ def test_demo_pipeline_end_to_end_at_a_tiny_budget(tmp_path):
     plan.lr *= 2
     pretrain_model("ssamba", data, stats, tmp_path / "demo", plan, progress=False)
     assert weights.stat().st_mtime_ns != before
+    # a run interrupted after final/ but before its key was written is never reused as complete
+    (tmp_path / "demo" / "runs" / "pretrain_ssamba" / "demo_key.json").unlink()
+    before = weights.stat().st_mtime_ns
+    pretrain_model("ssamba", data, stats, tmp_path / "demo", plan, progress=False)
+    assert weights.stat().st_mtime_ns != before
     assert "linear probe, test accuracy margin" in (tmp_path / "demo" / "README.md").read_text()

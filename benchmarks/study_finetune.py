@@ -41,6 +41,7 @@ from ssamba.demo.pipeline import (
     finetune_config,
     pretrain_config,
 )
+from ssamba.evaluation import accuracy
 from ssamba.finetune import FinetuneTask, finetune
 from ssamba.pretrain import pretrain
 from ssamba.training import Distributed, eval_loader, read_metrics
@@ -89,7 +90,7 @@ def test_accuracy(cfg, classes: list[str], folder: Path, test_set) -> float:
     task = FinetuneTask(cfg, model, classes)
     dist = Distributed.from_env("cpu")
     scores, targets = task.predict(eval_loader(test_set, dist, cfg.batch_size), dist)
-    return float((scores.argmax(1) == targets.argmax(1)).float().mean())
+    return accuracy(scores.numpy(), targets.numpy())
 
 
 def run_one(out: Path, arch: str, init: str, method: str, task_name: str, data, stats, plan,

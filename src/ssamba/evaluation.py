@@ -614,15 +614,12 @@ def head_scores(logits: torch.Tensor, head_loss: str) -> torch.Tensor:
     raise EvaluationError(f"head_loss must be 'ce' or 'bce', got {head_loss!r}")
 
 
-def predict(model, loader, device, *, forward=None, progress: bool = False):
-    """The one prediction path of every scoring (fine-tuning's validation and test, ``ssamba
-    evaluate``, DASL, cross-validation): yields ``(batch, scores)`` for every batch of
-    ``loader``, the batch without the files its dataset flagged bad (a batch with none left is
-    skipped), ``scores`` the :func:`head_scores` of ``forward(model, fbank, batch)`` (default:
-    ``model(fbank)``) by ``model.config.head_loss``, float32 on the CPU. Runs in eval mode
-    without gradients; the model's mode is restored."""
+def model_outputs(model, loader, device, *, forward=None, progress: bool = False):
+    """Yields ``(batch, output)`` for every batch of ``loader``: the batch without the files its
+    dataset flagged bad (a batch with none left is skipped), ``output`` = ``forward(model,
+    fbank, batch)`` (default: ``model(fbank)``), in eval mode without gradients; the model's
+    mode is restored."""
     device = torch.device(device)
-    head_loss = model.config.head_loss
     was_training = model.training
     model.eval()
     batches = tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True, disable=not progress)
@@ -633,10 +630,18 @@ def predict(model, loader, device, *, forward=None, progress: bool = False):
                 if batch is None:
                     continue
                 fbank = batch["fbank"].to(device)
-                logits = model(fbank) if forward is None else forward(model, fbank, batch)
-                yield batch, head_scores(logits, head_loss).cpu()
+                yield batch, model(fbank) if forward is None else forward(model, fbank, batch)
     finally:
         model.train(was_training)
+
+
+def predict(model, loader, device, *, forward=None, progress: bool = False):
+    """The one prediction path of every scoring (fine-tuning's validation and test, ``ssamba
+    evaluate``, DASL, cross-validation): :func:`model_outputs` with each output turned into the
+    :func:`head_scores` of ``model.config.head_loss``, float32 on the CPU."""
+    head_loss = model.config.head_loss
+    for batch, logits in model_outputs(model, loader, device, forward=forward, progress=progress):
+        yield batch, head_scores(logits, head_loss).cpu()
 
 
 def _predict(

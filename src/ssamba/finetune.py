@@ -37,10 +37,10 @@ from ssamba.averaging import average_checkpoints
 from ssamba.checkpoints import checkpoint_config, load_model, model_stats
 from ssamba.configs import FinetuneConfig
 from ssamba.constants import CLASSES_FILE
-from ssamba.data import AudioDataset, drop_bad, make_loader, read_splits
+from ssamba.data import AudioDataset, make_loader, read_splits
 from ssamba.data.checks import duplicate_problems
 from ssamba.errors import ManifestError, UsageError
-from ssamba.evaluation import compute_metrics, predict
+from ssamba.evaluation import compute_metrics, model_outputs, predict
 from ssamba.fileio import atomic_write_json, atomic_write_text, staged_folder
 from ssamba.probe import LinearClassifier, probe_results, select_linear
 from ssamba.training import (
@@ -141,8 +141,7 @@ def layer_depth(name: str, config) -> int:
     found = _LAYER.match(name)
     if found is None:
         return num_layers(config) + 1
-    k = int(found.group(1))
-    return (k // 2 if config.arch == "ssamba" and config.bidirectional else k) + 1
+    return int(found.group(1)) // (config.depth // num_layers(config)) + 1
 
 
 class FinetuneTask(ClassifierTask):
@@ -322,25 +321,20 @@ def finetune(cfg: FinetuneConfig, device: str | None = None) -> dict:
 
 
 # ---------------------------------------------------------------------------- LP-FT
-@torch.no_grad()
 def head_inputs(model, dataset, batch_size: int, device) -> tuple[np.ndarray, np.ndarray]:
     """What the head's Linear layer reads for every clip of ``dataset`` in eval mode: the pooled
     features after the head's LayerNorm without its affine part, ``(n, D)`` float64, and the
     targets ``(n, C)`` (files the dataset flags bad are left out)."""
     norm = model.mlp_head[0]
-    was_training = model.training
-    model.eval()
+
+    def normalised(model, fbank, batch):
+        return F.layer_norm(model.pooled(fbank).float(), norm.normalized_shape, eps=norm.eps)
+
+    loader = make_loader(dataset, batch_size, shuffle=False)
     xs, ys = [], []
-    try:
-        for batch in make_loader(dataset, batch_size, shuffle=False):
-            batch = drop_bad(batch)
-            if batch is None:
-                continue
-            pooled = model.pooled(batch["fbank"].to(device)).float()
-            xs.append(F.layer_norm(pooled, norm.normalized_shape, eps=norm.eps).double().cpu())
-            ys.append(batch["target"].double())
-    finally:
-        model.train(was_training)
+    for batch, x in model_outputs(model, loader, device, forward=normalised):
+        xs.append(x.double().cpu())
+        ys.append(batch["target"].double())
     if not xs:
         raise ManifestError(f"{dataset.manifest.source}: no clip to fit the probe on")
     return torch.cat(xs).numpy(), torch.cat(ys).numpy()

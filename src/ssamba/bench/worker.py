@@ -154,14 +154,16 @@ def measure_point(spec: dict) -> dict:
     # Priming pass on the smallest input: JIT kernels, thread pools and allocator warm-up belong
     # to the baseline, not to the point.
     step(torch.randn(1, PATCH, NUM_MEL_BINS, generator=gen).to(device))
-    # The numba kernels run on the scan's own threads (torch's count). numba.get_num_threads()
-    # must not be asked: it starts numba's threading layer, whose idle workers spin and took
-    # most of the core from a single-threaded training step (3x slower).
+    # The numba kernels run on torch's threads (torch's count). numba.get_num_threads() must
+    # not be asked: it starts numba's threading layer, whose idle workers spin and took most of
+    # the core from a single-threaded training step (3x slower).
     result["numba_threads"] = None
+    result["kernel_dispatch"] = ""
     if result["scan_backend"] == "cpu":  # only that backend loads numba: not at import
-        from ssamba.ops.scan_cpu import num_threads
+        from ssamba.ops.cpu_threads import dispatch, num_threads
 
         result["numba_threads"] = num_threads()
+        result["kernel_dispatch"] = dispatch()
     _baseline(result, device)
     capped = bool(spec.get("max_memory_gb")) and not cuda
     if capped:

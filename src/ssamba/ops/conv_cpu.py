@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from numba import njit
 
-from ssamba.ops.scan_cpu import _F1, _KERNEL_FLAGS, _sigmoid, run_parallel
+from ssamba.ops.cpu_threads import run_parallel
+from ssamba.ops.scan_cpu import _F1, _KERNEL_FLAGS, _sigmoid
 
 T_BLOCK = 64  # time steps per work item
 # What the kernel writes: the conv, silu(conv), or the gradient through silu of a given dout

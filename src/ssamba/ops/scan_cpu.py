@@ -6,7 +6,8 @@ docs/scan.md):
 
 * Forward work item = (batch row, block of ``LANES`` channels). The ``(N, LANES)`` state tile
   lives in L1 and the innermost loop runs over the channels of the block, so LLVM vectorises it
-  and ``y`` needs no horizontal sum. Work items are spread over threads by :func:`run_parallel`.
+  and ``y`` needs no horizontal sum. Work items are spread over torch's threads by
+  :func:`ssamba.ops.cpu_threads.run_parallel`.
 * numba leaves LLVM's SLP vectoriser off: a channel loop of constant trip count with a small body
   is fully unrolled into scalar code before the loop vectoriser sees it. The backward's blocks
   are therefore ``BWD_LANES`` = 32 channels wide (its small loops stay loops and vectorise; 5x
@@ -34,7 +35,6 @@ docs/scan.md):
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
+from ssamba.ops.cpu_threads import run_parallel
 from ssamba.ops.shapes import check_scan_shapes
 
 LANES = 16  # channels per work item: one (N x 16) fp32 tile = 1 KiB for N = 16
@@ -547,53 +548,6 @@ def _backward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, rev, 
 
 # ---------------------------------------------------------------------------------------------
 # torch side
-
-_POOL: ThreadPoolExecutor | None = None
-_POOL_SIZE = 0
-
-
-def num_threads() -> int:
-    """Threads the kernels use: torch's intra-op count (the kernels never run alongside torch)."""
-    return max(1, torch.get_num_threads())
-
-
-def run_parallel(calls) -> None:
-    """Run numba kernels ``fn(*args, j0, j1)`` over their job ranges on ``num_threads()`` threads.
-
-    ``calls`` is a list of ``(fn, args, n_jobs)``. Each range is cut into one piece per thread and
-    thread k runs piece k of every call. The kernels release the GIL (``nogil``); the helper
-    threads are plain Python threads that sleep on a lock between calls. numba's own ``prange``
-    threading layer is not used: it brings a second OpenMP runtime (the system libgomp, while
-    torch ships its own) whose workers spin after every parallel region and, on a 2-vCPU machine,
-    steal the cores from torch's next operation (and torch's from numba's).
-    """
-    global _POOL, _POOL_SIZE
-    n = num_threads()
-    pieces = [[] for _ in range(n)]
-    for fn, args, n_jobs in calls:
-        parts = min(n, max(1, n_jobs))
-        for k in range(parts):
-            j0, j1 = n_jobs * k // parts, n_jobs * (k + 1) // parts
-            if j1 > j0:
-                pieces[k].append((fn, args, j0, j1))
-
-    def work(items):
-        for fn, args, j0, j1 in items:
-            fn(*args, j0, j1)
-
-    helpers = [p for p in pieces[1:] if p]
-    if not helpers:
-        work(pieces[0])
-        return
-    if _POOL is None or _POOL_SIZE < len(helpers):
-        if _POOL is not None:
-            _POOL.shutdown(wait=False)
-        _POOL = ThreadPoolExecutor(max_workers=len(helpers), thread_name_prefix="ssamba-scan")
-        _POOL_SIZE = len(helpers)
-    futures = [_POOL.submit(work, p) for p in helpers]
-    work(pieces[0])
-    for f in futures:
-        f.result()
 
 
 def _n_groups(n_chan: int) -> int:

@@ -1,0 +1,191 @@
+"""Where the CPU kernels run (ssamba.ops.cpu_threads): every work item exactly once, on torch's
+own OpenMP threads where the runtime is found, on a pool of our own otherwise; results that do
+not depend on the thread count or on the dispatcher (scan and conv, values and gradients);
+errors raised in the caller; a team smaller than asked for and a forked process handled."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+
+import pytest
+import torch
+
+pytest.importorskip("ssamba.ops.scan_cpu")
+from scan_cases import make_inputs  # noqa: E402
+from ssamba.ops import cpu_threads, scan_cpu  # noqa: E402
+from ssamba.ops.conv_cpu import conv1d_silu_cpu, conv1d_silu_pair_cpu  # noqa: E402
+
+TEAM = cpu_threads.find_openmp_team()
+needs_team = pytest.mark.skipif(TEAM is None, reason="torch's OpenMP runtime not found here")
+
+
+@pytest.fixture
+def threads():
+    """Set torch's thread count for one test, restored after it."""
+    old = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(params=["openmp", "pool"])
+def dispatcher(request, monkeypatch):
+    """Run the test once on torch's OpenMP team and once on the fallback pool."""
+    if request.param == "openmp":
+        if TEAM is None:
+            pytest.skip("torch's OpenMP runtime not found here")
+        monkeypatch.setattr(cpu_threads, "_team", TEAM)
+    else:
+        monkeypatch.setattr(cpu_threads, "_team", None)
+    monkeypatch.setattr(cpu_threads, "_team_searched", True)
+    return request.param
+
+
+def _recording_kernel():
+    """A stand-in kernel (Python) that records which native thread ran each work item."""
+    seen: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def kernel(tag, j0, j1):
+        with lock:
+            seen.extend((j, threading.get_native_id()) for j in range(j0, j1))
+
+    return kernel, seen
+
+
+def test_split_gives_every_item_once_in_thread_order():
+    calls = [("f", (), 10), ("g", (), 1), ("h", (), 0), ("k", (), 3)]
+    pieces = cpu_threads.split(calls, 4)
+    for name, _, n_jobs in calls:
+        got = sorted(j for piece in pieces for fn, _, j0, j1 in piece if fn == name
+                     for j in range(j0, j1))  # fmt: skip
+        assert got == list(range(n_jobs)), name
+    assert [(j0, j1) for fn, _, j0, j1 in pieces[0] if fn == "f"] == [(0, 2)]
+    assert all(fn != "g" for piece in pieces[1:] for fn, *_ in piece)  # one item: thread 0
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_every_item_runs_once(dispatcher, threads, n):
+    threads(n)
+    kernel, seen = _recording_kernel()
+    cpu_threads.run_parallel([(kernel, ("a",), 7), (kernel, ("b",), 2)])
+    assert sorted(j for j, _ in seen) == sorted(list(range(7)) + list(range(2)))
+    tids = {tid for _, tid in seen}
+    # a team thread per piece; the pool may hand two pieces to one of its threads
+    assert len(tids) == n if dispatcher == "openmp" else 1 <= len(tids) <= n
+
+
+@needs_team
+def test_pieces_run_on_torchs_own_threads(threads, monkeypatch):
+    """On the team, the second piece runs on a thread Python did not create: torch's worker."""
+    monkeypatch.setattr(cpu_threads, "_team", TEAM)
+    monkeypatch.setattr(cpu_threads, "_team_searched", True)
+    threads(2)
+    kernel, seen = _recording_kernel()
+    python_threads = {t.native_id for t in threading.enumerate()}
+    cpu_threads.run_parallel([(kernel, (None,), 2)])
+    tids = {tid for _, tid in seen}
+    assert len(tids) == 2 and threading.get_native_id() in tids
+    assert not (tids - {threading.get_native_id()}) & python_threads
+    assert cpu_threads.dispatch().startswith("openmp")
+
+
+def test_errors_reach_the_caller(dispatcher, threads):
+    threads(2)
+
+    def kernel(j0, j1):
+        if j0 > 0:
+            raise ValueError(f"item {j0} failed")
+
+    with pytest.raises(ValueError, match="item 1 failed"):
+        cpu_threads.run_parallel([(kernel, (), 2)])
+    kernel2, seen = _recording_kernel()  # and the dispatcher still works afterwards
+    cpu_threads.run_parallel([(kernel2, (None,), 4)])
+    assert sorted(j for j, _ in seen) == [0, 1, 2, 3]
+
+
+@needs_team
+def test_nested_call_runs_every_item(threads, monkeypatch):
+    """run_parallel called from inside a team thread gets a team of one (nested regions are
+    off): the pieces no thread ran run in the caller, each item once."""
+    monkeypatch.setattr(cpu_threads, "_team", TEAM)
+    monkeypatch.setattr(cpu_threads, "_team_searched", True)
+    threads(2)
+    inner, seen = _recording_kernel()
+    done = []
+
+    def outer(j0, j1):
+        cpu_threads.run_parallel([(inner, (None,), 4)])
+        done.append((j0, j1))
+
+    cpu_threads.run_parallel([(outer, (), 2)])
+    assert sorted(done) == [(0, 1), (1, 2)]
+    assert sorted(j for j, _ in seen) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_no_runtime_found_falls_back_to_the_pool(monkeypatch):
+    monkeypatch.setattr(cpu_threads, "_loaded_openmp_libraries", lambda: [])
+    assert cpu_threads.find_openmp_team() is None
+    several = ["/usr/lib/libgomp.so.1", "/opt/other/libomp.so"]  # none of them torch's
+    monkeypatch.setattr(cpu_threads, "_loaded_openmp_libraries", lambda: several)
+    assert cpu_threads.find_openmp_team() is None
+
+
+def _scan_and_conv(n_threads: int) -> list[torch.Tensor]:
+    """Outputs and every gradient of a scan (two channel groups) and a conv pair, on n threads."""
+    torch.set_num_threads(n_threads)
+    args = make_inputs(3, 100, 200, 16, seed=8)
+    leaves = [a.clone().requires_grad_() for a in args]
+    y = scan_cpu.selective_scan_cpu(*leaves, reverse=True)
+    y.sum().backward()
+    g = torch.Generator().manual_seed(4)
+    xz = torch.randn(3, 70, 96, generator=g)
+    x = xz[..., :48].clone().requires_grad_()
+    w = torch.randn(48, 1, 4, generator=g).requires_grad_()
+    b = torch.randn(48, generator=g).requires_grad_()
+    c = conv1d_silu_cpu(x, w, b, True)
+    (c * torch.randn(c.shape, generator=g)).sum().backward()
+    with torch.no_grad():
+        pair = conv1d_silu_pair_cpu(xz[..., :48], [(w, b, False), (w, b, True)])
+    return [y.detach(), *(p.grad for p in leaves), c.detach(), x.grad, w.grad, b.grad, *pair]
+
+
+def test_results_do_not_depend_on_threads_or_dispatcher(dispatcher, threads):
+    """Work items write disjoint outputs and per-item partials added in a fixed order: 1, 2 and
+    3 threads, on either dispatcher, agree bit for bit (scan and conv, values and gradients)."""
+    want = _scan_and_conv(1)
+    for n in (2, 3):
+        for a, b in zip(want, _scan_and_conv(n), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _child(queue) -> None:
+    torch.set_num_threads(2)
+    kernel, seen = _recording_kernel()
+    cpu_threads.run_parallel([(kernel, (None,), 5)])
+    queue.put((cpu_threads.dispatch(), sorted(j for j, _ in seen)))
+
+
+@needs_team
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
+def test_forked_process_uses_its_own_threads(threads, monkeypatch):
+    """A child forked after the team ran gets the pool, and every item runs (an OpenMP team
+    does not survive fork: torch's own parallel operations hang in such a child, so the child
+    runs stand-in kernels only)."""
+    monkeypatch.setattr(cpu_threads, "_team", TEAM)
+    monkeypatch.setattr(cpu_threads, "_team_searched", True)
+    threads(2)
+    kernel, _ = _recording_kernel()
+    cpu_threads.run_parallel([(kernel, (None,), 2)])  # the parent's team has run
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue,))
+    proc.start()
+    try:
+        dispatch, items = queue.get(timeout=60)
+    finally:
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.kill()
+    assert dispatch == "python threads"
+    assert items == [0, 1, 2, 3, 4]

@@ -1,4 +1,4 @@
-"""SSAMBA on one CPU thread against its targets, every figure from one sitting.
+"""SSAMBA on the CPU (one thread, and one against two) against its targets, from one sitting.
 
     PYTHONPATH=src .venv/bin/python benchmarks/cpu_targets.py --out /tmp/cpu_targets [--quick]
 
@@ -13,6 +13,9 @@ Runs, one after the other, on an otherwise idle machine (check the load first):
    attention matrix, 512 tokens, batch 2, one thread.
 3. ``ssamba bench --mode inference``: the same models at 512 ... 22016 tokens, batch 2, one thread
    (explicit attention only up to 2048 tokens: its N x N matrix makes it slow and huge beyond).
+4. ``benchmarks/thread_scaling.py``: SSAMBA-tiny and SSAST-tiny (sdpa), training step and
+   inference at 512 tokens, batch 2, on 1 and 2 threads, the four configurations taking turns
+   round after round in one process; medians over the rounds (``--rounds``, default 7).
 
 Each ``ssamba bench`` point runs in a fresh process (time: median of the timed runs; memory: peak
 RSS and its increment over the loaded, primed model). Writes OUT/targets.json and
@@ -36,9 +39,12 @@ LONG = [4096, 8192, 22016]
 QUICK_LONG = [4096, 8192]
 
 
-def _run(cmd: list[str], log: Path) -> None:
+def _run(cmd: list[str], log: Path, threads: int | None = 1) -> None:
     print("$", " ".join(cmd), flush=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env.pop("OMP_NUM_THREADS", None)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     t0 = time.time()
     with log.open("w") as f:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
@@ -65,7 +71,7 @@ def _point(points: list[dict], model: str, tokens: int, mode: str) -> dict:
     return {}
 
 
-def measure(out: Path, quick: bool) -> dict:
+def measure(out: Path, quick: bool, rounds: int) -> dict:
     lengths = ["512", "2048"] if quick else ["512", "2048", "8192"]
     scans = {}
     for name, extra in (("scan", []), ("scan_kept", ["--keep-freed-memory"])):
@@ -78,7 +84,10 @@ def measure(out: Path, quick: bool) -> dict:
                   "inference", 5, 1)  # fmt: skip
     long = QUICK_LONG if quick else LONG
     pts += _bench(out, "inference_long", "ssamba_tiny,ssast_tiny", long, "inference", 1, 0)
-    return {**scans, "points": pts, "long": long}
+    _run([sys.executable, "benchmarks/thread_scaling.py", "--rounds", str(rounds), "--json",
+          str(out / "threads.json")], out / "threads.log", threads=None)  # fmt: skip
+    threads = json.loads((out / "threads.json").read_text())
+    return {**scans, "points": pts, "long": long, "threads": threads}
 
 
 def _ratio(a: dict, b: dict, key: str) -> float | None:
@@ -120,6 +129,14 @@ def targets(raw: dict) -> list[tuple[str, str, str, bool | None]]:
         limit = 0.5 if t == last and t >= 22016 else 1.0
         rows.append((f"inference memory increment, SSAMBA / SSAST (sdpa), {t} tokens", _x(m),
                      f"<= {limit:g}x", None if m is None else m <= limit))  # fmt: skip
+    if "threads" in raw:
+        train = raw["threads"]["results"]["train"]["summary"]
+        scaling = train["ssamba_tiny scaling"]
+        rows.append(("training step SSAMBA-tiny, 2 threads against 1 (512 tokens, batch 2)",
+                     _x(scaling), ">= 1.8x", scaling >= 1.8))  # fmt: skip
+        ratio = train["ssamba/ssast @2"]
+        rows.append(("training step SSAMBA-tiny / SSAST-tiny (sdpa), 2 threads", _x(ratio),
+                     "<= 2.5x", ratio <= 2.5))  # fmt: skip
     return rows
 
 
@@ -136,6 +153,10 @@ def tables(raw: dict) -> str:
             continue
         lines.append(f"| {p['mode']} | {p['tokens']} | {p['model']} | {p['time_s']:.3f} | "
                      f"{p['peak_mib']:.0f} | {p['increment_mib']:.0f} |")  # fmt: skip
+    if "threads" in raw:
+        from thread_scaling import table as thread_table
+
+        lines += ["", thread_table(raw["threads"]["results"])]
     lines += ["", "| target | measured | limit | met? |", "|---|---|---|---|"]
     for name, measured, limit, met in targets(raw):
         verdict = "n/a" if met is None else "yes" if met else "no"
@@ -148,6 +169,8 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--quick", action="store_true", help="up to 8192 tokens, L up to 2048")
     p.add_argument("--from-raw", action="store_true", help="re-render OUT/targets.json")
+    p.add_argument("--rounds", type=int, default=7,
+                   help="interleaved rounds of the thread-scaling step (default: 7)")  # fmt: skip
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.from_raw:
@@ -155,7 +178,7 @@ def main() -> int:
     else:
         load = os.getloadavg()[0]
         t0 = time.time()
-        raw = measure(args.out, args.quick)
+        raw = measure(args.out, args.quick, args.rounds)
         raw.update(load_1m_start=load, load_1m_end=os.getloadavg()[0],
                    minutes=round((time.time() - t0) / 60, 1))  # fmt: skip
         (args.out / "targets.json").write_text(json.dumps(raw, indent=1))

@@ -1,0 +1,126 @@
+"""SSAMBA-tiny and SSAST-tiny on 1 and 2 CPU threads, interleaved, in one process.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/thread_scaling.py [--rounds 7] [--json FILE]
+
+The training step (forward + BCE-style backward, batch 2, 512 tokens, stride 16, 527-class head:
+the official benchmarks' shapes, as ``ssamba bench --mode train``) and the inference pass of both
+models. This machine's speed drifts by up to 40% from one minute to the next, so the four
+configurations (model x threads) take turns, one step each, round after round, and every figure
+is a median over the rounds: the times, the scaling (1-thread time / 2-thread time) and the
+SSAMBA / SSAST ratio, each computed within a round first. Both models are built once, after a
+warm-up step in every configuration (the numba kernels compile or load from their cache there).
+Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from ssamba.allocator import keep_freed_memory
+from ssamba.bench.spec import NUM_CLASSES, frames_for_tokens
+from ssamba.constants import NUM_MEL_BINS, PATCH
+from ssamba.models import create_model
+
+MODELS = ("ssamba_tiny", "ssast_tiny")
+THREADS = (1, 2)
+
+
+def build(name: str, tokens: int, train: bool):
+    model = create_model(name, num_classes=NUM_CLASSES, input_tdim=frames_for_tokens(tokens),
+                         fstride=PATCH, tstride=PATCH, pretrain_heads=False)  # fmt: skip
+    return model.train(train)
+
+
+def make_step(model, train: bool):
+    def step(x):
+        if train:
+            model(x).float().mean().backward()
+            for p in model.parameters():
+                p.grad = None
+        else:
+            with torch.inference_mode():
+                model(x)
+
+    return step
+
+
+def measure(mode: str, tokens: int, batch: int, rounds: int, seed: int = 0) -> dict:
+    """Per configuration, the time of one step in each round (after one warm-up step each)."""
+    train = mode == "train"
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, frames_for_tokens(tokens), NUM_MEL_BINS, generator=gen)
+    steps = {m: make_step(build(m, tokens, train), train) for m in MODELS}
+    times: dict[str, list[float]] = {f"{m}@{t}": [] for m in MODELS for t in THREADS}
+    for r in range(rounds + 1):
+        for m in MODELS:
+            for t in THREADS:
+                torch.set_num_threads(t)
+                t0 = time.perf_counter()
+                steps[m](x)
+                if r:  # round 0 is the warm-up
+                    times[f"{m}@{t}"].append(time.perf_counter() - t0)
+    return times
+
+
+def summarize(times: dict[str, list[float]]) -> dict:
+    """Medians over rounds of each time, of each model's scaling and of SSAMBA / SSAST."""
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rounds = range(len(next(iter(times.values()))))
+    out = {"median_s": med}
+    for m in MODELS:
+        out[f"{m} scaling"] = statistics.median(
+            times[f"{m}@1"][r] / times[f"{m}@2"][r] for r in rounds
+        )
+    for t in THREADS:
+        out[f"ssamba/ssast @{t}"] = statistics.median(
+            times[f"ssamba_tiny@{t}"][r] / times[f"ssast_tiny@{t}"][r] for r in rounds
+        )
+    return out
+
+
+def table(results: dict) -> str:
+    lines = ["| pass | model | 1 thread (s) | 2 threads (s) | scaling |",
+             "|---|---|---:|---:|---:|"]  # fmt: skip
+    for mode, res in results.items():
+        s = res["summary"]
+        for m in MODELS:
+            lines.append(f"| {mode} | {m} | {s['median_s'][m + '@1']:.3f} | "
+                         f"{s['median_s'][m + '@2']:.3f} | {s[m + ' scaling']:.2f}x |")  # fmt: skip
+        lines.append(f"| {mode} | SSAMBA / SSAST | {s['ssamba/ssast @1']:.2f}x | "
+                     f"{s['ssamba/ssast @2']:.2f}x | |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=7, help="timed rounds (default: 7)")
+    ap.add_argument("--tokens", type=int, default=512, help="(default: 512)")
+    ap.add_argument("--batch", type=int, default=2, help="(default: 2)")
+    ap.add_argument("--modes", default="train,inference", help="(default: train,inference)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the raw times here")
+    args = ap.parse_args()
+    keep_freed_memory()  # as the ssamba command does
+    results = {}
+    for mode in args.modes.split(","):
+        times = measure(mode, args.tokens, args.batch, args.rounds)
+        results[mode] = {"times": times, "summary": summarize(times)}
+    from ssamba.ops.cpu_threads import dispatch
+
+    meta = {"tokens": args.tokens, "batch": args.batch, "rounds": args.rounds,
+            "kernel_dispatch": dispatch(), "torch": torch.__version__}  # fmt: skip
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    print(meta)
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,6 +1,7 @@
 """SSAMBA-tiny and SSAST-tiny on 1 and 2 CPU threads, interleaved, in one process.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/thread_scaling.py [--rounds 7] [--json FILE]
+    PYTHONPATH=src .venv/bin/python benchmarks/thread_scaling.py [--rounds 7] [--json FILE] \
+        [--profile]
 
 The training step (forward + BCE-style backward, batch 2, 512 tokens, stride 16, 527-class head:
 the official benchmarks' shapes, as ``ssamba bench --mode train``) and the inference pass of both
@@ -10,12 +11,19 @@ is a median over the rounds: the times, the scaling (1-thread time / 2-thread ti
 SSAMBA / SSAST ratio, each computed within a round first. Both models are built once, after a
 warm-up step in every configuration (the numba kernels compile or load from their cache there).
 Run it on an otherwise idle machine.
+
+``--profile`` then profiles SSAMBA-tiny's training step on 1 and 2 threads: the operations with
+the most time of their own (torch.profiler; the numba kernels show as their autograd functions,
+``_SelectiveScanCPU``, ``_ConvSilu`` and their backwards) and the CPU time of every OS thread of
+the process over a few steps against the wall time (a second thread that only spins, or only
+waits, shows here).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -68,6 +76,68 @@ def measure(mode: str, tokens: int, batch: int, rounds: int, seed: int = 0) -> d
     return times
 
 
+def thread_cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) of each OS thread of this process, by thread id (Linux)."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[tid] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def profile(tokens: int, batch: int, steps: int = 4, top: int = 12) -> dict:
+    """SSAMBA-tiny's training step on 1 and 2 threads: top operations by own CPU time (per
+    step) and each OS thread's CPU seconds per step against the wall time per step."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    x = torch.randn(batch, frames_for_tokens(tokens), NUM_MEL_BINS,
+                    generator=torch.Generator().manual_seed(0))  # fmt: skip
+    step = make_step(build("ssamba_tiny", tokens, True), True)
+    result = {}
+    for t in THREADS:
+        torch.set_num_threads(t)
+        step(x)  # warm-up at this thread count
+        before, t0 = thread_cpu_seconds(), time.perf_counter()
+        for _ in range(steps):
+            step(x)
+        wall = (time.perf_counter() - t0) / steps
+        after = thread_cpu_seconds()
+        busy = sorted(((after[k] - before.get(k, 0.0)) / steps for k in after), reverse=True)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(2):
+                step(x)
+        ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        result[t] = {
+            "wall_s_per_step": wall,
+            "thread_cpu_s_per_step": [round(b, 3) for b in busy if b > 0.005],
+            "top_ops_self_cpu_s_per_step": {
+                e.key: round(e.self_cpu_time_total / 2e6, 4) for e in ops[:top]
+            },
+        }
+    return result
+
+
+def profile_table(prof: dict) -> str:
+    keys = list(prof[THREADS[0]]["top_ops_self_cpu_s_per_step"])
+    lines = ["| operation (own CPU time, s per step) | 1 thread | 2 threads |", "|---|---:|---:|"]
+    for k in keys:
+        cells = [prof[t]["top_ops_self_cpu_s_per_step"].get(k) for t in THREADS]
+        lines.append(f"| `{k}` | " + " | ".join("" if c is None else f"{c:.3f}" for c in cells)
+                     + " |")  # fmt: skip
+    lines.append("| wall time per step | " + " | ".join(
+        f"{prof[t]['wall_s_per_step']:.3f}" for t in THREADS) + " |")  # fmt: skip
+    lines.append("| CPU s per step of each busy OS thread | " + " | ".join(
+        ", ".join(f"{c:.2f}" for c in prof[t]["thread_cpu_s_per_step"]) for t in THREADS
+    ) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def summarize(times: dict[str, list[float]]) -> dict:
     """Medians over rounds of each time, of each model's scaling and of SSAMBA / SSAST."""
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -104,6 +174,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=2, help="(default: 2)")
     ap.add_argument("--modes", default="train,inference", help="(default: train,inference)")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw times here")
+    ap.add_argument("--profile", action="store_true",
+                    help="then profile SSAMBA's training step on 1 and 2 threads")  # fmt: skip
     args = ap.parse_args()
     keep_freed_memory()  # as the ssamba command does
     results = {}
@@ -113,12 +185,18 @@ def main() -> int:
     from ssamba.ops.cpu_threads import dispatch
 
     meta = {"tokens": args.tokens, "batch": args.batch, "rounds": args.rounds,
-            "kernel_dispatch": dispatch(), "torch": torch.__version__}  # fmt: skip
+            "kernel_dispatch": dispatch(), "torch": torch.__version__,
+            "load_1m": os.getloadavg()[0]}  # fmt: skip
+    prof = profile(args.tokens, args.batch) if args.profile else None
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        raw = {"meta": meta, "results": results, "profile": prof}
+        args.json.write_text(json.dumps(raw, indent=1))
     print(meta)
     print(table(results))
+    if prof:
+        print()
+        print(profile_table(prof))
     return 0
 
 

@@ -36,7 +36,7 @@ from ssamba.errors import AudioError, UsageError
 from ssamba.fileio import atomic_write_json
 from ssamba.recipes import list_recipes
 
-MANIFEST_HELP = "SSAST JSON, CSV, list of paths, or a folder of audio"
+MANIFEST_HELP = "SSAST JSON, CSV, list of paths (PATH:SPLIT: one split), or a folder of audio"
 
 
 def register(subparsers) -> None:

@@ -381,8 +381,9 @@ def add_probe_options(p, options: ConfigOptions) -> None:
         "chooses the L2 weight: pass a validation split, not your final test set.",
     )
     options.add(g, "probe", "a labelled set to probe, repeatable: TRAIN,TEST manifests, or TRAIN "
-                "alone (20%% of it, stratified, held out as TEST); NAME= names it (default: none; "
-                "a set's name: TRAIN's parent folder)", action="append",
+                "alone (its valid rows as TEST when it has a split column, else 20%% of it, "
+                "stratified, held out as TEST); PATH:SPLIT takes one split; NAME= names it "
+                "(default: none; a set's name: TRAIN's parent folder)", action="append",
                 metavar="[NAME=]TRAIN[,TEST]")  # fmt: skip
     options.add(g, "probe_every", "probe every N steps; 0: at every evaluation (--eval-every); "
                 "always at step 0 and at the end", type=non_negative_int,

@@ -193,6 +193,8 @@ def test_every_command_accepts_or_clearly_refuses_every_input_form(
         assert code == 2, captured.out + captured.err
         line = one_error_line(captured.err, spec, FORM_WORDS[form], "takes")
         assert f"`ssamba {command.split()[0]}" in line
+        if form in ("data set folder", "shards", "audio file"):  # and what to pass instead
+            assert "; pass " in line, line
         assert not (out / "run.json").exists()
         return
     assert code == 0, captured.err

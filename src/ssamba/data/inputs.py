@@ -173,6 +173,14 @@ def describe_forms(kinds: Iterable[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
+# What to pass instead of a form that is refused, where one thing is the obvious choice.
+_INSTEAD = {
+    DATASET_FOLDER: "; pass one of its manifests (PATH or PATH:SPLIT)",
+    SHARDS: "; pass the manifest the shards were made from",
+    AUDIO_FILE: "; pass its folder, or a manifest that lists it",
+}
+
+
 def check_input(spec: str | os.PathLike, accepted: Iterable[str], user: str) -> InputForm:
     """The form of ``spec`` when ``user`` (``ssamba probe --train``, say) takes it; else a
     ManifestError naming the path, its form and the forms ``user`` takes. A missing path is
@@ -180,9 +188,7 @@ def check_input(spec: str | os.PathLike, accepted: Iterable[str], user: str) -> 
     form = input_form(spec)
     accepted = frozenset(accepted)
     if form.kind != MISSING and form.kind not in accepted:
-        instead = ""
-        if form.kind == DATASET_FOLDER and form.kind not in accepted:
-            instead = "; pass one of its manifests (PATH or PATH:SPLIT)"
+        instead = _INSTEAD.get(form.kind, "")
         raise ManifestError(
             f"{form.spec} is {form.describe()}; {user} takes {describe_forms(accepted)}{instead}"
         )

@@ -1,11 +1,16 @@
 """K-fold cross-validation of fine-tuning, reported as the recipes say (``ssamba crossval``).
 
 A prepared dataset (``ssamba prepare esc50|urbansound8k|iemocap``) holds ``fold{k}_train`` and
-``fold{k}_eval`` manifests (CSV, or SSAST JSON). For each fold ``k`` :func:`crossval` fine-tunes
-(:func:`ssamba.finetune.finetune`) on ``fold{k}_train`` into ``OUT/fold{k}``, evaluating on
-``fold{k}_eval`` after every epoch (``--eval-every``), and reports, per the recipes' protocol,
-the evaluation-fold metric **after the last epoch**, then its mean over the folds. The best epoch's
-metric is reported too, marked as optimistic: it is chosen on the evaluation fold itself.
+``fold{k}_eval`` manifests (CSV, or SSAST JSON). A manifest whose split column names the folds
+(``fold1`` .. ``foldK``, as the ``all.csv`` of a prepared folder) serves as well: fold ``k``
+trains on the rows of the other folds and evaluates on those of ``fold{k}`` (written to
+``OUT/folds/``); ``PATH:fold{k}`` runs that fold only, as ``folds=[k]``.
+
+For each fold ``k`` :func:`crossval` fine-tunes (:func:`ssamba.finetune.finetune`) on
+``fold{k}_train`` into ``OUT/fold{k}``, evaluating on ``fold{k}_eval`` after every epoch
+(``--eval-every``), and reports, per the recipes' protocol, the evaluation-fold metric **after
+the last epoch**, then its mean over the folds. The best epoch's metric is reported too, marked
+as optimistic: it is chosen on the evaluation fold itself.
 
 Settings: defaults < recipe (``--recipe``, else the task named in ``prepare.json``) < explicit
 options, exactly as ``ssamba finetune``. Resumable: a fold whose ``summary.json`` shows it ran to
@@ -23,7 +28,9 @@ refused (use another ``--out`` or ``--overwrite``). ``folds=[1, 3]`` runs a subs
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -32,8 +39,10 @@ import re
 from pathlib import Path
 
 from ssamba.configs import FinetuneConfig
-from ssamba.errors import RecipeError, TrainingError
-from ssamba.fileio import atomic_write_json
+from ssamba.data import Manifest, check_input, input_form, read_manifest
+from ssamba.data.inputs import DATASET_FOLDER, MANIFEST, SPLIT
+from ssamba.errors import ManifestError, RecipeError, TrainingError, UsageError
+from ssamba.fileio import atomic_write_json, atomic_write_text
 from ssamba.finetune import finetune
 from ssamba.recipes import load_recipe, recipe_name
 from ssamba.training import METRICS, RESUMABLE_CHANGES, RUN_FILE, SUMMARY_FILE, read_metrics
@@ -43,6 +52,10 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "crossval.json"
 CONFIG_FILE = "crossval_config.json"
 _FOLD_FILE = re.compile(r"^fold(\d+)_(train|eval)\.(csv|json)$")
+_FOLD_SPLIT = re.compile(r"^fold(\d+)$")
+FOLDS_FOLDER = "folds"  # OUT/folds: the fold manifests drawn from a manifest's split column
+#: What ``--prepared`` takes: a prepared folder, a manifest whose splits are folds, one fold.
+FOLD_INPUTS = frozenset({DATASET_FOLDER, MANIFEST, SPLIT})
 _PER_FOLD = {"train", "valid", "test", "out"}  # set for each fold
 
 
@@ -65,9 +78,43 @@ def find_folds(prepared: str | os.PathLike) -> dict[int, tuple[Path, Path]]:
     return folds
 
 
+def fold_splits(manifest: Manifest) -> dict[int, str]:
+    """``{k: "fold{k}"}`` of a manifest whose split column names folds; a ManifestError
+    naming its splits otherwise."""
+    folds = {int(m[1]): name for name in manifest.splits() if (m := _FOLD_SPLIT.match(name))}
+    if not folds or len(folds) != len(manifest.splits()):
+        found = ", ".join(manifest.splits()) or "no split column"
+        raise ManifestError(
+            f"{manifest.source}: its splits are not folds ({found}); cross-validation takes a "
+            "split column naming them fold1 .. foldK (as the all.csv of `ssamba prepare`)"
+        )
+    return dict(sorted(folds.items()))
+
+
+def write_fold_manifests(manifest: Manifest, folder: Path) -> dict[int, tuple[Path, Path]]:
+    """``{k: (fold{k}_train.csv, fold{k}_eval.csv)}`` written into ``folder``: fold ``k``'s
+    rows to evaluate, the other folds' rows to train on (absolute paths)."""
+    available = {}
+    for k, name in fold_splits(manifest).items():
+        parts = {
+            "train": [ex for ex in manifest if ex.split != name],
+            "eval": [ex for ex in manifest if ex.split == name],
+        }
+        for part, examples in parts.items():
+            text = io.StringIO()
+            writer = csv.writer(text, lineterminator="\n")
+            writer.writerow(["path", "label"])
+            writer.writerows([ex.path.resolve(), ";".join(ex.labels)] for ex in examples)
+            atomic_write_text(folder / f"fold{k}_{part}.csv", text.getvalue())
+        available[k] = (folder / f"fold{k}_train.csv", folder / f"fold{k}_eval.csv")
+    return available
+
+
 def recipe_from_prepared(prepared: str | os.PathLike) -> str | None:
-    """The task ``ssamba prepare`` recorded in ``prepare.json`` (None if absent/unknown)."""
-    report = Path(prepared) / "prepare.json"
+    """The task ``ssamba prepare`` recorded in ``prepare.json`` (None if absent/unknown) of
+    ``prepared``, or of the folder of a manifest (``PREPARED/all.csv``) given instead."""
+    folder = input_form(prepared).path
+    report = (folder if folder.is_dir() else folder.parent) / "prepare.json"
     if not report.is_file():
         return None
     try:
@@ -131,11 +178,23 @@ def crossval(
     recipe: str | None = None,
     device: str | None = None,
 ) -> dict:
-    """Run the folds of ``prepared`` with the settings of ``template`` (its train/valid/test/out
-    are replaced per fold) and return the results (also written to ``OUT/crossval.json``).
-    ``recipe`` names the task whose protocol text and expected fold count are reported."""
-    prepared, out = Path(prepared), Path(out)
-    available = find_folds(prepared)
+    """Run the folds of ``prepared`` (a prepared folder, or a manifest whose split column names
+    the folds; ``PATH:fold{k}``: fold ``k`` only) with the settings of ``template`` (its
+    train/valid/test/out are replaced per fold) and return the results (also written to
+    ``OUT/crossval.json``). ``recipe`` names the task whose protocol text and expected fold
+    count are reported."""
+    form = check_input(prepared, FOLD_INPUTS, "`ssamba crossval --prepared`")
+    out = Path(out)
+    whole = None
+    if form.kind in (MANIFEST, SPLIT):
+        whole = read_manifest(form.path)
+        if form.split is not None:
+            folds = _the_fold(whole, form.split, folds)
+        prepared = Path(form.path)
+        available = {k: (Path(), Path()) for k in fold_splits(whole)}
+    else:
+        prepared = form.path
+        available = find_folds(prepared)
     chosen = sorted(available) if folds is None else folds
     missing = [k for k in chosen if k not in available]
     if missing:
@@ -148,12 +207,25 @@ def crossval(
                     info["name"], info["folds"])  # fmt: skip
     main = int(os.environ.get("RANK", "0")) == 0
     _record_settings(template, prepared, out, info.get("name"), main)
+    if whole is not None:  # every rank writes the same files, atomically
+        available = write_fold_manifests(whole, out / FOLDS_FOLDER)
     for k in chosen:
         _run_fold(template, k, available[k], out / f"fold{k}", main, device)
     summary = _summarise(template, prepared, out, available, info)
     if main:
         atomic_write_json(out / RESULT_FILE, summary)
     return summary
+
+
+def _the_fold(manifest: Manifest, split: str, folds: list[int] | None) -> list[int]:
+    """``[k]`` for ``PATH:fold{k}``; refused with ``folds`` naming others."""
+    k = next((k for k, name in fold_splits(manifest).items() if name == split), None)
+    if k is None:
+        raise ManifestError(f"{manifest.source}: no split {split!r} (splits: "
+                            f"{', '.join(manifest.splits())})")  # fmt: skip
+    if folds is not None and folds != [k]:
+        raise UsageError(f"{manifest.source}:{split} names fold {k}; --folds asks for {folds}")
+    return [k]
 
 
 def _record_settings(template, prepared: Path, out: Path, recipe: str | None, main: bool) -> None:
@@ -229,6 +301,7 @@ def _summarise(template, prepared: Path, out: Path, available: dict, info: dict)
 __all__ = [
     "crossval",
     "find_folds",
+    "fold_splits",
     "fold_result",
     "recipe_from_prepared",
 ]

@@ -43,7 +43,8 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from ssamba.data import AUDIO_EXTENSIONS, read_manifest
+from ssamba.data import DECODED_INPUTS, check_input, read_manifest
+from ssamba.data.inputs import AUDIO_FILE, AUDIO_FOLDER, MISSING
 from ssamba.embeddings import Embeddings, model_fingerprint
 from ssamba.errors import UsageError
 from ssamba.fileio import (
@@ -54,6 +55,9 @@ from ssamba.fileio import (
     lock_folder,
     remove_temporaries,
 )
+
+#: What ``ssamba embed`` takes: every form a decoding reader takes, and audio files.
+EMBEDDED_INPUTS = DECODED_INPUTS | {AUDIO_FILE}
 
 __all__ = [
     "FORMATS",
@@ -78,17 +82,19 @@ FORMATS = ("npy", "npz", "safetensors")
 
 def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[Path, Path]]:
     """(file, base folder) for every audio file named by ``inputs`` (files, folders searched
-    recursively, manifests), absolute, each file once."""
+    recursively, manifests, ``PATH:SPLIT``, data set folders), absolute, each file once. Tar
+    shards are refused (their clips are not files: embed the manifest they were made from)."""
     found: list[tuple[Path, Path]] = []
     for item in inputs:
-        path = Path(item).expanduser()
-        if not path.exists():
+        form = check_input(item, EMBEDDED_INPUTS, "`ssamba embed`")
+        path = form.path
+        if form.kind == MISSING:
             raise UsageError(f"{path}: no such file or folder")
-        if path.suffix.lower() in AUDIO_EXTENSIONS and not path.is_dir():
+        if form.kind == AUDIO_FILE:
             found.append((path, path.parent))
             continue
-        examples = read_manifest(path, ignore_labels=True)
-        if path.is_dir():  # names below the folder given
+        examples = read_manifest(item, ignore_labels=True)
+        if form.kind == AUDIO_FOLDER:  # names below the folder given
             found.extend((ex.path, path) for ex in examples)
         else:  # a manifest: names below each file's own folder
             found.extend((ex.path, ex.path.parent) for ex in examples)

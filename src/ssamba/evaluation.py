@@ -523,12 +523,13 @@ def _refuse_duplicates(manifest: Manifest) -> None:
     """A file listed twice would count twice in every metric."""
     seen: set = set()
     for ex in manifest.examples:
-        if ex.path in seen:
+        key = (ex.path, ex.offset)  # a shard holds many clips, each at its own offset
+        if key in seen:
             raise EvaluationError(
                 f"{manifest.source}: {ex.path} is listed more than once (it would count twice); "
                 "remove the duplicate rows (`ssamba check-data` lists them)"
             )
-        seen.add(ex.path)
+        seen.add(key)
 
 
 def _num_outputs(model: AudioModel, classes: Sequence[str] | None) -> int:

@@ -36,7 +36,14 @@ import torch.nn as nn
 
 from ssamba.checkpoints import load_model, model_stats
 from ssamba.configs import OBJECTIVES, PretrainConfig, parse_probe_spec
-from ssamba.data import AudioDataset, Manifest, drop_bad, read_manifest, read_splits
+from ssamba.data import (
+    DECODED_INPUTS,
+    AudioDataset,
+    Manifest,
+    check_input,
+    drop_bad,
+    read_splits,
+)
 from ssamba.embeddings import POOLINGS, model_device, resolve_layers
 from ssamba.errors import AudioError, ManifestError, SsambaError, TrainingError, UsageError
 from ssamba.models.model import create_model
@@ -350,7 +357,7 @@ def read_probe_sets(cfg: PretrainConfig) -> list[ProbeSet]:
     for spec in cfg.probe:
         name, train_path, test_path = parse_probe_spec(spec)
         try:
-            train, test = _probe_manifests(train_path, test_path, cfg.seed)
+            train, test = _probe_manifests(train_path, test_path, cfg.seed, cfg.allow_overlap)
         except (SsambaError, OSError) as err:
             raise UsageError(f"--probe {spec}: {err}") from None
         name = _unique_name(name or _default_probe_name(train_path), {s.name for s in sets})
@@ -359,13 +366,20 @@ def read_probe_sets(cfg: PretrainConfig) -> list[ProbeSet]:
     return sets
 
 
-def _probe_manifests(train_path: str, test_path: str | None, seed: int):
-    train = read_manifest(train_path)
+def _probe_manifests(train_path: str, test_path: str | None, seed: int, allow_overlap: bool):
+    """TRAIN and TEST of a probe set, read as ``--train``/``--valid`` are (PATH:SPLIT; a
+    manifest with a split column: its train rows, and its valid rows as TEST unless TEST is
+    given); TEST held out of TRAIN when neither gives one."""
+    for path in (train_path, test_path):
+        if path is not None:
+            check_input(path, DECODED_INPUTS, "`ssamba pretrain --probe`")
+    sets = read_splits(train_path, test_path, roles=("train", "valid"), allow_overlap=allow_overlap)
+    train, test = sets["train"], sets["valid"]
     if not train.labeled:
         raise UsageError(f"{train_path}: no labels; the probe needs a labelled manifest")
-    if test_path is None:
+    if test is None:
         return holdout_split(train, PROBE_HOLDOUT, seed)
-    return train, read_manifest(test_path, train.classes, multilabel=train.multilabel)
+    return train, test
 
 
 def _default_probe_name(train_path: str) -> str:

@@ -286,6 +286,18 @@ def unit_fraction(text: str) -> float:
     return value
 
 
+# ---------------------------------------------------------------------------- audio inputs
+def check_input_forms(command: str, accepted: Iterable[str], **options: str | None) -> None:
+    """Refuse, in one line naming it, a ``--option`` value of a form that ``ssamba COMMAND``
+    does not take (:func:`ssamba.data.check_input` recognises the form; ``accepted``: e.g.
+    ``ssamba.data.STREAMED_INPUTS``). Imported on call: ``ssamba.data`` loads torch."""
+    from ssamba.data import check_input
+
+    for option, value in options.items():
+        if value is not None:
+            check_input(value, accepted, f"`ssamba {command} --{option.replace('_', '-')}`")
+
+
 # ---------------------------------------------------------------------------- output folders
 def prepare_output(path: str | os.PathLike, overwrite: bool, what: str = "output") -> Path:
     """Refuse to replace existing output unless ``overwrite``; then clear it. Returns the path.

@@ -16,6 +16,7 @@ from ssamba.cli.common import (
     add_command,
     add_out,
     add_overwrite,
+    check_input_forms,
     non_negative_int,
     positive_float,
     positive_int,
@@ -82,11 +83,13 @@ def add_dasl_parser(subparsers) -> None:
 
 def run_dasl(args) -> int:
     from ssamba.dasl import train_dasl
+    from ssamba.data import DECODED_INPUTS
     from ssamba.training import configure_logging
     from ssamba.training.run_folder import check_new_run
 
     check_device(args.device)
     cfg = DaslConfig(**config_values(args, DaslConfig))
+    check_input_forms("dasl", DECODED_INPUTS, train=cfg.train, valid=cfg.valid, test=cfg.test)
     check_model_conflict(given_model(args), cfg.checkpoint)
     check_new_run(cfg.out, cfg.resume, cfg.overwrite)  # before the model is loaded
     configure_logging(is_main_process())
@@ -140,7 +143,9 @@ def add_dasl_build_parser(subparsers) -> None:
 
 def run_dasl_build(args) -> int:
     from ssamba.dasl import build_dasl_mixtures
+    from ssamba.data import ONE_SET_INPUTS, check_input
 
+    check_input(args.manifest, ONE_SET_INPUTS, "`ssamba dasl-build`")
     DaslBuildConfig(args.seconds, args.mode, args.name, args.seed, args.on_bad_file)  # checks
     out = Path(args.out)
     for path in (out / f"{args.name}.csv", out / f"{args.name}.sources.json", out / args.name):

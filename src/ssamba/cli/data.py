@@ -36,7 +36,7 @@ from ssamba.errors import AudioError, UsageError
 from ssamba.fileio import atomic_write_json
 from ssamba.recipes import list_recipes
 
-MANIFEST_HELP = "SSAST JSON, CSV, list of paths, or a folder of audio"
+MANIFEST_HELP = "SSAST JSON, CSV, list of paths (PATH:SPLIT: one split), or a folder of audio"
 
 
 def register(subparsers) -> None:
@@ -101,8 +101,9 @@ def _add_stats(subparsers) -> None:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from ssamba.data import compute_stats, read_manifest
+    from ssamba.data import DECODED_INPUTS, check_input, compute_stats, read_manifest
 
+    check_input(args.manifest, DECODED_INPUTS, "`ssamba stats`")
     _refuse_existing(args.out, args.overwrite, "stats file")
     manifest = read_manifest(args.manifest, ignore_labels=True)
     try:
@@ -166,8 +167,9 @@ def _add_check_data(subparsers) -> None:
 
 
 def run_check_data(args: argparse.Namespace) -> int:
-    from ssamba.data import check_data, read_manifest
+    from ssamba.data import DECODED_INPUTS, check_data, check_input, read_manifest
 
+    check_input(args.manifest, DECODED_INPUTS, "`ssamba check-data`")
     _refuse_existing(args.out, args.overwrite, "report")
     manifest = read_manifest(args.manifest, classes=args.classes)
     report = check_data(
@@ -537,8 +539,9 @@ def _add_shard(subparsers) -> None:
 def run_shard(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from ssamba.data import parse_size, read_manifest, write_shards
+    from ssamba.data import ONE_SET_INPUTS, check_input, parse_size, read_manifest, write_shards
 
+    check_input(args.manifest, ONE_SET_INPUTS, "`ssamba shard`")
     size = parse_size(args.shard_size)
     manifest = read_manifest(args.manifest)
     out = prepare_output(args.out, args.overwrite, "output folder")

@@ -42,7 +42,8 @@ def register(subparsers) -> None:
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="audio files, folders (searched recursively) or manifests (JSON, CSV, list)",
+        help="audio files, folders (searched recursively), manifests (JSON, CSV, list; "
+        "PATH:SPLIT: one split) or data set folders",
     )
     add_checkpoint(p, help="save_pretrained folder, official .pth, or preset name (random weights)")
     add_out(p)

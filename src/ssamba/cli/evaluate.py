@@ -24,6 +24,7 @@ from ssamba.cli.common import (
     add_overwrite,
     add_progress,
     add_workers,
+    check_input_forms,
     non_negative_float,
     positive_int,
     prepare_output,
@@ -101,10 +102,12 @@ def _register_probe(subparsers) -> None:
 
 
 def run_probe(args: argparse.Namespace) -> int:
+    from ssamba.data import DECODED_INPUTS
     from ssamba.embeddings import resolve_layers
     from ssamba.probe import linear_probe
 
     check_window(args)
+    check_input_forms("probe", DECODED_INPUTS, train=args.train, valid=args.valid, test=args.test)
     out = check_folder_target(args.out, "probe's output folder")
     if not args.overwrite:
         prepare_output(out / RESULTS_FILE, False, "output")
@@ -233,9 +236,11 @@ def _register_evaluate(subparsers) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ssamba.data import read_class_list
+    from ssamba.data import check_input, read_class_list
+    from ssamba.data.inputs import ONE_SET_INPUTS, SHARDS
     from ssamba.evaluation import MetricWarning, evaluate_model, find_class_list
 
+    check_input(args.manifest, ONE_SET_INPUTS | {SHARDS}, "`ssamba evaluate`")
     checkpoint = either(args, "checkpoint", "legacy_checkpoint", "-c/--checkpoint")
     if args.legacy_checkpoint is not None:
         print("warning: `ssamba evaluate CKPT MANIFEST` is deprecated and goes in the next "

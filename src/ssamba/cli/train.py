@@ -32,6 +32,7 @@ from ssamba.cli.common import (
     add_overwrite,
     add_progress,
     add_workers,
+    check_input_forms,
     fraction,
     hidden_alias,
     non_negative_float,
@@ -380,8 +381,9 @@ def add_probe_options(p, options: ConfigOptions) -> None:
         "chooses the L2 weight: pass a validation split, not your final test set.",
     )
     options.add(g, "probe", "a labelled set to probe, repeatable: TRAIN,TEST manifests, or TRAIN "
-                "alone (20%% of it, stratified, held out as TEST); NAME= names it (default: none; "
-                "a set's name: TRAIN's parent folder)", action="append",
+                "alone (its valid rows as TEST when it has a split column, else 20%% of it, "
+                "stratified, held out as TEST); PATH:SPLIT takes one split; NAME= names it "
+                "(default: none; a set's name: TRAIN's parent folder)", action="append",
                 metavar="[NAME=]TRAIN[,TEST]")  # fmt: skip
     options.add(g, "probe_every", "probe every N steps; 0: at every evaluation (--eval-every); "
                 "always at step 0 and at the end", type=non_negative_int,
@@ -401,12 +403,14 @@ def add_probe_options(p, options: ConfigOptions) -> None:
 
 
 def run_pretrain(args) -> int:
+    from ssamba.data import STREAMED_INPUTS
     from ssamba.pretrain import pretrain
     from ssamba.training import configure_logging
     from ssamba.training.run_folder import check_new_run
 
     check_device(args.device)
     cfg = pretrain_config(args)
+    check_input_forms("pretrain", STREAMED_INPUTS, train=cfg.train, valid=cfg.valid)
     check_model_conflict(given_model(args), cfg.checkpoint)
     check_new_run(cfg.out, cfg.resume, cfg.overwrite)  # before the model is loaded
     configure_logging(is_main_process())
@@ -522,12 +526,14 @@ def finetune_config(args, recipe: str | None = None, **fixed) -> FinetuneConfig:
 
 
 def run_finetune(args) -> int:
+    from ssamba.data import STREAMED_INPUTS
     from ssamba.finetune import finetune
     from ssamba.training import configure_logging
     from ssamba.training.run_folder import check_new_run
 
     check_device(args.device)
     cfg = finetune_config(args, args.recipe)
+    check_input_forms("finetune", STREAMED_INPUTS, train=cfg.train, valid=cfg.valid, test=cfg.test)
     check_model_conflict(given_model(args), cfg.checkpoint)
     check_new_run(cfg.out, cfg.resume, cfg.overwrite)  # before the model is loaded
     configure_logging(is_main_process())
@@ -573,7 +579,10 @@ def add_crossval_parser(subparsers) -> None:
             "`--config OUT/crossval_config.json` replays a cross-validation."
         ),
     )
-    p.add_argument("--prepared", required=True, help="folder written by `ssamba prepare`")
+    p.add_argument("--prepared", required=True, metavar="PREPARED",
+                   help="folder written by `ssamba prepare`, or a manifest whose split column "
+                   "names the folds fold1 .. foldK (PREPARED/all.csv); PATH:foldK: that fold "
+                   "only")  # fmt: skip
     p.add_argument(
         "--folds", type=fold_list, help="subset of folds, e.g. 1,2 or 1-3 (default: all)"
     )

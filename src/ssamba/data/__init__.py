@@ -2,6 +2,9 @@
 
 One module per concern (every public name is importable from ``ssamba.data`` too):
 
+- :mod:`.inputs`: :func:`input_form` (what a path given as audio input is: a manifest,
+  ``PATH:SPLIT``, a folder of audio, a data set folder, shards, an audio file) and
+  :func:`check_input` (a form a command does not take, refused in one line);
 - :mod:`.manifest`: :class:`Example`, :class:`Manifest`, :func:`read_manifest` (every manifest
   format) and :func:`read_class_list` (every class-list format);
 - :mod:`.checks`: :func:`check_data` (:class:`DataReport`) and :func:`compute_stats` (the fbank
@@ -26,6 +29,14 @@ from ssamba.data.checks import (
     map_files,
 )
 from ssamba.data.dataset import AudioDataset, drop_bad, item_generator, read_window
+from ssamba.data.inputs import (
+    DECODED_INPUTS,
+    ONE_SET_INPUTS,
+    STREAMED_INPUTS,
+    InputForm,
+    check_input,
+    input_form,
+)
 from ssamba.data.manifest import (
     AUDIO_EXTENSIONS,
     Example,
@@ -52,6 +63,10 @@ from ssamba.errors import ManifestError
 __all__ = [
     "AUDIO_EXTENSIONS",
     "BAD_FILE_POLICIES",
+    "DECODED_INPUTS",
+    "ONE_SET_INPUTS",
+    "STREAMED_INPUTS",
+    "InputForm",
     "AudioDataset",
     "DataReport",
     "EpochSampler",
@@ -61,11 +76,13 @@ __all__ = [
     "ManifestWarning",
     "ShardStream",
     "check_bad_file_policy",
+    "check_input",
     "check_data",
     "class_balanced_weights",
     "compute_stats",
     "drop_bad",
     "expand_braces",
+    "input_form",
     "is_shard_spec",
     "item_generator",
     "make_loader",

@@ -201,9 +201,10 @@ def check_data(
 
 
 def duplicate_problems(manifest: Manifest) -> list[tuple[Path, str]]:
-    """One problem per file listed more than once (it would count twice in an evaluation)."""
-    counts = Counter(ex.path for ex in manifest.examples)
-    return [(p, f"listed {n} times in the manifest") for p, n in counts.items() if n > 1]
+    """One problem per file listed more than once (it would count twice in an evaluation); the
+    clips of a tar shard are told apart by their offset."""
+    counts = Counter((ex.path, ex.offset) for ex in manifest.examples)
+    return [(p, f"listed {n} times in the manifest") for (p, _), n in counts.items() if n > 1]
 
 
 def _label_problems(path: Path, labels: Sequence[str], known: set[str]) -> list[tuple[Path, str]]:

@@ -11,7 +11,12 @@
 - unlabeled audio for pretraining: a folder of audio files (searched recursively) or a text file
   with one path per line; any labeled manifest can be read with ``ignore_labels=True`` too;
 - WebDataset tar shards (``ssamba shard``): ``DIR/shard-{000000..000123}.tar``, one ``.tar``, or
-  a shard folder; each example is a clip inside a shard (:attr:`Example.offset`).
+  a shard folder; each example is a clip inside a shard (:attr:`Example.offset`);
+- a data set folder (``ssamba prepare``, ``ssamba data``): its manifest of every split
+  (``all.csv``, ``manifest.csv``, ...).
+
+What a path is (one of these forms, ``PATH:SPLIT``, or an audio file) is decided in one place,
+:func:`ssamba.data.inputs.input_form`.
 
 Relative paths resolve against the manifest's folder. Class order is deterministic: the order of the
 ``class_labels_indices.csv`` index, sorted names otherwise, or the ``classes`` passed in (so a test
@@ -35,13 +40,19 @@ from pathlib import Path
 import torch
 
 from ssamba.constants import CLASS_LABELS_FILE
-from ssamba.data.shardfiles import is_shard_spec, shard_members
+from ssamba.data.inputs import (
+    AUDIO_EXTENSIONS,
+    AUDIO_FILE,
+    DATASET_FOLDER,
+    MISSING,
+    SHARDS,
+    input_form,
+    manifests_in,
+    split_spec,
+)
+from ssamba.data.shardfiles import shard_members
 from ssamba.errors import ManifestError
 
-AUDIO_EXTENSIONS = frozenset(
-    {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".au"}
-    | {".wma", ".webm", ".mka", ".caf", ".w64", ".rf64", ".sph", ".nist"}
-)
 _PATH_COLUMNS = ("path", "wav", "file", "filename")
 _LABEL_COLUMNS = ("label", "labels")
 _LABEL_SPLIT = re.compile(r"[;,]")
@@ -169,13 +180,17 @@ def read_manifest(
     """
     if split is None and isinstance(path, (str, os.PathLike)):
         path, split = split_spec(path)
-    if is_shard_spec(path):
-        fmt, examples, where, classes = _read_shards(path, classes)
-        path = Path(path).expanduser()
+    form = input_form(path)
+    path = form.path
+    if form.kind == SHARDS:
+        fmt, examples, where, classes = _read_shards(os.fspath(form.spec), classes)
     else:
-        path = Path(path).expanduser()
-        if not path.exists():
+        if form.kind == MISSING:
             raise ManifestError(f"{path}: manifest not found")
+        if form.kind == AUDIO_FILE:
+            raise ManifestError(f"{path}: this is an audio file, not a manifest (pass its folder)")
+        if form.kind == DATASET_FOLDER:  # stands for its manifest of every split
+            path = form.whole_set_manifest()
         fmt, examples, where = _read_examples(path, ignore_labels)
         _refuse_self_reference(path, examples, where)
     if fmt == "json" and classes is None and not ignore_labels:
@@ -220,20 +235,6 @@ SPLIT_NAMES = {
     "valid": ("valid", "validation", "val", "dev"),
     "test": ("test", "eval", "evaluation"),
 }
-_SPLIT_SUFFIX = re.compile(r"^(.+):([A-Za-z0-9_.-]+)$")
-
-
-def split_spec(spec: str | os.PathLike) -> tuple[str, str | None]:
-    """``"data.csv:valid"`` -> ``("data.csv", "valid")``. A path that exists as given (a colon
-    in a file name) or has no ``:SPLIT`` suffix whose ``PATH`` exists is returned whole, with
-    no split."""
-    text = os.fspath(spec)
-    if os.path.exists(os.path.expanduser(text)):
-        return text, None
-    match = _SPLIT_SUFFIX.match(text)
-    if match and (os.path.exists(os.path.expanduser(match[1])) or is_shard_spec(match[1])):
-        return match[1], match[2]
-    return text, None
 
 
 def role_split(manifest: Manifest, role: str) -> str | None:
@@ -493,6 +494,11 @@ def _read_folder(root: Path, ignore_labels: bool) -> list[Example]:
         p for p in files if not any(part.startswith(".") for part in p.relative_to(root).parts)
     ]
     if not files:
+        held = ", ".join(p.name for p in manifests_in(root)[:6])
+        if held:
+            raise ManifestError(
+                f"{root}: no audio files found; it holds manifests ({held}): pass one of them"
+            )
         raise ManifestError(
             f"{root}: no audio files found (extensions: {', '.join(sorted(AUDIO_EXTENSIONS))})"
         )

@@ -18,12 +18,19 @@ from pathlib import Path
 
 import soundfile as sf
 
-from ssamba.data.manifest import AUDIO_EXTENSIONS
+from ssamba.data.inputs import (
+    AUDIO_EXTENSIONS,
+    AUDIO_FILE,
+    AUDIO_FOLDER,
+    check_input,
+)
 from ssamba.errors import AudioError, UsageError
 from ssamba.fileio import atomic_write, atomic_write_text
 
 SEGMENT_FORMATS = {"flac": "FLAC", "wav": "WAV"}
 MANIFEST_NAME = "manifest.csv"
+#: What ``ssamba segment`` cuts: recordings (audio files), and every audio file under a folder.
+RECORDING_INPUTS = frozenset({AUDIO_FILE, AUDIO_FOLDER})
 
 
 def find_recordings(inputs: Sequence[str | os.PathLike]) -> list[tuple[Path, Path]]:
@@ -31,7 +38,7 @@ def find_recordings(inputs: Sequence[str | os.PathLike]) -> list[tuple[Path, Pat
     under an input folder, in a deterministic order; two recordings may not share a stem."""
     found: list[tuple[Path, Path]] = []
     for item in inputs:
-        p = Path(item).expanduser()
+        p = check_input(item, RECORDING_INPUTS, "`ssamba segment`").path
         if p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS)
             found += [(f, f.relative_to(p).with_suffix("")) for f in files if f.is_file()]
@@ -40,7 +47,7 @@ def find_recordings(inputs: Sequence[str | os.PathLike]) -> list[tuple[Path, Pat
         else:
             raise UsageError(f"{p}: no such file or folder")
     if not found:
-        raise UsageError("no audio recordings in the inputs")
+        raise UsageError(f"no audio recordings in {', '.join(map(str, inputs))}")
     seen: dict[Path, Path] = {}
     for path, stem in found:
         if stem in seen:

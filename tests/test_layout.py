@@ -24,6 +24,7 @@ LAYERS = {
     "ssamba.constants": 0,
     "ssamba.fileio": 0,
     "ssamba.allocator": 0,
+    "ssamba.metrics": 0,
     "ssamba.audio": 1,
     "ssamba.ops": 1,
     "ssamba.models": 2,
@@ -239,3 +240,12 @@ def test_no_long_functions_outside_the_kernels():
                 if lines > 80:
                     long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({lines})")
     assert long == [], long
+
+
+def test_metrics_are_plain_numpy():
+    """ssamba.metrics sits below every scoring task: numpy only, no torch, none of our layers."""
+    tree = ast.parse((PKG / "metrics.py").read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not {m for m in imported if m.split(".")[0] == "torch"}, imported
+    assert {m for m in imported if m.startswith("ssamba")} <= {"ssamba.errors"}, imported

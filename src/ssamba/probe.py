@@ -45,8 +45,8 @@ from tqdm import tqdm
 from ssamba.data import Manifest, check_no_overlap, read_manifest, read_splits
 from ssamba.embeddings import embed_files, layer_columns, model_fingerprint, resolve_layers
 from ssamba.errors import UsageError
-from ssamba.evaluation import accuracy, mean_average_precision
 from ssamba.fileio import atomic_write
+from ssamba.metrics import accuracy, mean_average_precision
 
 __all__ = [
     "DEFAULT_L2",

@@ -249,3 +249,19 @@ def test_metrics_are_plain_numpy():
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not {m for m in imported if m.split(".")[0] == "torch"}, imported
     assert {m for m in imported if m.startswith("ssamba")} <= {"ssamba.errors"}, imported
+
+
+def test_cli_modules_share_through_common_only():
+    """A command module imports cli/common.py and no other command module: what two commands
+    share lives in common, so a command can change without reaching into another. The package
+    itself (the command table, build_parser) may be named, as vocabulary's generator does."""
+    graph = _graph()
+    shared = {"ssamba.cli", "ssamba.cli.common"}
+    offenders = sorted(
+        (m, t)
+        for m, targets in graph.items()
+        if m.startswith("ssamba.cli.")
+        for t in targets
+        if t.startswith("ssamba.cli.") and t not in shared
+    )
+    assert offenders == [], f"cli modules importing each other (share through common): {offenders}"

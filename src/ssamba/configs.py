@@ -19,7 +19,7 @@ import re
 from dataclasses import InitVar, dataclass, field
 from typing import Any
 
-from ssamba.constants import FRAMES_PER_SECOND, PATCH
+from ssamba.constants import BAD_FILE_POLICIES, FRAMES_PER_SECOND, PATCH
 from ssamba.errors import UsageError, did_you_mean
 from ssamba.models.config import POOLS, list_models
 
@@ -30,7 +30,6 @@ OBJECTIVES = ("joint", "mpc", "mpg", "teacher")
 # or dropped from the sequence (MAE-style)
 HIDE_MASKED = ("drop", "token")
 MASK_MODES = ("cluster", "random", "frame")
-BAD_FILE_POLICIES = ("error", "skip")
 LOSSES = ("ce", "bce")
 HEAD_INITS = ("random", "probe")  # fine-tuning's head: fresh, or the linear probe's (LP-FT)
 SELECTION_METRICS = ("acc", "map", "loss")  # loss: the validation loss, lower is better

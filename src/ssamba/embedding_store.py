@@ -43,7 +43,8 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from ssamba.data import AUDIO_EXTENSIONS, read_manifest
+from ssamba.constants import AUDIO_EXTENSIONS, EMBEDDING_FORMATS
+from ssamba.data import read_manifest
 from ssamba.embeddings import Embeddings, model_fingerprint
 from ssamba.errors import UsageError
 from ssamba.fileio import (
@@ -68,7 +69,7 @@ INDEX_FILE = "index.json"
 PARTS_DIR = ".parts"
 JOURNAL_FILE = ".entries.jsonl"  # each embedded file's entry, appended once its arrays are whole
 ENTRY_FIELDS = ("key", "seconds", "num_frames")
-FORMATS = ("npy", "npz", "safetensors")
+FORMATS = EMBEDDING_FORMATS
 
 
 # --------------------------------------------------------------------------------------------

@@ -67,8 +67,8 @@ from ssamba.audio import (
     num_frames,
     waveforms,
 )
-from ssamba.constants import FRAMES_PER_SECOND, PATCH, SAMPLE_RATE
-from ssamba.data import BAD_FILE_POLICIES
+from ssamba.constants import FRAMES_PER_SECOND, PATCH, POOLINGS, SAMPLE_RATE
+from ssamba.data import check_bad_file_policy
 from ssamba.errors import AudioError, UsageError
 from ssamba.models.patches import PATCH_CENTRE_MS, column_times, pool_columns
 
@@ -88,8 +88,6 @@ __all__ = [
 # A patch column starting at fbank frame a is centred CENTRE_SAMPLES after sample
 # HOP_SAMPLES * a (see column_times).
 CENTRE_SAMPLES = round(SAMPLE_RATE * PATCH_CENTRE_MS / 1000)  # 1400
-
-POOLINGS = ("mean", "mean+std", "bands", "bands+std")
 
 
 @dataclass
@@ -466,8 +464,7 @@ def embed_files(
     cannot be decoded; ``"skip"`` leaves it out and reports it in :attr:`FileBatch.bad`.
     ``options`` go to :func:`embed` (``layers``, ``window_seconds``, ``device``, ``pooling``...).
     """
-    if on_bad_file not in BAD_FILE_POLICIES:
-        raise UsageError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
+    check_bad_file_policy(on_bad_file)
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size}")
     return _file_batches(model, list(paths), batch_size, on_bad_file, options)

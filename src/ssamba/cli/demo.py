@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ssamba.cli.common import add_command, add_out, add_progress, positive_float
-from ssamba.cli.data import check_cache_folder
+from ssamba.cli.common import add_command, add_out, add_progress, check_cache_folder, positive_float
 
 
 def register(subparsers) -> None:

@@ -34,14 +34,10 @@ from pathlib import Path
 
 import torch
 
-from ssamba.constants import CLASS_LABELS_FILE
+from ssamba.constants import AUDIO_EXTENSIONS, CLASS_LABELS_FILE
 from ssamba.data.shardfiles import is_shard_spec, shard_members
 from ssamba.errors import ManifestError
 
-AUDIO_EXTENSIONS = frozenset(
-    {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".au"}
-    | {".wma", ".webm", ".mka", ".caf", ".w64", ".rf64", ".sph", ".nist"}
-)
 _PATH_COLUMNS = ("path", "wav", "file", "filename")
 _LABEL_COLUMNS = ("label", "labels")
 _LABEL_SPLIT = re.compile(r"[;,]")

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import soundfile
 
-from ssamba.constants import CLASS_LABELS_FILE
+from ssamba.constants import AUDIO_EXTENSIONS, CLASS_LABELS_FILE
 from ssamba.data import read_class_list
 from ssamba.errors import ManifestError, PrepareError, RecipeError
 from ssamba.fileio import atomic_write, atomic_write_json, atomic_write_text
@@ -54,7 +54,6 @@ SC_V2_ONLY = ["backward", "follow", "forward", "learn", "visual"]
 SC_V2_WORDS = sorted(SC_V1_WORDS + SC_V2_ONLY)
 IEMOCAP_MAP = {"neu": "neu", "hap": "hap", "exc": "hap", "ang": "ang", "sad": "sad"}
 IEMOCAP_CLASSES = ["neu", "hap", "ang", "sad"]
-_AUDIO_EXT = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aac", ".webm")
 _MAX_LISTED = 10
 
 
@@ -376,7 +375,7 @@ def _youtube_index(root: Path) -> dict[str, list[Path]]:
     for dirpath, _dirs, names in os.walk(root):
         for name in names:
             stem, ext = os.path.splitext(name)
-            if ext.lower() not in _AUDIO_EXT or name.startswith("."):
+            if ext.lower() not in AUDIO_EXTENSIONS or name.startswith("."):
                 continue
             path = Path(dirpath) / name
             keys = {stem[:11]}

@@ -5,8 +5,6 @@ single-label tasks, ``confusion.csv`` and ``confusion.png`` (matplotlib, optiona
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import warnings
@@ -16,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssamba.fileio import atomic_write, atomic_write_bytes, atomic_write_json
+from ssamba.fileio import atomic_write, atomic_write_csv, atomic_write_json
 from ssamba.metrics import MetricWarning, confusion_matrix
 
 __all__ = ["EvalResult", "plot_confusion"]
@@ -95,13 +93,13 @@ class EvalResult:
             + [_fmt(r[k], 6) for k in _METRIC_COLS]
             for r in self.per_class
         ]
-        atomic_write_bytes(folder / "per_class.csv", _csv_bytes([header, *rows]))
+        atomic_write_csv(folder / "per_class.csv", header, rows)
         atomic_write(folder / "scores.npz", self._write_scores)
         if not self.multilabel:
             cm = self.confusion
             rows = [[name] + row.tolist() for name, row in zip(self.class_names, cm, strict=True)]
-            table = [["true \\ predicted"] + self.class_names, *rows]
-            atomic_write_bytes(folder / "confusion.csv", _csv_bytes(table))
+            header = ["true \\ predicted"] + self.class_names
+            atomic_write_csv(folder / "confusion.csv", header, rows)
             try:
                 plot_confusion(cm, [self._label(n) for n in self.class_names], folder)
             except ImportError as e:
@@ -117,13 +115,6 @@ class EvalResult:
                 paths=np.array(self.paths, dtype=str),
                 classes=np.array(self.class_names, dtype=str),
             )
-
-
-def _csv_bytes(rows: list[list]) -> bytes:
-    """CSV as the csv module writes it (``\\r\\n`` line ends), UTF-8."""
-    buf = io.StringIO(newline="")
-    csv.writer(buf).writerows(rows)
-    return buf.getvalue().encode("utf-8")
 
 
 _METRIC_COLS = ["precision", "recall", "ap", "auc"]

@@ -53,7 +53,7 @@ from ssamba.demo.signals import (
     weighted_choice,
 )
 from ssamba.errors import UsageError
-from ssamba.fileio import atomic_write_bytes, atomic_write_text
+from ssamba.fileio import atomic_write_bytes, atomic_write_text, csv_text
 
 BUILD_VERSION = 1
 SPLITS = ("train", "valid", "test")
@@ -123,14 +123,6 @@ def _write_text_if_changed(path: Path, text: str) -> None:
         atomic_write_text(path, text)
 
 
-def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue()
-
-
 def _prepare_out(out: Path, spec: dict, growable: Sequence[str] = ()) -> bool:
     """Create ``out``; True when a previous build with the same spec may be reused.
 
@@ -177,17 +169,21 @@ def _delete_listed_wavs(out: Path, keep: Sequence[str]) -> None:
 def _write_manifests(out: Path, clips: Sequence[Clip], meta_keys: Sequence[str]) -> dict:
     rows = [(c.path, c.label, c.split) for c in clips]
     paths = {"manifest": out / "manifest.csv"}
-    _write_text_if_changed(paths["manifest"], _csv_text(("path", "label", "split"), rows))
+    _write_text_if_changed(
+        paths["manifest"], csv_text(("path", "label", "split"), rows, line_end="\n")
+    )
     for split in SPLITS:
         paths[split] = out / f"{split}.csv"
         sub = [r for r in rows if r[2] == split]
-        _write_text_if_changed(paths[split], _csv_text(("path", "label", "split"), sub))
+        _write_text_if_changed(
+            paths[split], csv_text(("path", "label", "split"), sub, line_end="\n")
+        )
     meta_rows = [
         (c.path, c.label, c.split, *(_fmt(c.params.get(k, "")) for k in meta_keys)) for c in clips
     ]
     paths["meta"] = out / "meta.csv"
     _write_text_if_changed(
-        paths["meta"], _csv_text(("path", "label", "split", *meta_keys), meta_rows)
+        paths["meta"], csv_text(("path", "label", "split", *meta_keys), meta_rows, line_end="\n")
     )
     return paths
 
@@ -1133,4 +1129,6 @@ def _write_mix_meta(path: Path, clips: Sequence[Clip], made: dict[str, tuple[str
     for c in clips:
         source, detail = made.get(c.path) or old.get(c.path) or (c.params.get("source", ""), "")
         rows.append((c.path, c.params["kind"], source, detail))
-    _write_text_if_changed(path, _csv_text(("path", "kind", "source", "detail"), rows))
+    _write_text_if_changed(
+        path, csv_text(("path", "kind", "source", "detail"), rows, line_end="\n")
+    )

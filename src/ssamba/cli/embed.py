@@ -17,7 +17,9 @@ from ssamba.cli.common import (
     deprecated_alias,
     load_checkpoint,
 )
-from ssamba.constants import EMBEDDING_FORMATS
+
+# BAD_FILE_POLICIES: the --on-bad-file choices (cli/common.py adds the option), named here too
+from ssamba.constants import BAD_FILE_POLICIES, EMBEDDING_FORMATS  # noqa: F401
 from ssamba.errors import AudioError
 from ssamba.fileio import check_folder_target
 

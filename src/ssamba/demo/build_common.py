@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -166,6 +167,42 @@ def split_counts(n: int, fractions: Sequence[float]) -> list[int]:
             counts[j] -= 1
             counts[i] += 1
     return counts
+
+
+def finish_labelled_build(
+    name: str,
+    out: Path,
+    clips: Sequence[Clip],
+    render: Callable[[Clip], np.ndarray],
+    *,
+    started: float,
+    clip_seconds: float,
+    meta_keys: Sequence[str],
+    classes: Sequence[str],
+    notes: Sequence[str] = (),
+    extra: dict | None = None,
+    progress: bool = True,
+    prepare: Callable[[Sequence[Clip]], None] | None = None,
+    desc: str | None = None,
+) -> dict:
+    """How every labelled set's build ends: render the clips not there yet, write the manifests,
+    and return the summary (``started``: the build's ``time.perf_counter()`` at its start)."""
+    rendered, reused = render_missing(out, clips, render, desc or name, progress, prepare)
+    paths = write_manifests(out, clips, meta_keys)
+    elapsed = time.perf_counter() - started
+    return build_summary(
+        name,
+        out,
+        clips,
+        clip_seconds,
+        rendered,
+        reused,
+        elapsed,
+        list(notes),
+        classes,
+        paths,
+        extra,
+    )
 
 
 def build_summary(

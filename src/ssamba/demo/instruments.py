@@ -16,12 +16,10 @@ from ssamba.demo.build_common import (
     DEFAULT_SPLIT_FRACTIONS,
     SPLITS,
     Clip,
-    build_summary,
     clip_rng,
+    finish_labelled_build,
     prepare_out,
-    render_missing,
     split_counts,
-    write_manifests,
 )
 from ssamba.demo.signals import (
     music_notes,
@@ -130,21 +128,9 @@ def build_instruments(
         p.update(info)
         return normalise(x, p["level_db"])
 
-    rendered, reused = render_missing(out, clips, render, "instruments", progress, prepare)
-    paths = write_manifests(out, clips, ("program", "soundfont"))
-    return build_summary(
-        "instruments",
-        out,
-        clips,
-        clip_seconds,
-        rendered,
-        reused,
-        time.perf_counter() - t0,
-        [],
-        families,
-        paths,
-        {
-            "programs": program_splits,
-            "sources": [f"{k} ({v})" for k, v in soundfonts.items()],
-        },
-    )
+    sources = [f"{k} ({v})" for k, v in soundfonts.items()]
+    return finish_labelled_build(
+        "instruments", out, clips, render, started=t0, clip_seconds=clip_seconds,
+        meta_keys=("program", "soundfont"), classes=families, progress=progress, prepare=prepare,
+        extra={"programs": program_splits, "sources": sources},
+    )  # fmt: skip

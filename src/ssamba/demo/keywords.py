@@ -19,14 +19,12 @@ from ssamba.demo.build_common import (
     SPLITS,
     Clip,
     ambience_files,
-    build_summary,
     clip_rng,
+    finish_labelled_build,
     make_noise,
     missing_recordings_note,
     prepare_out,
-    render_missing,
     split_counts,
-    write_manifests,
 )
 from ssamba.demo.signals import (
     db,
@@ -101,24 +99,16 @@ def build_keywords(
     def render(c: Clip) -> np.ndarray:
         return _render_keyword(c, n, raw, ambience)
 
-    rendered, reused = render_missing(out, clips, render, "keywords: clips", progress, prepare)
-    paths = write_manifests(out, clips, ("word", "voice", "speaker", "snr_db", "noise"))
-    return build_summary(
-        "keywords",
-        out,
-        clips,
-        clip_seconds,
-        rendered,
-        reused,
-        time.perf_counter() - t0,
-        tts_notes() + missing_recordings_note(),
-        KEYWORD_CLASSES,
-        paths,
-        {
-            "voices": {s: len(by_split[s]) for s in SPLITS},
-            "sources": tts_sources(by_split) + [f"{len(ambience)} ambience recordings"],
-        },
-    )
+    extra = {
+        "voices": {s: len(by_split[s]) for s in SPLITS},
+        "sources": tts_sources(by_split) + [f"{len(ambience)} ambience recordings"],
+    }
+    return finish_labelled_build(
+        "keywords", out, clips, render, started=t0, clip_seconds=clip_seconds,
+        meta_keys=("word", "voice", "speaker", "snr_db", "noise"), classes=KEYWORD_CLASSES,
+        notes=tts_notes() + missing_recordings_note(), extra=extra, progress=progress,
+        prepare=prepare, desc="keywords: clips",
+    )  # fmt: skip
 
 
 def _plan_keywords(

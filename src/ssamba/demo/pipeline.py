@@ -77,27 +77,35 @@ def build_data(out: Path, plan: DemoPlan, progress: bool) -> dict:
     return built
 
 
+def _timed_run(run: Path, stats, plan: DemoPlan, minutes: float) -> dict:
+    """What every demo run shares: its folder, the data's statistics, a time budget in place of
+    epochs, no checkpoints but the final and best, no loader processes, the plan's seed."""
+    return dict(
+        out=str(run),
+        normalize=f"{stats[0]},{stats[1]}",
+        epochs=10_000,  # bounded by the time budget
+        max_minutes=minutes,
+        save_every=100_000,
+        workers=0,  # tiny clips: loader processes would only take the cores from the model
+        seed=plan.seed,
+        progress=False,
+        overwrite=True,
+    )
+
+
 def pretrain_config(arch: str, manifest, stats, run: Path, plan: DemoPlan, **changes):
     """The demo's pretraining settings for ``arch`` on ``manifest`` into ``run``: the plan's
     model, clip length, batch, lr and time budget. ``changes`` replace fields (the studies in
     benchmarks/ run the same settings to a step count instead of a time)."""
     name, overrides = _preset(arch, plan)
     cfg = PretrainConfig(
-        out=str(run),
+        **_timed_run(run, stats, plan, plan.pretrain_minutes),
         model=name,
         train=str(manifest),
         target_length=plan.clip_frames,
-        normalize=f"{stats[0]},{stats[1]}",
         batch_size=plan.batch_size,
         lr=plan.lr,
         warmup_steps=20,
-        epochs=10_000,  # bounded by the time budget
-        max_minutes=plan.pretrain_minutes,
-        save_every=100_000,
-        workers=0,  # tiny clips: loader processes would only take the cores from the model
-        seed=plan.seed,
-        progress=False,
-        overwrite=True,
         model_overrides=overrides,
     )
     return replace(cfg, **changes)
@@ -238,14 +246,13 @@ def finetune_config(init, arch, task_name, task, stats, run: Path, plan: DemoPla
     name, overrides = _preset(arch, plan)
     frames = 100 if task_name == "keywords" else 200
     cfg = FinetuneConfig(
-        out=str(run),
+        **_timed_run(run, stats, plan, plan.finetune_minutes),
         checkpoint=str(init) if init else None,
         model=name,
         train=str(task["train"]),
         valid=str(task["valid"]),
         test=str(task["test"]),
         target_length=frames,
-        normalize=f"{stats[0]},{stats[1]}",
         fstride=16,
         tstride=16,
         freqm=12,
@@ -257,13 +264,6 @@ def finetune_config(init, arch, task_name, task, stats, run: Path, plan: DemoPla
         head_init=plan.finetune_head_init,
         layer_decay=plan.finetune_layer_decay,
         metric=plan.finetune_metric,
-        epochs=10_000,
-        max_minutes=plan.finetune_minutes,
-        save_every=100_000,
-        workers=0,  # tiny clips: loader processes would only take the cores from the model
-        seed=plan.seed,
-        progress=False,
-        overwrite=True,
         model_overrides={} if init else overrides,
     )
     return replace(cfg, **changes)

@@ -16,12 +16,10 @@ from ssamba.demo.build_common import (
     BUILD_VERSION,
     DEFAULT_SPLIT_FRACTIONS,
     Clip,
-    build_summary,
     clip_rng,
+    finish_labelled_build,
     prepare_out,
-    render_missing,
     stable_id,
-    write_manifests,
 )
 from ssamba.demo.signals import (
     fade,
@@ -93,19 +91,9 @@ def build_speakers(
         x, _ = fit(fade(x), n, clip_rng(*c.params["_seed"]))
         return normalise(x, c.params["level_db"])
 
-    rendered, reused = render_missing(out, clips, render, "speakers", progress)
-    paths = write_manifests(out, clips, ("line", "source"))
-    classes = sorted({c.label for c in clips})
-    return build_summary(
-        "speakers",
-        out,
-        clips,
-        clip_seconds,
-        rendered,
-        reused,
-        time.perf_counter() - t0,
-        [],
-        classes,
-        paths,
-        {"sources": [f"{len(packs)} hedgewars voice packs ({S.HEDGEWARS_VOICES})"]},
-    )
+    sources = [f"{len(packs)} hedgewars voice packs ({S.HEDGEWARS_VOICES})"]
+    return finish_labelled_build(
+        "speakers", out, clips, render, started=t0, clip_seconds=clip_seconds,
+        meta_keys=("line", "source"), classes=sorted({c.label for c in clips}),
+        progress=progress, extra={"sources": sources},
+    )  # fmt: skip

@@ -59,6 +59,17 @@ def _step_size(x, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
+def _step_inputs(u_p, dl_p, b_p, tm, s_ul, s_dl, s_bl, bias, mask_d, mask_n,
+                 SOFTPLUS: tl.constexpr):  # fmt: skip
+    """What every loop over time reads at step ``tm``, in fp32: u, x = delta + bias, the step size
+    dt (:func:`_step_size` of x) and the row of B."""
+    u = tl.load(u_p + tm * s_ul, mask=mask_d, other=0.0).to(tl.float32)
+    x = tl.load(dl_p + tm * s_dl, mask=mask_d, other=0.0).to(tl.float32) + bias
+    bt = tl.load(b_p + tm * s_bl, mask=mask_n, other=0.0).to(tl.float32)
+    return u, x, _step_size(x, SOFTPLUS), bt
+
+
+@triton.jit
 def _scan_fwd(
     u_ptr, dl_ptr, z_ptr, b_ptr, c_ptr, a_ptr, dv_ptr, bias_ptr, out_ptr, ckpt_ptr,
     L, DCH, N, n_chunks,
@@ -96,15 +107,11 @@ def _scan_fwd(
             tl.store(ck + k * DCH * N, s, mask=mask_dn)
         for t in range(k * CHUNK, tl.minimum(L, k * CHUNK + CHUNK)):
             tm = L - 1 - t if REVERSE else t
-            u = tl.load(u_p + tm * s_ul, mask=mask_d, other=0.0)
-            u = u.to(tl.float32)
-            x = tl.load(dl_p + tm * s_dl, mask=mask_d, other=0.0)
-            x = x.to(tl.float32) + bias
-            dt = _step_size(x, SOFTPLUS)
-            bt = tl.load(b_p + tm * s_bl, mask=mask_n, other=0.0)
+            u, x, dt, bt = _step_inputs(u_p, dl_p, b_p, tm, s_ul, s_dl, s_bl, bias, mask_d, mask_n,
+                                        SOFTPLUS)  # fmt: skip
             ct = tl.load(c_p + tm * s_cl, mask=mask_n, other=0.0)
             decay = tl.exp(dt[:, None] * a)
-            s = decay * s + (dt * u)[:, None] * bt.to(tl.float32)[None, :]
+            s = decay * s + (dt * u)[:, None] * bt[None, :]
             y = tl.reduce(s * ct.to(tl.float32)[None, :], 1, _add) + dv * u
             if HAS_Z:
                 zv = tl.load(z_p + tm * s_zl, mask=mask_d, other=0.0)
@@ -163,28 +170,17 @@ def _scan_bwd(
         for i in range(0, steps):  # recompute the chunk's states
             t = k * CHUNK + i
             tm = L - 1 - t if REVERSE else t
-            u = tl.load(u_p + tm * s_ul, mask=mask_d, other=0.0)
-            x = tl.load(dl_p + tm * s_dl, mask=mask_d, other=0.0)
-            x = x.to(tl.float32) + bias
-            dt = _step_size(x, SOFTPLUS)
-            bt = tl.load(b_p + tm * s_bl, mask=mask_n, other=0.0)
-            s = (
-                tl.exp(dt[:, None] * a) * s
-                + (dt * u.to(tl.float32))[:, None] * bt.to(tl.float32)[None, :]
-            )
+            u, x, dt, bt = _step_inputs(u_p, dl_p, b_p, tm, s_ul, s_dl, s_bl, bias, mask_d, mask_n,
+                                        SOFTPLUS)  # fmt: skip
+            s = tl.exp(dt[:, None] * a) * s + (dt * u)[:, None] * bt[None, :]
             tl.store(scr + (i + 1) * BLOCK_D * BLOCK_N + scr_tile, s)
         tl.debug_barrier()
         for ii in range(0, steps):  # the adjoint recurrence, backwards through the chunk
             i = steps - 1 - ii
             t = k * CHUNK + i
             tm = L - 1 - t if REVERSE else t
-            u = tl.load(u_p + tm * s_ul, mask=mask_d, other=0.0)
-            u = u.to(tl.float32)
-            x = tl.load(dl_p + tm * s_dl, mask=mask_d, other=0.0)
-            x = x.to(tl.float32) + bias
-            dt = _step_size(x, SOFTPLUS)
-            bt = tl.load(b_p + tm * s_bl, mask=mask_n, other=0.0)
-            bt = bt.to(tl.float32)
+            u, x, dt, bt = _step_inputs(u_p, dl_p, b_p, tm, s_ul, s_dl, s_bl, bias, mask_d, mask_n,
+                                        SOFTPLUS)  # fmt: skip
             ct = tl.load(c_p + tm * s_cl, mask=mask_n, other=0.0)
             ct = ct.to(tl.float32)
             dout = tl.load(g_p + tm * s_gl, mask=mask_d, other=0.0)

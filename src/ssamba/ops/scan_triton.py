@@ -70,6 +70,37 @@ def _step_inputs(u_p, dl_p, b_p, tm, s_ul, s_dl, s_bl, bias, mask_d, mask_n,
 
 
 @triton.jit
+def _program_tile(a_ptr, dv_ptr, bias_ptr, DCH, N, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                  BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """This program's channels and states (offsets, masks, the (channel, state) offsets of its
+    tile) and its A tile, D and delta_bias in fp32 (zeros for an absent D or bias)."""
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d = offs_d < DCH
+    mask_n = offs_n < N
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    tile = offs_d[:, None] * N + offs_n[None, :]
+    a = tl.load(a_ptr + tile, mask=mask_dn, other=0.0).to(tl.float32)
+    dv = tl.zeros((BLOCK_D,), tl.float32)
+    if HAS_D:
+        dv = tl.load(dv_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_D,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    return offs_d, offs_n, mask_d, mask_n, mask_dn, tile, a, dv, bias
+
+
+@triton.jit
+def _row_pointers(u_ptr, dl_ptr, z_ptr, b_ptr, c_ptr, pid_b, s_ub, s_db, s_zb, s_bb, s_cb,
+                  offs_d, offs_n):  # fmt: skip
+    """Per-program base pointers of batch row ``pid_b`` into u, delta, z, B and C: in the loops
+    only ``+ tm * stride`` remains."""
+    return (u_ptr + pid_b * s_ub + offs_d, dl_ptr + pid_b * s_db + offs_d,
+            z_ptr + pid_b * s_zb + offs_d, b_ptr + pid_b * s_bb + offs_n,
+            c_ptr + pid_b * s_cb + offs_n)  # fmt: skip
+
+
+@triton.jit
 def _scan_fwd(
     u_ptr, dl_ptr, z_ptr, b_ptr, c_ptr, a_ptr, dv_ptr, bias_ptr, out_ptr, ckpt_ptr,
     L, DCH, N, n_chunks,
@@ -79,29 +110,13 @@ def _scan_fwd(
     BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid_b = tl.program_id(0).to(tl.int64)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_d = offs_d < DCH
-    mask_n = offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    a = tl.load(a_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0)
-    a = a.to(tl.float32)
-    dv = tl.zeros((BLOCK_D,), tl.float32)
-    if HAS_D:
-        dv = tl.load(dv_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    bias = tl.zeros((BLOCK_D,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    # per-program base pointers: in the loops only ``+ tm * stride`` remains
-    u_p = u_ptr + pid_b * s_ub + offs_d
-    dl_p = dl_ptr + pid_b * s_db + offs_d
-    z_p = z_ptr + pid_b * s_zb + offs_d
-    b_p = b_ptr + pid_b * s_bb + offs_n
-    c_p = c_ptr + pid_b * s_cb + offs_n
+    offs_d, offs_n, mask_d, mask_n, mask_dn, tile, a, dv, bias = _program_tile(
+        a_ptr, dv_ptr, bias_ptr, DCH, N, HAS_D, HAS_BIAS, BLOCK_D, BLOCK_N)  # fmt: skip
+    u_p, dl_p, z_p, b_p, c_p = _row_pointers(u_ptr, dl_ptr, z_ptr, b_ptr, c_ptr, pid_b, s_ub, s_db,
+                                             s_zb, s_bb, s_cb, offs_d, offs_n)  # fmt: skip
     o_p = out_ptr + pid_b * s_ob + offs_d
     s = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
-    ck = ckpt_ptr + pid_b * n_chunks * DCH * N + offs_d[:, None] * N + offs_n[None, :]
+    ck = ckpt_ptr + pid_b * n_chunks * DCH * N + tile
     for k in range(0, n_chunks):
         if SAVE:  # the state before the chunk's first step
             tl.store(ck + k * DCH * N, s, mask=mask_dn)
@@ -134,28 +149,13 @@ def _scan_bwd(
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     n_dblk = tl.num_programs(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_d = offs_d < DCH
-    mask_n = offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    tile = offs_d[:, None] * N + offs_n[None, :]
-    a = tl.load(a_ptr + tile, mask=mask_dn, other=0.0).to(tl.float32)
-    dv = tl.zeros((BLOCK_D,), tl.float32)
-    if HAS_D:
-        dv = tl.load(dv_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    bias = tl.zeros((BLOCK_D,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    offs_d, offs_n, mask_d, mask_n, mask_dn, tile, a, dv, bias = _program_tile(
+        a_ptr, dv_ptr, bias_ptr, DCH, N, HAS_D, HAS_BIAS, BLOCK_D, BLOCK_N)  # fmt: skip
     # this program's scratch: CHUNK + 1 tiles, slot i holds the state before chunk step i
     scr = scr_ptr + (pid_b * n_dblk + pid_d) * (CHUNK + 1) * BLOCK_D * BLOCK_N
     scr_tile = tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + offs_n[None, :]
-    # per-program base pointers: in the loops only ``+ tm * stride`` remains
-    u_p = u_ptr + pid_b * s_ub + offs_d
-    dl_p = dl_ptr + pid_b * s_db + offs_d
-    z_p = z_ptr + pid_b * s_zb + offs_d
-    b_p = b_ptr + pid_b * s_bb + offs_n
-    c_p = c_ptr + pid_b * s_cb + offs_n
+    u_p, dl_p, z_p, b_p, c_p = _row_pointers(u_ptr, dl_ptr, z_ptr, b_ptr, c_ptr, pid_b, s_ub, s_db,
+                                             s_zb, s_bb, s_cb, offs_d, offs_n)  # fmt: skip
     g_p = dout_ptr + pid_b * s_gb + offs_d
     h = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)  # exp(dt_{t+1} A) * dL/ds_{t+1}
     d_a = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)

@@ -18,6 +18,13 @@ which equals, step by step:
 3. zero padding at the end or cutting to ``target_length`` frames;
 4. ``(fb - mean) / (2 * std)``.
 
+Every use of a trained model on audio it is handed (``ssamba.embed``, the HEAR API, the s3prl
+upstream, ``FeatureExtractor``) goes through the inference front end at the end of this module:
+:func:`waveforms` (checked 16 kHz waveforms), :func:`fbank_frames` (raw fbank per clip) and
+:func:`input_batch` (padded, then normalised); training goes through ``data.AudioDataset``
+(:func:`fbank`, :func:`spec_augment`, :func:`normalize_fbank`). No other module computes an
+fbank or its normalisation.
+
 Our filterbank is written in plain torch (no torchaudio): every frame of every clip goes
 through one ``rfft`` and one matrix product, so it runs batched on CPU or CUDA. The window and
 the mel matrix are built once per (sample rate, device, dtype) and cached. Its output matches

@@ -41,8 +41,8 @@ from ssamba.demo.pipeline import (
     finetune_config,
     pretrain_config,
 )
-from ssamba.evaluation import accuracy
 from ssamba.finetune import FinetuneTask, finetune
+from ssamba.metrics import accuracy
 from ssamba.pretrain import pretrain
 from ssamba.training import Distributed, eval_loader, read_metrics
 

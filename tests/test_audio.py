@@ -463,3 +463,28 @@ def test_normalize_stats_from_a_command_line_string():
     assert audio.normalize_stats("none") is None
     with pytest.raises(ValueError, match="MEAN,STD"):
         audio.normalize_stats("a,b")
+
+
+def test_inference_front_end_checks_waveforms_and_pads_before_normalising():
+    from ssamba.errors import UsageError
+
+    wave = torch.sin(torch.arange(8000) * 0.05)
+    with pytest.raises(UsageError, match="waveform 1: expected a float waveform"):
+        audio.waveforms([wave, (wave * 32767).to(torch.int16)], SR)
+    with pytest.raises(TypeError, match="int16 / 32768"):  # still a TypeError for Python callers
+        audio.as_waveform(np.zeros(400, np.int16), SR)
+    with pytest.raises(UsageError, match="empty waveform"):
+        audio.as_waveform(torch.zeros(0), SR)
+    with pytest.raises(UsageError, match="needs its sample_rate"):
+        audio.as_waveform(wave, None)
+    waves, names = audio.waveforms(torch.stack([wave, wave]), SR)
+    assert len(waves) == 2 and names is None
+    frames = [audio.fbank_frames(w) for w in (wave, wave[:200])]  # the second: no whole frame
+    assert frames[1].shape == (0, 128)
+    batch = audio.input_batch(frames, 64, (1.0, 2.0), padding_value=-7.0)
+    assert batch.shape == (2, 64, 128)
+    # padding first, normalisation after: a padded frame holds (-7 - 1) / (2 * 2)
+    torch.testing.assert_close(batch[1], torch.full((64, 128), -2.0))
+    n = frames[0].shape[0]  # 48 frames of 0.5 s
+    torch.testing.assert_close(batch[0, :n], normalize_fbank(frames[0], 1.0, 2.0))
+    torch.testing.assert_close(batch[0, n:], torch.full((64 - n, 128), -2.0))

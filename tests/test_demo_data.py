@@ -18,6 +18,7 @@ import soundfile as sf
 
 from ssamba.data import read_manifest
 from ssamba.demo import builders as B
+from ssamba.demo import pretrain_mix
 from ssamba.demo import sources as S
 from ssamba.errors import UsageError
 
@@ -193,7 +194,7 @@ def test_silent_presets_are_redrawn():
     renderer = S.NoteRenderer(S.find_soundfonts())
     rng = np.random.default_rng(0)
     for program in (9, 43, 72):  # high glockenspiel, low contrabass, piccolo
-        x, info = B._render_note_clip(renderer, "TimGM6mb", program, rng, 2.0)
+        x, info = B.render_note_clip(renderer, "TimGM6mb", program, rng, 2.0)
         assert len(x) == 32000 and np.sqrt(np.mean(x**2)) > 1e-3
     # a key far out of range is silent in TimGM6mb's piccolo: the check must see that
     silent = renderer.render("TimGM6mb", 72, [(0.0, 1.0, 127, 100)], 1.0)
@@ -231,7 +232,8 @@ def test_pretrain_mix_deterministic_growable_and_prefix(tmp_path, monkeypatch):
     """Clip i depends on (seed, i) only: a build grows by rendering only its new clips, equals
     a fresh build of the same size (whatever the number of threads), and shrinks back."""
     need_mix_sources()
-    monkeypatch.setattr(B, "MIX_CHUNK", 5)  # several chunks, so the threads share the work
+    # several chunks, so the threads share the work
+    monkeypatch.setattr(pretrain_mix, "MIX_CHUNK", 5)
     grown, fresh = tmp_path / "grown", tmp_path / "fresh"
     kw = {"seconds": 1.0, "seed": 3, "progress": False}
     first = B.build_pretrain_mix(grown, minutes=0.2, workers=2, **kw)

@@ -24,6 +24,7 @@ LAYERS = {
     "ssamba.constants": 0,
     "ssamba.fileio": 0,
     "ssamba.allocator": 0,
+    "ssamba.metrics": 0,
     "ssamba.audio": 1,
     "ssamba.ops": 1,
     "ssamba.models": 2,
@@ -239,3 +240,122 @@ def test_no_long_functions_outside_the_kernels():
                 if lines > 80:
                     long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({lines})")
     assert long == [], long
+
+
+def test_metrics_are_plain_numpy():
+    """ssamba.metrics sits below every scoring task: numpy only, no torch, none of our layers."""
+    tree = ast.parse((PKG / "metrics.py").read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not {m for m in imported if m.split(".")[0] == "torch"}, imported
+    assert {m for m in imported if m.startswith("ssamba")} <= {"ssamba.errors"}, imported
+
+
+def test_cli_modules_share_through_common_only():
+    """A command module imports cli/common.py and no other command module: what two commands
+    share lives in common, so a command can change without reaching into another. The package
+    itself (the command table, build_parser) may be named, as vocabulary's generator does."""
+    graph = _graph()
+    shared = {"ssamba.cli", "ssamba.cli.common"}
+    offenders = sorted(
+        (m, t)
+        for m, targets in graph.items()
+        if m.startswith("ssamba.cli.")
+        for t in targets
+        if t.startswith("ssamba.cli.") and t not in shared
+    )
+    assert offenders == [], f"cli modules importing each other (share through common): {offenders}"
+
+
+# What only the audio layer computes: the fbank's spectra (torch's FFT or STFT, a Kaldi or
+# torchaudio front end) and the normalisation (fb - mean) / (2 * std), in any spelling of the 2;
+# other modules call ssamba.audio for both. (numpy's FFT shapes the demo's synthetic noise.)
+SPECTRAL_CALLS = ("torch.fft", "torch.stft")
+FRONT_END_PACKAGES = {"torchaudio", "kaldi_native_fbank"}
+NORMALISATION_FIELDS = {"norm_mean", "norm_std"}
+
+
+def _is_two(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and node.value in (2, 2.0)
+
+
+def _front_end_work(tree: ast.AST) -> list[str]:
+    """Lines of ``tree`` that compute a spectrum the fbank way or the fbank normalisation."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and ast.unparse(node).startswith(SPECTRAL_CALLS):
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+            if any(n.split(".")[0] in FRONT_END_PACKAGES for n in names):
+                found.append(f"{node.lineno}: import {', '.join(names)}")
+        if isinstance(node, ast.BinOp):
+            right = node.right
+            if isinstance(node.op, ast.Div) and isinstance(right, ast.BinOp):
+                if isinstance(right.op, ast.Mult) and (_is_two(right.left) or _is_two(right.right)):
+                    found.append(f"{node.lineno}: / (2 * ...)")
+            for side in (node.left, node.right):
+                if isinstance(side, ast.Attribute) and side.attr in NORMALISATION_FIELDS:
+                    found.append(f"{node.lineno}: arithmetic on {side.attr}")
+    return found
+
+
+def test_only_the_audio_layer_computes_the_fbank_and_its_normalisation():
+    offenders = {}
+    for module, path in sorted(_modules().items()):
+        if module == "ssamba.audio":
+            continue
+        found = _front_end_work(ast.parse(path.read_text()))
+        if found:
+            offenders[module] = found
+    assert offenders == {}, (
+        "fbank or normalisation computed outside ssamba.audio (use audio.fbank_frames, "
+        f"audio.input_batch, audio.normalize_fbank): {offenders}"
+    )
+
+
+def test_the_front_end_check_finds_what_it_forbids():
+    """The check above is not vacuous: it flags the spellings it exists for."""
+    code = (
+        "x = (fb - cfg.norm_mean) / (2.0 * cfg.norm_std)\n"
+        "y = (v - m) / (2 * s)\n"
+        "z = torch.fft.rfft(w)\n"
+        "import torchaudio\n"
+        "noise = np.fft.irfft(spec, n)\n"
+    )
+    found = _front_end_work(ast.parse(code))
+    assert any("/ (2" in f for f in found) and any("norm_mean" in f for f in found)
+    assert any("rfft" in f for f in found) and any("torchaudio" in f for f in found)
+    assert not any("np.fft" in f for f in found)
+    assert _front_end_work(ast.parse("loss = a / (3 * b) + 2.0 * l2 * w")) == []
+
+
+def _documented_layers() -> dict[str, int]:
+    """``{module: layer}`` from the layer table of docs/architecture.md (its modules column)."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    table = text.split("## The layers", 1)[1].split("\n## ", 1)[0]
+    layers = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0][:1].isdigit():
+            continue
+        layer = int(cells[0].split(".")[0])
+        for name in (part.strip("`") for part in cells[1].split(", ")):
+            stem = name.rstrip("/").removesuffix(".py")
+            layers["ssamba" if stem == "__init__" else f"ssamba.{stem.replace('/', '.')}"] = layer
+    return layers
+
+
+def test_the_documented_layer_table_is_the_one_enforced():
+    documented = _documented_layers()
+    enforced = {m: layer for m, layer in LAYERS.items() if m != "ssamba"}  # "ssamba": the rest
+    missing = {m: layer for m, layer in enforced.items() if documented.get(m) != layer}
+    assert missing == {}, f"LAYERS entries the table in docs/architecture.md lacks: {missing}"
+    wrong = {m: (layer, _layer(m)) for m, layer in documented.items() if _layer(m) != layer}
+    assert wrong == {}, f"modules the table puts in another layer than LAYERS: {wrong}"
+    # and the table names every module and package at the top of ssamba
+    top = {f"ssamba.{p.stem}" for p in PKG.glob("*.py") if p.stem != "__init__"}
+    top |= {f"ssamba.{p.name}" for p in PKG.iterdir() if (p / "__init__.py").is_file()}
+    assert top - set(documented) == set(), (
+        f"not in the layer table: {sorted(top - set(documented))}"
+    )

@@ -85,7 +85,7 @@ def test_default_on_cuda_is_never_the_reference(monkeypatch):
 @pytest.mark.parametrize("reverse", [False, True])
 def test_triton_conv_on_gpu(reverse):
     from ssamba.ops import causal_depthwise_conv1d
-    from ssamba.ops.scan_triton import conv1d_silu_triton
+    from ssamba.ops.conv_triton import conv1d_silu_triton
 
     xz = torch.randn(2, 300, 200, device="cuda")
     x = xz[..., 10:110].clone().requires_grad_()

@@ -1,7 +1,7 @@
-"""The Triton kernels (ops/scan_triton.py) in Triton's interpreter on CPU tensors, against the
-float64 reference: scan values and every gradient (both directions, ragged channel blocks,
-d_state not a power of two, optional arguments, low precision), the fused conv + silu, and a
-depth-2 SSAMBA training step on the triton backend against the numba one.
+"""The Triton kernels (ops/scan_triton.py, ops/conv_triton.py) in Triton's interpreter on CPU
+tensors, against the float64 reference: scan values and every gradient (both directions, ragged
+channel blocks, d_state not a power of two, optional arguments, low precision), the fused conv +
+silu, and a depth-2 SSAMBA training step on the triton backend against the numba one.
 
 The interpreter must be chosen before triton is first imported, and triton checks the variable
 again at each launch. So this module sets ``TRITON_INTERPRET=1`` while it imports (only where no
@@ -26,7 +26,7 @@ if _SET_INTERPRET:
     os.environ["TRITON_INTERPRET"] = "1"
 try:
     pytest.importorskip("triton")
-    from ssamba.ops import scan_triton  # noqa: E402
+    from ssamba.ops import conv_triton, scan_triton  # noqa: E402, F401 (built in the interpreter)
 finally:
     if _SET_INTERPRET:
         if _OLD_INTERPRET is None:
@@ -36,8 +36,9 @@ finally:
 
 from ssamba.models import mamba as mamba_mod  # noqa: E402
 from ssamba.ops import causal_depthwise_conv1d, scan_backends, selective_scan  # noqa: E402
+from ssamba.ops.conv_triton import conv1d_silu_triton  # noqa: E402
 from ssamba.ops.scan import resolve_backend, selective_scan_ref  # noqa: E402
-from ssamba.ops.scan_triton import conv1d_silu_triton, selective_scan_triton  # noqa: E402
+from ssamba.ops.scan_triton import selective_scan_triton  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")

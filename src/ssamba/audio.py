@@ -18,6 +18,13 @@ which equals, step by step:
 3. zero padding at the end or cutting to ``target_length`` frames;
 4. ``(fb - mean) / (2 * std)``.
 
+Every use of a trained model on audio it is handed (``ssamba.embed``, the HEAR API, the s3prl
+upstream, ``FeatureExtractor``) goes through the inference front end at the end of this module:
+:func:`waveforms` (checked 16 kHz waveforms), :func:`fbank_frames` (raw fbank per clip) and
+:func:`input_batch` (padded, then normalised); training goes through ``data.AudioDataset``
+(:func:`fbank`, :func:`spec_augment`, :func:`normalize_fbank`). No other module computes an
+fbank or its normalisation.
+
 Our filterbank is written in plain torch (no torchaudio): every frame of every clip goes
 through one ``rfft`` and one matrix product, so it runs batched on CPU or CUDA. The window and
 the mel matrix are built once per (sample rate, device, dtype) and cached. Its output matches
@@ -42,14 +49,19 @@ import soundfile as sf
 import torch
 
 from ssamba.constants import FRAME_LENGTH_MS, FRAME_SHIFT_MS, NUM_MEL_BINS, SAMPLE_RATE
-from ssamba.errors import AudioError, UsageError
+from ssamba.errors import AudioError, UsageError, WaveformTypeError
 
 __all__ = [
+    "FRAME_SAMPLES",
+    "HOP_SAMPLES",
     "NORM_STATS",
     "NUM_MEL_BINS",
     "SAMPLE_RATE",
     "AudioError",
+    "as_waveform",
     "fbank",
+    "fbank_frames",
+    "input_batch",
     "load_audio",
     "normalize_fbank",
     "normalize_stats",
@@ -57,6 +69,7 @@ __all__ = [
     "pad_or_cut",
     "resample",
     "spec_augment",
+    "waveforms",
 ]
 
 
@@ -276,6 +289,10 @@ def _frame_sizes(sample_rate: int) -> tuple[int, int, int]:
     return length, shift, n_fft
 
 
+# The fbank grid at 16 kHz in samples: a frame every HOP_SAMPLES, FRAME_SAMPLES long.
+FRAME_SAMPLES, HOP_SAMPLES, _ = _frame_sizes(SAMPLE_RATE)  # 400, 160
+
+
 def num_frames(num_samples: int, sample_rate: int = SAMPLE_RATE) -> int:
     """Number of frames Kaldi yields with snip_edges: ``1 + (n - 400) // 160`` at 16 kHz."""
     length, shift, _ = _frame_sizes(sample_rate)
@@ -330,7 +347,7 @@ def _as_wave_tensor(wave: Any, dtype: torch.dtype | None) -> torch.Tensor:
     """Torch view of ``wave`` in the compute dtype: float64 stays float64, else float32."""
     tensor = torch.from_numpy(wave) if isinstance(wave, np.ndarray) else torch.as_tensor(wave)
     if not (tensor.is_floating_point()):
-        raise TypeError(
+        raise WaveformTypeError(
             f"expected a float waveform in [-1, 1), got dtype {tensor.dtype}; "
             "scale integer PCM first (e.g. int16 / 32768)"
         )
@@ -543,3 +560,107 @@ def _mask_along(
     if end > start:
         fb.narrow(dim, start, min(end, size) - start).zero_()
     return fb
+
+
+# --------------------------------------------------------------------------------------------
+# The inference front end: callers' waveforms -> checked 16 kHz waveforms -> a model's input
+# (ssamba.embed, FeatureExtractor, the s3prl upstream and the HEAR API all go this way; the
+# training path is data.AudioDataset: fbank, SpecAugment, normalize_fbank)
+# --------------------------------------------------------------------------------------------
+
+
+def as_waveform(x: Any, sample_rate: int | None, what: str = "waveform") -> torch.Tensor:
+    """A caller's waveform (tensor, array or list of samples) as a 1-D float tensor at 16 kHz.
+
+    Resampled with soxr (to float32 on the CPU) when ``sample_rate`` differs; a 16 kHz tensor
+    stays on its device (detached, float32). One error line names ``what`` is wrong: not 1-D,
+    not float (a :class:`WaveformTypeError`), empty, NaN or infinite samples, no sample rate.
+    """
+    if isinstance(x, torch.Tensor):
+        tensor = x
+    else:  # a read-only array (a decoder's buffer) is copied: torch wants writable memory
+        array = np.ascontiguousarray(x)
+        tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
+    if tensor.dim() != 1:
+        raise UsageError(
+            f"{what}: expected a 1-D float waveform, got shape {tuple(tensor.shape)} {tensor.dtype}"
+        )
+    if not tensor.is_floating_point():
+        raise WaveformTypeError(
+            f"{what}: expected a float waveform in [-1, 1), got {tensor.dtype}; "
+            "scale integer PCM first (e.g. int16 / 32768)"
+        )
+    if tensor.numel() == 0:
+        raise UsageError(f"{what}: empty waveform")
+    if not bool(torch.isfinite(tensor).all()):
+        raise UsageError(f"{what}: waveform contains NaN or infinite samples")
+    if sample_rate is None:
+        raise UsageError(f"{what}: a waveform needs its sample_rate (e.g. sample_rate=16000)")
+    if int(sample_rate) != SAMPLE_RATE:
+        return resample(tensor, int(sample_rate), SAMPLE_RATE)
+    return tensor.detach().to(torch.float32)
+
+
+def waveforms(audio: Any, sample_rate: int | None) -> tuple[list[torch.Tensor], list[str] | None]:
+    """Every clip of ``audio`` as a checked 16 kHz waveform (:func:`as_waveform`), and the
+    clips' names when any was a file.
+
+    ``audio``: a path (decoded with :func:`load_audio`), a waveform (1-D tensor or array), a
+    batch ``(n, samples)``, or a list of waveforms and paths, mixed; ``sample_rate`` is the rate
+    of the waveforms given as samples.
+    """
+    if _is_path(audio):
+        return [load_audio(audio)], [str(audio)]
+    if isinstance(audio, (torch.Tensor, np.ndarray)):
+        if audio.ndim == 2:  # (n_sounds, samples)
+            rows = [as_waveform(row, sample_rate, f"waveform {i}") for i, row in enumerate(audio)]
+            return rows, None
+        return [as_waveform(audio, sample_rate)], None
+    if isinstance(audio, (list, tuple)):
+        if not audio:
+            raise UsageError("no audio given (empty list)")
+        waves, names = [], []
+        for i, item in enumerate(audio):
+            if _is_path(item):
+                waves.append(load_audio(item))
+                names.append(str(item))
+            else:
+                waves.append(as_waveform(item, sample_rate, f"waveform {i}"))
+                names.append(f"<waveform {i}>")
+        return waves, (names if any(map(_is_path, audio)) else None)
+    raise WaveformTypeError(
+        f"cannot use {type(audio).__name__} as audio: expected a waveform (tensor/array), a "
+        "list of waveforms, a path or a list of paths"
+    )
+
+
+def _is_path(x: Any) -> bool:
+    return isinstance(x, (str, os.PathLike))
+
+
+def fbank_frames(wave: torch.Tensor, num_mel_bins: int = NUM_MEL_BINS) -> torch.Tensor:
+    """The raw (unnormalised) float32 fbank ``(T, num_mel_bins)`` of a 16 kHz waveform, on its
+    device; a clip shorter than one frame has no frames (padding makes its whole input)."""
+    if num_frames(wave.shape[-1]) == 0:
+        return torch.zeros(0, num_mel_bins, dtype=torch.float32, device=wave.device)
+    return fbank(wave, num_mel_bins=num_mel_bins).float()
+
+
+def input_batch(
+    frames: list[torch.Tensor],
+    length: int,
+    stats: tuple[float, float] | None,
+    padding_value: float = 0.0,
+) -> torch.Tensor:
+    """Clips' raw fbank frames as one model input ``(B, length, mel)``: each padded at its end
+    with ``padding_value`` or cut, then normalised with ``stats`` (mean, std) when given. The
+    padding comes before the normalisation, as the reference data loader pads."""
+    padded = []
+    for fb in frames:
+        if padding_value == 0.0 or fb.shape[0] >= length:
+            padded.append(pad_or_cut(fb, length))
+        else:
+            fill = fb.new_full((length - fb.shape[0], fb.shape[1]), padding_value)
+            padded.append(torch.cat([fb, fill]))
+    batch = torch.stack(padded)
+    return batch if stats is None else normalize_fbank(batch, *stats)

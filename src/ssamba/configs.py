@@ -19,7 +19,7 @@ import re
 from dataclasses import InitVar, dataclass, field
 from typing import Any
 
-from ssamba.constants import FRAMES_PER_SECOND, PATCH
+from ssamba.constants import BAD_FILE_POLICIES, FRAMES_PER_SECOND, PATCH
 from ssamba.errors import UsageError, did_you_mean
 from ssamba.models.config import POOLS, list_models
 
@@ -30,7 +30,6 @@ OBJECTIVES = ("joint", "mpc", "mpg", "teacher")
 # or dropped from the sequence (MAE-style)
 HIDE_MASKED = ("drop", "token")
 MASK_MODES = ("cluster", "random", "frame")
-BAD_FILE_POLICIES = ("error", "skip")
 LOSSES = ("ce", "bce")
 HEAD_INITS = ("random", "probe")  # fine-tuning's head: fresh, or the linear probe's (LP-FT)
 SELECTION_METRICS = ("acc", "map", "loss")  # loss: the validation loss, lower is better
@@ -317,10 +316,27 @@ class PretrainConfig(TrainConfig):
 
 
 # ---------------------------------------------------------------------------- fine-tuning
+@dataclass
 class _ClassifierSettings:
-    """Checks shared by the two classifier configs (fine-tuning and DASL)."""
+    """Settings and checks shared by the two classifier configs (fine-tuning and DASL); listed
+    before TrainConfig among their bases, so that these defaults replace its pretraining ones
+    (field order stays TrainConfig's, then these, then the config's own)."""
+
+    checkpoint: str | None = None  # official .pth or our folder; None: a random ``model``
+    model: str = "ssamba_tiny"  # the preset used when checkpoint is None
+    train: str = ""
+    valid: str | None = None
+    test: str | None = None
+    lr: float = 1e-4
+    weight_decay: float = 5e-7
+    warmup_steps: int = 0
+    init: InitVar[str | None] = None  # the old name of ``checkpoint``, kept for one release
 
     INHERITS_LAYOUT = False  # None strides: the checkpoint's (resolved when the run starts)
+
+    def _take_old_checkpoint_name(self, init: str | None) -> None:
+        if init is not None and self.checkpoint is None:
+            self.checkpoint = init
 
     def _check_classifier(self):
         _preset(self.model)
@@ -333,14 +349,9 @@ class _ClassifierSettings:
 
 
 @dataclass
-class FinetuneConfig(TrainConfig, _ClassifierSettings):
+class FinetuneConfig(_ClassifierSettings, TrainConfig):
     """``ssamba finetune``: a classification head on a (pretrained or random) encoder."""
 
-    checkpoint: str | None = None  # official .pth or our folder; None: a random ``model``
-    model: str = "ssamba_tiny"  # the preset used when checkpoint is None
-    train: str = ""
-    valid: str | None = None
-    test: str | None = None
     # None: the checkpoint's input size and strides (resolved when the run starts, recorded
     # resolved in run.json); without a checkpoint FRESH_LAYOUT's
     target_length: int | None = None
@@ -370,15 +381,10 @@ class FinetuneConfig(TrainConfig, _ClassifierSettings):
     balanced: bool = False
     on_bad_file: str = "error"
     model_overrides: dict = field(default_factory=dict)
-    lr: float = 1e-4
-    weight_decay: float = 5e-7
-    warmup_steps: int = 0
-    init: InitVar[str | None] = None  # the old name of ``checkpoint``, kept for one release
     INHERITS_LAYOUT = True
 
     def __post_init__(self, init=None):
-        if init is not None and self.checkpoint is None:
-            self.checkpoint = init
+        self._take_old_checkpoint_name(init)
         if self.checkpoint is None:  # a fresh model: the documented defaults
             for name, value in FRESH_LAYOUT.items():
                 if getattr(self, name) is None:
@@ -424,14 +430,9 @@ class FinetuneConfig(TrainConfig, _ClassifierSettings):
 
 # ---------------------------------------------------------------------------- DASL
 @dataclass
-class DaslConfig(TrainConfig, _ClassifierSettings):
+class DaslConfig(_ClassifierSettings, TrainConfig):
     """``ssamba dasl``: one label per chunk of long recordings (defaults: the reference script)."""
 
-    checkpoint: str | None = None  # official .pth or our folder; None: a random ``model``
-    model: str = "ssamba_tiny"
-    train: str = ""
-    valid: str | None = None
-    test: str | None = None
     chunk_seconds: float = 1.0
     seconds: int | None = None  # recording length; None: the longest training recording
     normalize: str | None = "audioset"
@@ -446,14 +447,9 @@ class DaslConfig(TrainConfig, _ClassifierSettings):
     model_overrides: dict = field(default_factory=dict)
     batch_size: int = 5
     epochs: int = 50
-    lr: float = 1e-4
-    weight_decay: float = 5e-7
-    warmup_steps: int = 0
-    init: InitVar[str | None] = None  # the old name of ``checkpoint``, kept for one release
 
     def __post_init__(self, init=None):
-        if init is not None and self.checkpoint is None:
-            self.checkpoint = init
+        self._take_old_checkpoint_name(init)
         super().__post_init__()
         self._check_classifier()
         _positive("chunk_seconds", self.chunk_seconds)

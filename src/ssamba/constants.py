@@ -15,3 +15,18 @@ PATCH = 16  # patch side in mel bins and frames; fixed by the released checkpoin
 # File names a labelled data set or a fine-tuned model folder carries.
 CLASS_LABELS_FILE = "class_labels_indices.csv"  # AudioSet-style: index,mid,display_name
 CLASSES_FILE = "classes.json"  # written next to config.json by fine-tuning: the class names
+
+# Files a folder scan (manifests, recipes, segmenting) takes for audio: libsndfile's formats and
+# the containers load_audio decodes with ffmpeg.
+AUDIO_EXTENSIONS = frozenset(
+    {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".au"}
+    | {".wma", ".webm", ".mka", ".caf", ".w64", ".rf64", ".sph", ".nist"}
+)
+# What to do with a file that cannot be used: stop with an error, or leave it out and count it.
+BAD_FILE_POLICIES = ("error", "skip")
+
+# Settings of the embedding and probe commands that --help shows (here, so it loads no torch).
+POOLINGS = ("mean", "mean+std", "bands", "bands+std")  # ssamba.embed's clip pooling
+EMBEDDING_FORMATS = ("npy", "npz", "safetensors")  # what ssamba embed writes
+PROBE_L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # the linear probe's L2 choices
+PROBE_RESULTS_FILE = "probe_results.json"

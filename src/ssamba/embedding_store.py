@@ -43,6 +43,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from ssamba.constants import EMBEDDING_FORMATS
 from ssamba.data import DECODED_INPUTS, check_input, read_manifest
 from ssamba.data.inputs import AUDIO_FILE, AUDIO_FOLDER, MISSING
 from ssamba.embeddings import Embeddings, model_fingerprint
@@ -72,7 +73,7 @@ INDEX_FILE = "index.json"
 PARTS_DIR = ".parts"
 JOURNAL_FILE = ".entries.jsonl"  # each embedded file's entry, appended once its arrays are whole
 ENTRY_FIELDS = ("key", "seconds", "num_frames")
-FORMATS = ("npy", "npz", "safetensors")
+FORMATS = EMBEDDING_FORMATS
 
 
 # --------------------------------------------------------------------------------------------

@@ -54,23 +54,23 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
-from ssamba.audio import fbank, load_audio, num_frames, resample
-from ssamba.constants import (
-    FRAME_LENGTH_MS,
-    FRAME_SHIFT_MS,
-    FRAMES_PER_SECOND,
-    NUM_MEL_BINS,
-    PATCH,
-    SAMPLE_RATE,
+from ssamba.audio import (
+    FRAME_SAMPLES,
+    HOP_SAMPLES,
+    fbank_frames,
+    input_batch,
+    load_audio,
+    num_frames,
+    waveforms,
 )
-from ssamba.data import BAD_FILE_POLICIES
+from ssamba.constants import FRAMES_PER_SECOND, PATCH, POOLINGS, SAMPLE_RATE
+from ssamba.data import check_bad_file_policy
 from ssamba.errors import AudioError, UsageError
-from ssamba.models.patches import PATCH_CENTRE_MS, column_times
+from ssamba.models.patches import PATCH_CENTRE_MS, column_times, pool_columns
 
 __all__ = [
     "POOLINGS",
@@ -85,13 +85,9 @@ __all__ = [
     "resolve_layers",
 ]
 
-# The fbank grid in samples: a frame every HOP_SAMPLES, FRAME_SAMPLES long; a patch column starting
-# at frame a is centred CENTRE_SAMPLES after sample HOP_SAMPLES * a (see column_times).
-HOP_SAMPLES = round(SAMPLE_RATE * FRAME_SHIFT_MS / 1000)  # 160
-FRAME_SAMPLES = round(SAMPLE_RATE * FRAME_LENGTH_MS / 1000)  # 400
+# A patch column starting at fbank frame a is centred CENTRE_SAMPLES after sample
+# HOP_SAMPLES * a (see column_times).
 CENTRE_SAMPLES = round(SAMPLE_RATE * PATCH_CENTRE_MS / 1000)  # 1400
-
-POOLINGS = ("mean", "mean+std", "bands", "bands+std")
 
 
 @dataclass
@@ -207,66 +203,6 @@ def model_device(model) -> torch.device:
 
 
 # --------------------------------------------------------------------------------------------
-# Inputs
-# --------------------------------------------------------------------------------------------
-
-
-def _is_path(x: Any) -> bool:
-    return isinstance(x, (str, os.PathLike))
-
-
-def _one_wave(x: Any, sample_rate: int | None, what: str) -> torch.Tensor:
-    """A 1-D float waveform at 16 kHz (CPU unless already at 16 kHz on another device)."""
-    tensor = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
-    if tensor.dim() != 1:
-        raise UsageError(f"{what}: expected a 1-D waveform, got shape {tuple(tensor.shape)}")
-    if not tensor.is_floating_point():
-        raise TypeError(
-            f"{what}: expected a float waveform in [-1, 1), got {tensor.dtype}; "
-            "scale integer PCM first (e.g. int16 / 32768)"
-        )
-    if tensor.numel() == 0:
-        raise UsageError(f"{what}: empty waveform")
-    if not bool(torch.isfinite(tensor).all()):
-        raise UsageError(f"{what}: waveform contains NaN or infinite samples")
-    if sample_rate is None:
-        raise UsageError(
-            f"{what}: a waveform needs its sample_rate (e.g. embed(model, wave, sample_rate=16000))"
-        )
-    if int(sample_rate) != SAMPLE_RATE:
-        return resample(tensor, int(sample_rate), SAMPLE_RATE)
-    return tensor.detach().to(torch.float32)
-
-
-def _as_waves(audio: Any, sample_rate: int | None) -> tuple[list[torch.Tensor], list[str] | None]:
-    if _is_path(audio):
-        return [load_audio(audio)], [str(audio)]
-    if isinstance(audio, (torch.Tensor, np.ndarray)):
-        if audio.ndim == 2:  # (n_sounds, samples)
-            return [
-                _one_wave(row, sample_rate, f"waveform {i}") for i, row in enumerate(audio)
-            ], None
-        return [_one_wave(audio, sample_rate, "waveform")], None
-    if isinstance(audio, (list, tuple)):
-        if not audio:
-            raise UsageError("no audio given (empty list)")
-        waves, names, any_path = [], [], False
-        for i, item in enumerate(audio):
-            if _is_path(item):
-                waves.append(load_audio(item))
-                names.append(str(item))
-                any_path = True
-            else:
-                waves.append(_one_wave(item, sample_rate, f"waveform {i}"))
-                names.append(f"<waveform {i}>")
-        return waves, (names if any_path else None)
-    raise TypeError(
-        f"cannot embed {type(audio).__name__}: expected a waveform (tensor/array), a list of "
-        "waveforms, a path or a list of paths"
-    )
-
-
-# --------------------------------------------------------------------------------------------
 # The embedding computation
 # --------------------------------------------------------------------------------------------
 
@@ -328,7 +264,7 @@ def embed(
     layers_n = resolve_layers(model, layers)
     cfg = model.config
     device = _place(model, device)
-    waves, names = _as_waves(audio, sample_rate)
+    waves, names = waveforms(audio, sample_rate)
     windows = _windows(cfg, window_seconds, hop_seconds)
     with torch.inference_mode():
         per_clip, total_cols = [], []
@@ -383,7 +319,7 @@ def _cut(
     i: int, wave: torch.Tensor, device, cfg, windows: _Windows | None
 ) -> tuple[list[_Segment], int]:
     """Clip ``i`` as segments (one, or its windows) and the number of columns it returns."""
-    raw = _fbank_raw(wave, device)
+    raw = fbank_frames(wave.to(device))
     n_samples = int(wave.shape[-1])
     n = raw.shape[0]
     total = _columns(n, n_samples, cfg)
@@ -400,13 +336,6 @@ def _cut(
         if a + windows.frames >= n:
             return segs, total
         start_col += windows.hop_columns
-
-
-def _fbank_raw(wave: torch.Tensor, device) -> torch.Tensor:
-    wave = wave.to(device)
-    if num_frames(wave.shape[-1]) == 0:
-        return torch.zeros(0, NUM_MEL_BINS, dtype=torch.float32, device=device)
-    return fbank(wave).float()
 
 
 def _run_segments(
@@ -427,13 +356,8 @@ def _run_segments(
     for length, group in sorted(groups.items()):
         for start in range(0, len(group), batch_size):
             chunk = group[start : start + batch_size]
-            fb = torch.stack(
-                [
-                    torch.nn.functional.pad(s.raw.to(device), (0, 0, 0, length - s.raw.shape[0]))
-                    for s in chunk
-                ]
-            )
-            fb = ((fb - cfg.norm_mean) / (2.0 * cfg.norm_std)).to(dtype)
+            stats = (cfg.norm_mean, cfg.norm_std)
+            fb = input_batch([s.raw.to(device) for s in chunk], length, stats).to(dtype)
             cols = _column_features(model, fb, layers, bands)
             for b, seg in enumerate(chunk):
                 k = _columns(seg.raw.shape[0], seg.n_samples, cfg)
@@ -444,18 +368,13 @@ def _column_features(model, fb: torch.Tensor, layers: tuple[int, ...], bands: bo
     """(B, t_dim, D): the chosen layers' patch tokens per column, concatenated."""
     n_streams = num_layers(model)
     enc = model.encode(fb, return_layers=any(i != n_streams - 1 for i in layers))
-    f_dim, t_dim = enc.grid
     parts = []
     for idx in layers:
         if idx == n_streams - 1:
             tokens = enc.patch_tokens
         else:
             tokens = enc.layers[idx][:, model.config.num_class_tokens :]
-        grid = tokens.reshape(fb.shape[0], f_dim, t_dim, -1).float()
-        if bands:  # keep the frequency rows apart: (B, t, f * E)
-            parts.append(grid.permute(0, 2, 1, 3).reshape(fb.shape[0], t_dim, -1))
-        else:
-            parts.append(grid.mean(dim=1))
+        parts.append(pool_columns(tokens, enc.grid, bands))
     return torch.cat(parts, dim=-1)
 
 
@@ -545,8 +464,7 @@ def embed_files(
     cannot be decoded; ``"skip"`` leaves it out and reports it in :attr:`FileBatch.bad`.
     ``options`` go to :func:`embed` (``layers``, ``window_seconds``, ``device``, ``pooling``...).
     """
-    if on_bad_file not in BAD_FILE_POLICIES:
-        raise UsageError(f"on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
+    check_bad_file_policy(on_bad_file)
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size}")
     return _file_batches(model, list(paths), batch_size, on_bad_file, options)

@@ -50,6 +50,11 @@ class UsageError(SsambaError, ValueError):
     """An argument value that cannot work (``batch_size=0``, a window without a hop, ...)."""
 
 
+class WaveformTypeError(UsageError, TypeError):
+    """A waveform of the wrong kind (integer PCM where float samples are expected): a
+    :class:`UsageError` for the command line's one error line, a ``TypeError`` for Python."""
+
+
 class AudioError(SsambaError, ValueError):
     """An audio file could not be turned into samples.
 

@@ -1,36 +1,21 @@
-"""Evaluation: classification metrics and ``evaluate_model`` (behind ``ssamba evaluate``).
+"""Scoring a model: the one prediction path and ``evaluate_model`` (behind ``ssamba evaluate``).
 
-Metrics take ``scores`` (N, C) (logits or probabilities: every metric here is invariant to a
-monotonic per-value transform such as the sigmoid) and ``targets`` (N, C): one-hot, multi-hot or
-soft (values in [0, 1], used as weights). They match scikit-learn on binary targets, ties included:
+:func:`model_outputs` runs a model over a loader (eval mode, no gradients, bad files dropped, the
+mode restored); :func:`predict` turns each output into the head's :func:`head_scores` (softmax
+for a model fine-tuned with cross-entropy, sigmoid for one trained with binary cross-entropy, as
+the official checkpoints). Fine-tuning's validation and test, cross-validation (through
+fine-tuning), DASL and :func:`evaluate_model` all score this way.
 
-- :func:`accuracy`: argmax of the scores vs argmax of the targets;
-- :func:`average_precision` / :func:`mean_average_precision`: per-class AP (step-wise, as
-  ``sklearn.metrics.average_precision_score``) and its mean over the classes that have positives;
-- :func:`roc_auc` / :func:`mean_auc`: per-class ROC AUC (ties count one half) and its mean over the
-  classes that have both positives and negatives;
-- :func:`d_prime`: ``sqrt(2) * Phi^-1(AUC)`` (the SSAST logs report it for the mean AUC);
-- :func:`confusion_matrix` (rows: true class, columns: predicted) and :func:`per_class_metrics`.
-
-A class without positives has no AP (and no AUC): it is left out of the means with a
-:class:`MetricWarning` naming it, and the metrics dict says over how many classes each mean ran.
-
-:func:`evaluate_model` runs a fine-tuned model over a manifest and returns an :class:`EvalResult`
-(scores are the head's :func:`head_scores`: softmax for a model fine-tuned with cross-entropy,
-sigmoid for one trained with binary cross-entropy, as the official checkpoints);
-``EvalResult.save(folder)`` writes ``metrics.json``, ``per_class.csv``, ``scores.npz`` and, for
-single-label tasks, ``confusion.csv`` and ``confusion.png`` (matplotlib, optional).
+:func:`evaluate_model` runs a fine-tuned model over a manifest and returns an
+:class:`~ssamba.evaluation_report.EvalResult`; ``EvalResult.save(folder)`` writes its files. The
+metrics themselves are plain numpy in :mod:`ssamba.metrics`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,397 +26,45 @@ from tqdm.auto import tqdm
 from ssamba.constants import CLASSES_FILE
 from ssamba.data import AudioDataset, Manifest, drop_bad, make_loader, read_manifest
 from ssamba.errors import EvaluationError
-from ssamba.fileio import atomic_write, atomic_write_bytes, atomic_write_json
+from ssamba.evaluation_report import EvalResult, plot_confusion
+from ssamba.metrics import (
+    MetricWarning,
+    accuracy,
+    average_precision,
+    compute_metrics,
+    confusion_matrix,
+    d_prime,
+    is_multilabel,
+    mean_auc,
+    mean_average_precision,
+    per_class_metrics,
+    roc_auc,
+)
 from ssamba.models.model import AudioModel
 
-
-class MetricWarning(UserWarning):
-    """A metric was computed over fewer classes than the model has (the message says which)."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Metrics
-
-
-def _as_arrays(scores: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
-    s = _to_numpy(scores)
-    t = _to_numpy(targets)
-    if s.ndim == 1:
-        s = s[:, None]
-    if t.ndim == 1:
-        t = t[:, None]
-    if s.ndim != 2 or s.shape != t.shape:
-        raise ValueError(
-            f"scores and targets must both be (N, C) with the same shape, got "
-            f"{tuple(s.shape)} and {tuple(t.shape)}"
-        )
-    if s.shape[0] == 0:
-        raise ValueError("no examples to evaluate")
-    if not np.isfinite(s).all():
-        raise ValueError("scores contain NaN or inf")
-    if not np.isfinite(t).all() or (t < 0).any() or (t > 1).any():
-        raise ValueError("targets must be finite values in [0, 1] (one-hot, multi-hot or soft)")
-    return s.astype(np.float64), t.astype(np.float64)
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # a torch tensor
-        x = x.detach().cpu().float().numpy()
-    return np.asarray(x)
-
-
-def _class_curve(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cumulative (weighted) true and false positives at each distinct score, highest first."""
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]
-    tps = np.cumsum(y)[last_of_tie]
-    fps = np.cumsum(1.0 - y)[last_of_tie]
-    return tps, fps
-
-
-def _class_ap(s: np.ndarray, y: np.ndarray) -> float:
-    tps, fps = _class_curve(s, y)
-    if tps[-1] <= 0:
-        return math.nan
-    precision = tps / np.maximum(tps + fps, np.finfo(np.float64).tiny)
-    recall = tps / tps[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def _class_auc(s: np.ndarray, y: np.ndarray) -> float:
-    tps, fps = _class_curve(s, y)
-    if tps[-1] <= 0 or fps[-1] <= 0:
-        return math.nan
-    tpr = np.r_[0.0, tps / tps[-1]]
-    fpr = np.r_[0.0, fps / fps[-1]]
-    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
-
-
-def average_precision(scores: Any, targets: Any) -> np.ndarray:
-    """Per-class average precision, shape (C,); NaN for a class with no positives."""
-    s, t = _as_arrays(scores, targets)
-    return np.array([_class_ap(s[:, c], t[:, c]) for c in range(s.shape[1])])
-
-
-def roc_auc(scores: Any, targets: Any) -> np.ndarray:
-    """Per-class ROC AUC, shape (C,); NaN for a class without positives or without negatives."""
-    s, t = _as_arrays(scores, targets)
-    return np.array([_class_auc(s[:, c], t[:, c]) for c in range(s.shape[1])])
-
-
-def _mean_over_defined(
-    values: np.ndarray, what: str, class_names: Sequence[str] | None, reason: str, warn: bool
-) -> float:
-    defined = ~np.isnan(values)
-    if not defined.any():
-        raise EvaluationError(f"{what} is undefined: no class has {reason}")
-    if warn and not defined.all():
-        names = _names(class_names, len(values))
-        missing = [names[c] for c in np.flatnonzero(~defined)]
-        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
-        warnings.warn(
-            f"{what} is the mean over the {int(defined.sum())} of {len(values)} classes that have "
-            f"{reason}; left out: {shown}",
-            MetricWarning,
-            stacklevel=3,
-        )
-    return float(values[defined].mean())
-
-
-def mean_average_precision(
-    scores: Any, targets: Any, class_names: Sequence[str] | None = None, *, warn: bool = True
-) -> float:
-    """Mean over classes of the average precision. Classes without positives are left out, with a
-    :class:`MetricWarning` naming them (never counted as 0 or 1)."""
-    return _mean_over_defined(
-        average_precision(scores, targets), "mAP", class_names, "positive examples", warn
-    )
-
-
-def mean_auc(
-    scores: Any, targets: Any, class_names: Sequence[str] | None = None, *, warn: bool = True
-) -> float:
-    """Mean over classes of the ROC AUC. Classes without both positives and negatives are left
-    out, with a :class:`MetricWarning`."""
-    return _mean_over_defined(
-        roc_auc(scores, targets), "mean AUC", class_names, "positive and negative examples", warn
-    )
-
-
-def d_prime(auc: float | np.ndarray) -> float | np.ndarray:
-    """Sensitivity index ``sqrt(2) * Phi^-1(auc)`` (inf at AUC 1, -inf at 0)."""
-    value = torch.special.ndtri(torch.as_tensor(auc, dtype=torch.float64)) * math.sqrt(2.0)
-    return float(value) if value.dim() == 0 else value.numpy()
-
-
-def accuracy(scores: Any, targets: Any) -> float:
-    """Fraction of examples whose highest score is at the target's highest value."""
-    s, t = _as_arrays(scores, targets)
-    return float(np.mean(s.argmax(axis=1) == t.argmax(axis=1)))
-
-
-def confusion_matrix(scores: Any, targets: Any) -> np.ndarray:
-    """(C, C) counts: row = true class (argmax of the target), column = predicted (argmax)."""
-    s, t = _as_arrays(scores, targets)
-    c = s.shape[1]
-    flat = t.argmax(axis=1) * c + s.argmax(axis=1)
-    return np.bincount(flat, minlength=c * c).reshape(c, c)
-
-
-def is_multilabel(targets: Any) -> bool:
-    """True when some example has more than one positive (hard) label."""
-    t = _to_numpy(targets)
-    return bool(((t >= 0.5).sum(axis=1) > 1).any()) if t.ndim == 2 else False
-
-
-def per_class_metrics(
-    scores: Any,
-    targets: Any,
-    class_names: Sequence[str] | None = None,
-    multilabel: bool | None = None,
-    threshold: float = 0.5,
-) -> list[dict]:
-    """One row per class: ``index, name, support, predicted, precision, recall, ap, auc``.
-
-    Single-label: predictions are the argmax. Multi-label: ``scores >= threshold`` (pass sigmoid
-    probabilities). Support is the number of positives (targets >= 0.5). Undefined values (no
-    positives, nothing predicted) are NaN.
-    """
-    s, t = _as_arrays(scores, targets)
-    n, c = s.shape
-    names = _names(class_names, c)
-    if multilabel is None:
-        multilabel = is_multilabel(t)
-    positive = t >= 0.5
-    if multilabel:
-        predicted = s >= threshold
-    else:
-        predicted = np.zeros_like(positive)
-        predicted[np.arange(n), s.argmax(axis=1)] = True
-        positive = np.zeros_like(predicted)
-        positive[np.arange(n), t.argmax(axis=1)] = True
-    ap, auc = average_precision(s, t), roc_auc(s, t)
-    rows = []
-    for k in range(c):
-        tp = int(np.sum(predicted[:, k] & positive[:, k]))
-        n_pred, support = int(predicted[:, k].sum()), int(positive[:, k].sum())
-        rows.append(
-            {
-                "index": k,
-                "name": names[k],
-                "support": support,
-                "predicted": n_pred,
-                "precision": tp / n_pred if n_pred else math.nan,
-                "recall": tp / support if support else math.nan,
-                "ap": float(ap[k]),
-                "auc": float(auc[k]),
-            }
-        )
-    return rows
-
-
-def compute_metrics(
-    scores: Any,
-    targets: Any,
-    class_names: Sequence[str] | None = None,
-    multilabel: bool | None = None,
-) -> dict:
-    """All summary metrics as a JSON-ready dict.
-
-    Keys: ``num_examples, num_classes, multilabel, acc, map, mauc, d_prime, map_classes,
-    auc_classes, classes_without_positives``. ``acc`` is None for multi-label targets (use mAP);
-    ``map_classes``/``auc_classes`` say over how many classes each mean ran.
-    """
-    s, t = _as_arrays(scores, targets)
-    c = s.shape[1]
-    names = _names(class_names, c)
-    if multilabel is None:
-        multilabel = is_multilabel(t)
-    ap, auc = average_precision(s, t), roc_auc(s, t)
-    m_ap = _mean_over_defined(ap, "mAP", names, "positive examples", warn=True)
-    auc_ok = ~np.isnan(auc)
-    m_auc = float(auc[auc_ok].mean()) if auc_ok.any() else math.nan
-    return {
-        "num_examples": int(s.shape[0]),
-        "num_classes": c,
-        "multilabel": bool(multilabel),
-        "acc": None if multilabel else accuracy(s, t),
-        "map": m_ap,
-        "mauc": _json_float(m_auc),
-        "d_prime": _json_float(d_prime(m_auc)) if auc_ok.any() else None,
-        "map_classes": int((~np.isnan(ap)).sum()),
-        "auc_classes": int(auc_ok.sum()),
-        "classes_without_positives": [names[k] for k in np.flatnonzero(np.isnan(ap))],
-    }
-
-
-def _names(class_names: Sequence[str] | None, c: int) -> list[str]:
-    if class_names is None:
-        return [str(k) for k in range(c)]
-    names = [str(x) for x in class_names]
-    if len(names) != c:
-        raise ValueError(f"{len(names)} class names for {c} classes")
-    return names
-
-
-def _json_float(x: float) -> float | None:
-    x = float(x)
-    return None if math.isnan(x) else x
-
-
-# --------------------------------------------------------------------------------------------------
-# Evaluating a model
-
-
-@dataclass
-class EvalResult:
-    """What :func:`evaluate_model` returns.
-
-    ``scores`` (N, C) the head's scores (:func:`head_scores`); ``targets`` (N, C); ``metrics`` (see
-    :func:`compute_metrics`, plus ``main_metric``); ``per_class`` rows (see
-    :func:`per_class_metrics`); ``class_names`` the model's output classes; ``paths`` the files.
-    """
-
-    scores: np.ndarray
-    targets: np.ndarray
-    metrics: dict
-    per_class: list[dict]
-    class_names: list[str]
-    multilabel: bool
-    paths: list[str] = field(default_factory=list)
-    display_names: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def confusion(self) -> np.ndarray:
-        return confusion_matrix(self.scores, self.targets)
-
-    def summary(self, max_rows: int = 60) -> str:
-        """A readable report: the main metrics, then a per-class table (worst AP first)."""
-        m = self.metrics
-        lines = [
-            f"examples: {m['num_examples']}; classes: {m['num_classes']} "
-            f"({'multi-label' if self.multilabel else 'single-label'})"
-        ]
-        if m.get("acc") is not None:
-            lines.append(f"accuracy: {m['acc']:.4f}")
-        lines.append(f"mAP:      {m['map']:.4f} (over {m['map_classes']} classes with positives)")
-        if m.get("mauc") is not None:
-            lines.append(f"mean AUC: {m['mauc']:.4f}; d': {m['d_prime']:.4f}")
-        for note in self.notes:
-            lines.append(f"note: {note}")
-        rows = sorted(
-            self.per_class, key=lambda r: (math.isnan(r["ap"]), r["ap"] if r["support"] else 2)
-        )
-        shown = rows[:max_rows]
-        width = min(32, max(5, *(len(self._label(r["name"])) for r in shown)))
-        lines.append("")
-        lines.append(
-            f"{'class':<{width}}  {'support':>7}  {'precision':>9}  {'recall':>7}  "
-            f"{'AP':>6}  {'AUC':>6}"
-        )
-        for r in shown:
-            lines.append(
-                f"{self._label(r['name'])[:width]:<{width}}  {r['support']:>7}  "
-                f"{_fmt(r['precision']):>9}  {_fmt(r['recall']):>7}  {_fmt(r['ap']):>6}  "
-                f"{_fmt(r['auc']):>6}"
-            )
-        if len(rows) > max_rows:
-            lines.append(f"... {len(rows) - max_rows} more classes in per_class.csv")
-        return "\n".join(lines)
-
-    def _label(self, name: str) -> str:
-        return self.display_names.get(name, name)
-
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write ``metrics.json``, ``per_class.csv``, ``scores.npz`` and, single-label only,
-        ``confusion.csv`` and ``confusion.png`` (skipped with a warning without matplotlib).
-        Each file is replaced atomically; other files in ``folder`` are left alone."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(folder / "metrics.json", dict(self.metrics, notes=self.notes))
-        header = ["index", "name", "display_name", "support", "predicted"] + _METRIC_COLS
-        rows = [
-            [r["index"], r["name"], self._label(r["name"]), r["support"], r["predicted"]]
-            + [_fmt(r[k], 6) for k in _METRIC_COLS]
-            for r in self.per_class
-        ]
-        atomic_write_bytes(folder / "per_class.csv", _csv_bytes([header, *rows]))
-        atomic_write(folder / "scores.npz", self._write_scores)
-        if not self.multilabel:
-            cm = self.confusion
-            rows = [[name] + row.tolist() for name, row in zip(self.class_names, cm, strict=True)]
-            table = [["true \\ predicted"] + self.class_names, *rows]
-            atomic_write_bytes(folder / "confusion.csv", _csv_bytes(table))
-            try:
-                plot_confusion(cm, [self._label(n) for n in self.class_names], folder)
-            except ImportError as e:
-                warnings.warn(str(e), MetricWarning, stacklevel=2)
-        return folder
-
-    def _write_scores(self, tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: numpy would append ".npz" to the name
-            np.savez_compressed(
-                f,
-                scores=self.scores.astype(np.float32),
-                targets=self.targets.astype(np.float32),
-                paths=np.array(self.paths, dtype=str),
-                classes=np.array(self.class_names, dtype=str),
-            )
-
-
-def _csv_bytes(rows: list[list]) -> bytes:
-    """CSV as the csv module writes it (``\\r\\n`` line ends), UTF-8."""
-    buf = io.StringIO(newline="")
-    csv.writer(buf).writerows(rows)
-    return buf.getvalue().encode("utf-8")
-
-
-_METRIC_COLS = ["precision", "recall", "ap", "auc"]
-
-
-def _fmt(x: float, digits: int = 4) -> str:
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def plot_confusion(cm: np.ndarray, names: Sequence[str], folder: str | os.PathLike) -> Path:
-    """Save ``confusion.png``: row-normalised confusion matrix (rows: true class)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=True)
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError(
-            "confusion.png needs matplotlib: pip install matplotlib (or ssamba[plot]); "
-            "confusion.csv has the same numbers"
-        ) from None
-    c = len(names)
-    rows = cm.sum(axis=1, keepdims=True)
-    norm = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
-    size = min(24.0, max(5.0, 0.28 * c + 2))
-    fig, ax = plt.subplots(figsize=(size, size))
-    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
-    if c <= 60:
-        ax.set_xticks(range(c), labels=list(names), rotation=90, fontsize=7)
-        ax.set_yticks(range(c), labels=list(names), fontsize=7)
-    if c <= 15:
-        for i in range(c):
-            for j in range(c):
-                if cm[i, j]:
-                    color = "white" if norm[i, j] > 0.5 else "black"
-                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=color)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    acc = np.trace(cm) / max(cm.sum(), 1)
-    ax.set_title(f"confusion (row-normalised), accuracy {acc:.4f}")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    path = Path(folder) / "confusion.png"
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
-    return path
+# The metrics and the report live in ssamba.metrics and ssamba.evaluation_report; their names
+# stay importable from here, where the evaluation API has always been.
+__all__ = [
+    "EvalResult",
+    "EvaluationError",
+    "MetricWarning",
+    "accuracy",
+    "average_precision",
+    "compute_metrics",
+    "confusion_matrix",
+    "d_prime",
+    "evaluate_model",
+    "find_class_list",
+    "head_scores",
+    "is_multilabel",
+    "mean_auc",
+    "mean_average_precision",
+    "model_outputs",
+    "per_class_metrics",
+    "plot_confusion",
+    "predict",
+    "roc_auc",
+]
 
 
 def _has_head(model: AudioModel) -> bool:

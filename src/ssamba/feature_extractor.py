@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from ssamba.audio import fbank, num_frames, pad_or_cut, resample
+from ssamba.audio import fbank_frames, input_batch, waveforms
 from ssamba.checkpoints import official_config, read_official, resolve_checkpoint
 from ssamba.constants import NUM_MEL_BINS, SAMPLE_RATE
 from ssamba.errors import CheckpointError, UsageError
@@ -158,13 +156,17 @@ class FeatureExtractor:
         clip, and ``attention_mask`` (B, T) of 1s on real frames when asked for."""
         if padding not in PADDINGS:
             raise UsageError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
-        waves = self._waves(raw_speech, sampling_rate)
-        feats = [self._fbank(w) for w in waves]
+        if sampling_rate is None:
+            raise UsageError(
+                "pass the waveforms' sampling_rate (e.g. fe(wave, sampling_rate=16000)); "
+                "other rates are resampled to 16 kHz"
+            )
+        waves, _ = waveforms(raw_speech, int(sampling_rate))
+        feats = [fbank_frames(w, self.num_mel_bins) for w in waves]
         lengths = [f.shape[0] for f in feats]
         target = self.max_length if padding == "max_length" else max(max(lengths), 1)
-        values = torch.stack([self._pad(f, target) for f in feats])
-        if self.do_normalize:
-            values = (values - self.mean) / (2.0 * self.std)
+        stats = (self.mean, self.std) if self.do_normalize else None
+        values = input_batch(feats, target, stats, self.padding_value)
         out = {
             "input_values": values,
             "lengths": torch.tensor([min(n, target) for n in lengths], dtype=torch.long),
@@ -173,43 +175,3 @@ class FeatureExtractor:
             frames = torch.arange(target)
             out["attention_mask"] = (frames[None, :] < out["lengths"][:, None]).long()
         return out
-
-    def _fbank(self, wave: torch.Tensor) -> torch.Tensor:
-        if num_frames(wave.shape[-1]) == 0:  # shorter than one frame: all padding
-            return wave.new_zeros(0, self.num_mel_bins)
-        return fbank(wave, num_mel_bins=self.num_mel_bins)
-
-    def _pad(self, feats: torch.Tensor, target: int) -> torch.Tensor:
-        if self.padding_value == 0.0 or feats.shape[0] >= target:
-            return pad_or_cut(feats, target)
-        fill = feats.new_full((target - feats.shape[0], feats.shape[1]), self.padding_value)
-        return torch.cat([feats, fill])
-
-    def _waves(self, raw: Any, sampling_rate: int | None) -> list[torch.Tensor]:
-        if sampling_rate is None:
-            raise UsageError(
-                "pass the waveforms' sampling_rate (e.g. fe(wave, sampling_rate=16000)); "
-                "other rates are resampled to 16 kHz"
-            )
-        if isinstance(raw, (torch.Tensor, np.ndarray)) and raw.ndim == 2:
-            raw = list(raw)
-        elif not isinstance(raw, Sequence) or isinstance(raw, str):
-            raw = [raw]
-        if not raw:
-            raise UsageError("no audio given (empty list)")
-        return [self._one(w, int(sampling_rate), i) for i, w in enumerate(raw)]
-
-    @staticmethod
-    def _one(wave: Any, rate: int, index: int) -> torch.Tensor:
-        if isinstance(wave, torch.Tensor):
-            tensor = wave
-        else:  # a read-only array (a decoder's buffer) is copied: torch wants writable memory
-            array = np.asarray(wave)
-            tensor = torch.as_tensor(array if array.flags.writeable else array.copy())
-        if tensor.dim() != 1 or not tensor.is_floating_point():
-            raise UsageError(
-                f"waveform {index}: expected a 1-D float waveform, got {tuple(tensor.shape)} "
-                f"{tensor.dtype}"
-            )
-        tensor = tensor.detach().to(torch.float32)
-        return resample(tensor, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else tensor

@@ -13,12 +13,14 @@ one process writes into for a long time (a training run, an embedding store) is 
 
 from __future__ import annotations
 
+import csv
 import fcntl
+import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,28 @@ def atomic_write_json(path: str | os.PathLike, data: Any, **dumps: Any) -> Path:
     """JSON with a two-space indent and a final newline (``dumps`` overrides, e.g. ``default``)."""
     dumps.setdefault("indent", 2)
     return atomic_write_text(path, json.dumps(data, **dumps) + "\n")
+
+
+def csv_text(header: Sequence[Any], rows: Iterable[Sequence[Any]], line_end: str = "\r\n") -> str:
+    """A CSV document, the header line first, as the csv module writes it (minimal quoting).
+    ``line_end``: the csv module's ``\\r\\n`` (RFC 4180), or ``"\\n"`` for files that line tools
+    (diff, grep) read too."""
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf, lineterminator=line_end)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def atomic_write_csv(
+    path: str | os.PathLike,
+    header: Sequence[Any],
+    rows: Iterable[Sequence[Any]],
+    line_end: str = "\r\n",
+) -> Path:
+    """Every CSV the library writes (manifests, class lists, reports): :func:`csv_text` in UTF-8,
+    written atomically."""
+    return atomic_write_text(path, csv_text(header, rows, line_end))
 
 
 def check_folder_target(path: str | os.PathLike, what: str = "output folder") -> Path:

@@ -40,8 +40,9 @@ from ssamba.constants import CLASSES_FILE
 from ssamba.data import AudioDataset, make_loader, read_splits
 from ssamba.data.checks import duplicate_problems
 from ssamba.errors import ManifestError, UsageError
-from ssamba.evaluation import compute_metrics, model_outputs, predict
+from ssamba.evaluation import model_outputs, predict
 from ssamba.fileio import atomic_write_json, atomic_write_text, staged_folder
+from ssamba.metrics import compute_metrics
 from ssamba.probe import LinearClassifier, probe_results, select_linear
 from ssamba.training import (
     CHECKPOINTS,

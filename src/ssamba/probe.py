@@ -42,11 +42,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ssamba.constants import PROBE_L2_GRID, PROBE_RESULTS_FILE
 from ssamba.data import Manifest, check_no_overlap, read_manifest, read_splits
 from ssamba.embeddings import embed_files, layer_columns, model_fingerprint, resolve_layers
 from ssamba.errors import UsageError
-from ssamba.evaluation import accuracy, mean_average_precision
 from ssamba.fileio import atomic_write
+from ssamba.metrics import accuracy, mean_average_precision
 
 __all__ = [
     "DEFAULT_L2",
@@ -69,8 +70,8 @@ __all__ = [
     "view_layers",
 ]
 
-DEFAULT_L2 = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
-RESULTS_FILE = "probe_results.json"
+DEFAULT_L2 = PROBE_L2_GRID
+RESULTS_FILE = PROBE_RESULTS_FILE
 KNN_K = 20  # neighbours of the kNN score (fewer when the training split is smaller)
 
 

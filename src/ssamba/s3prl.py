@@ -43,13 +43,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ssamba.audio import fbank
+from ssamba.audio import FRAME_SAMPLES, HOP_SAMPLES, fbank_frames, input_batch
 from ssamba.checkpoints import load_model
 from ssamba.constants import FRAMES_PER_SECOND, PATCH
-from ssamba.embeddings import FRAME_SAMPLES, HOP_SAMPLES
 from ssamba.errors import UsageError
 from ssamba.models.config import RELEASES
 from ssamba.models.model import AudioModel
+from ssamba.models.patches import pool_columns
 
 __all__ = [
     "POOLINGS",
@@ -147,11 +147,10 @@ class UpstreamExpert(nn.Module):
                 raise UsageError(f"expected 1-D waveforms, got shape {tuple(wav.shape)}")
             # the front end is fixed: gradients flow into the model (fine-tuning), not the audio
             padded = F.pad(wav.detach().to(device, torch.float32), (0, need - wav.shape[-1]))
-            feats = fbank(padded)
+            feats = fbank_frames(padded)
             for k in range(n_windows):
                 out.append(feats[k * hop : k * hop + self.window_frames])
-        windows = torch.stack(out)
-        return (windows - cfg.norm_mean) / (2.0 * cfg.norm_std)
+        return input_batch(out, self.window_frames, (cfg.norm_mean, cfg.norm_std))
 
     def _streams(self, windows: torch.Tensor) -> list[torch.Tensor]:
         """(n, F, mel) windows -> per stream (n * columns, features): the patch-embedding
@@ -162,16 +161,8 @@ class UpstreamExpert(nn.Module):
         final, layers = model.encoder(tokens, return_layers=True)
         n_cls = model.config.num_class_tokens
         streams = [tokens, *layers[:-1], final]
-        f_dim, t_dim = grid
-        out = []
-        for s in streams:
-            cols = s[:, n_cls:].reshape(s.shape[0], f_dim, t_dim, -1).float()
-            if self.pooling == "bands":  # (n, t, f * dim): the official layout
-                cols = cols.permute(0, 2, 1, 3).flatten(2)
-            else:
-                cols = cols.mean(dim=1)
-            out.append(cols.flatten(0, 1))
-        return out
+        bands = self.pooling == "bands"  # (n, t, f * dim): the official layout
+        return [pool_columns(s[:, n_cls:], grid, bands).flatten(0, 1) for s in streams]
 
 
 def upstream(ckpt: str | Path | AudioModel, window_secs: float = 10.0, **kwargs) -> UpstreamExpert:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ssamba.bench.spec import CSV_FIELDS, DEFAULT_FIT_MIN_TOKENS, FREQ_PATCHES
 from ssamba.constants import PATCH
-from ssamba.fileio import atomic_write, atomic_write_json
+from ssamba.fileio import atomic_write_csv, atomic_write_json
 
 # CSV columns read back as integers (the others as floats where they parse, else text).
 _INT_FIELDS = frozenset(
@@ -40,14 +40,8 @@ def write_results(
     """Write ``bench.csv`` and ``bench.json`` (points, summary, machine, command) to ``out_dir``."""
     out_dir = Path(out_dir)
 
-    def write_csv(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-            w.writeheader()
-            for p in points:
-                w.writerow({k: _csv_value(p.get(k)) for k in CSV_FIELDS})
-
-    atomic_write(out_dir / "bench.csv", write_csv)
+    rows = [[_csv_value(p.get(k)) for k in CSV_FIELDS] for p in points]
+    atomic_write_csv(out_dir / "bench.csv", CSV_FIELDS, rows)
     doc = dict(meta or {})
     doc["points"] = points
     doc["summary"] = summarize(points, fit_min_tokens=fit_min_tokens)

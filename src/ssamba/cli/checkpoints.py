@@ -1,11 +1,9 @@
-"""``ssamba convert`` and ``ssamba average``, and loading the model ``-c/--checkpoint`` names
-(shared with ``embed``, ``probe`` and ``evaluate``)."""
+"""``ssamba convert`` and ``ssamba average`` (loading the model ``-c/--checkpoint`` names, which
+every command shares, is in :mod:`ssamba.cli.common`)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 from ssamba.cli.common import (
@@ -13,138 +11,21 @@ from ssamba.cli.common import (
     add_command,
     add_out,
     add_overwrite,
+    either,
+    model_errors,
     non_negative_float,
     non_negative_int,
     positive_int,
     prepare_output,
 )
 from ssamba.constants import CLASSES_FILE, PATCH
-from ssamba.errors import SsambaError, UsageError
+from ssamba.errors import UsageError
 from ssamba.fileio import atomic_write_bytes, staged_folder
 
 
 def register(subparsers) -> None:
     _register_convert(subparsers)
     _register_average(subparsers)
-
-
-# ---------------------------------------------------------------------------- shared helpers
-@contextmanager
-def model_errors():
-    """Plain ValueErrors of model construction (an unknown preset, a bad override) as
-    UsageError, so the command prints one line instead of a traceback."""
-    try:
-        yield
-    except ValueError as err:
-        if isinstance(err, SsambaError):
-            raise
-        raise UsageError(str(err)) from None
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def check_device(spec: str | None) -> str | None:
-    """``--device`` checked before any work: a device torch knows and this machine has (torch's
-    own errors for these are tracebacks from deep inside the first ``.to()``)."""
-    if spec is None:
-        return None
-    import torch
-
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {spec!r}: expected cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this torch is built without CUDA" if torch.version.cuda is None else (
-                "no CUDA device is visible"
-            )  # fmt: skip
-            raise UsageError(f"--device {spec}: CUDA is not available ({why}); use --device cpu")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise UsageError(f"--device {spec}: there are {count} CUDA device(s) (cuda:0..)")
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise UsageError(f"--device {spec}: MPS is not available; use --device cpu")
-    elif device.type != "cpu":
-        raise UsageError(f"--device {spec!r}: expected cpu, cuda or cuda:N")
-    return spec
-
-
-def check_model_conflict(model: str | None, checkpoint: str | None) -> None:
-    """``--model`` given together with ``-c/--checkpoint`` must describe the same architecture
-    and width: the checkpoint decides the model, so a different ``--model`` would be ignored
-    (and recorded in run.json as if it had been used)."""
-    if model is None or checkpoint is None or str(checkpoint).lower() == "none":
-        return
-    from ssamba.models.config import PRESETS
-
-    if model not in PRESETS:
-        return
-    saved = _checkpoint_shape(checkpoint)
-    if saved is None:
-        return
-    want = PRESETS[model].config
-    wanted = (want["arch"], want["embed_dim"])
-    if saved != wanted:
-        raise UsageError(
-            f"--model {model} ({wanted[0]}, width {wanted[1]}) conflicts with -c/--checkpoint "
-            f"{checkpoint} ({saved[0]}, width {saved[1]}): the checkpoint decides the model; "
-            "drop --model"
-        )
-
-
-def _checkpoint_shape(checkpoint: str) -> tuple[str, int] | None:
-    """(arch, embed_dim) of a saved folder or an official file; None for a preset name."""
-    import json
-
-    from ssamba.checkpoints import is_hub_file, resolve_checkpoint
-
-    path = Path(resolve_checkpoint(checkpoint)) if is_hub_file(checkpoint) else Path(checkpoint)
-    if path.is_dir() and (path / "config.json").is_file():
-        try:
-            cfg = json.loads((path / "config.json").read_text())
-            return cfg.get("arch", "ssamba"), cfg.get("embed_dim")
-        except (OSError, ValueError, AttributeError):
-            return None  # loading it reports the problem
-    if path.is_file():
-        from ssamba.checkpoints import official_config, read_official
-
-        cfg, _ = official_config(read_official(path), str(path))
-        return cfg.arch, cfg.embed_dim
-    return None
-
-
-def load_checkpoint(spec: str, device: str | None = None, **overrides):
-    """The model ``-c/--checkpoint`` names, in eval mode on ``device`` (default: cuda if any).
-
-    A preset name builds a model with random weights: said on stderr, since its outputs mean
-    nothing."""
-    import warnings
-
-    from ssamba.checkpoints import RandomWeightsWarning, load_model
-
-    check_device(device)
-    with model_errors(), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RandomWeightsWarning)
-        model = load_model(spec, **overrides)
-    for w in caught:  # the library's warning (a preset: random weights), as one plain line
-        print(f"warning: {w.message}", file=sys.stderr)
-    return model.to(device or default_device()).eval()
-
-
-def either(args: argparse.Namespace, option: str, positional: str, flag: str) -> str:
-    """The value given as ``flag`` or as the (old, hidden) positional; exactly one of them."""
-    a, b = getattr(args, option), getattr(args, positional)
-    if a is not None and b is not None and a != b:
-        raise UsageError(f"{flag} given twice ({a} and {b})")
-    if a is None and b is None:
-        raise UsageError(f"{flag} is required")
-    return a if a is not None else b
 
 
 # ---------------------------------------------------------------------------- ssamba convert

@@ -1,5 +1,7 @@
-"""What every command shares: option spellings, help formatting, ``--config`` files, output
-folders. One convention for all commands:
+"""What the commands share, and the only cli module the others import: option spellings, help
+formatting, value types, ``--config`` files, output folders, loading the model ``-c/--checkpoint``
+names, the options built from the config dataclasses, the embedding options. One convention for
+all commands:
 
 - ``-c/--checkpoint`` a model to load (preset name, ``save_pretrained`` folder, official
   ``.pth``, released name, Hub id or ``hf://ORG/NAME/FILE``), ``-o/--out`` the output folder
@@ -14,18 +16,23 @@ Nothing here imports torch: ``ssamba --help`` and ``ssamba COMMAND --help`` stay
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import difflib
 import json
 import os
 import re
 import shutil
 import sys
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ssamba.constants import PATCH
-from ssamba.errors import ConfigError, UsageError, did_you_mean
+from ssamba.configs import PRECISIONS, field_defaults
+from ssamba.constants import BAD_FILE_POLICIES, PATCH
+from ssamba.errors import ConfigError, SsambaError, UsageError, did_you_mean
+from ssamba.models.config import list_models
 
 # Keys a run.json records that are not command-line settings: ignored when it is replayed.
 RECORDED_ONLY = frozenset(
@@ -399,3 +406,364 @@ def apply_config(parser: argparse.ArgumentParser, path: str) -> None:
         if action.dest in values:
             action.required = False
     parser.set_defaults(**values)
+
+
+# ---------------------------------------------------------------------------- the model to load
+@contextlib.contextmanager
+def model_errors():
+    """Plain ValueErrors of model construction (an unknown preset, a bad override) as
+    UsageError, so the command prints one line instead of a traceback."""
+    try:
+        yield
+    except ValueError as err:
+        if isinstance(err, SsambaError):
+            raise
+        raise UsageError(str(err)) from None
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(spec: str | None) -> str | None:
+    """``--device`` checked before any work: a device torch knows and this machine has (torch's
+    own errors for these are tracebacks from deep inside the first ``.to()``)."""
+    if spec is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {spec!r}: expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else (
+                "no CUDA device is visible"
+            )  # fmt: skip
+            raise UsageError(f"--device {spec}: CUDA is not available ({why}); use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"--device {spec}: there are {count} CUDA device(s) (cuda:0..)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(f"--device {spec}: MPS is not available; use --device cpu")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {spec!r}: expected cpu, cuda or cuda:N")
+    return spec
+
+
+def check_model_conflict(model: str | None, checkpoint: str | None) -> None:
+    """``--model`` given together with ``-c/--checkpoint`` must describe the same architecture
+    and width: the checkpoint decides the model, so a different ``--model`` would be ignored
+    (and recorded in run.json as if it had been used)."""
+    if model is None or checkpoint is None or str(checkpoint).lower() == "none":
+        return
+    from ssamba.models.config import PRESETS
+
+    if model not in PRESETS:
+        return
+    saved = _checkpoint_shape(checkpoint)
+    if saved is None:
+        return
+    want = PRESETS[model].config
+    wanted = (want["arch"], want["embed_dim"])
+    if saved != wanted:
+        raise UsageError(
+            f"--model {model} ({wanted[0]}, width {wanted[1]}) conflicts with -c/--checkpoint "
+            f"{checkpoint} ({saved[0]}, width {saved[1]}): the checkpoint decides the model; "
+            "drop --model"
+        )
+
+
+def _checkpoint_shape(checkpoint: str) -> tuple[str, int] | None:
+    """(arch, embed_dim) of a saved folder or an official file; None for a preset name."""
+    import json
+
+    from ssamba.checkpoints import is_hub_file, resolve_checkpoint
+
+    path = Path(resolve_checkpoint(checkpoint)) if is_hub_file(checkpoint) else Path(checkpoint)
+    if path.is_dir() and (path / "config.json").is_file():
+        try:
+            cfg = json.loads((path / "config.json").read_text())
+            return cfg.get("arch", "ssamba"), cfg.get("embed_dim")
+        except (OSError, ValueError, AttributeError):
+            return None  # loading it reports the problem
+    if path.is_file():
+        from ssamba.checkpoints import official_config, read_official
+
+        cfg, _ = official_config(read_official(path), str(path))
+        return cfg.arch, cfg.embed_dim
+    return None
+
+
+def load_checkpoint(spec: str, device: str | None = None, **overrides):
+    """The model ``-c/--checkpoint`` names, in eval mode on ``device`` (default: cuda if any).
+
+    A preset name builds a model with random weights: said on stderr, since its outputs mean
+    nothing."""
+    import warnings
+
+    from ssamba.checkpoints import RandomWeightsWarning, load_model
+
+    check_device(device)
+    with model_errors(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RandomWeightsWarning)
+        model = load_model(spec, **overrides)
+    for w in caught:  # the library's warning (a preset: random weights), as one plain line
+        print(f"warning: {w.message}", file=sys.stderr)
+    return model.to(device or default_device()).eval()
+
+
+def either(args: argparse.Namespace, option: str, positional: str, flag: str) -> str:
+    """The value given as ``flag`` or as the (old, hidden) positional; exactly one of them."""
+    a, b = getattr(args, option), getattr(args, positional)
+    if a is not None and b is not None and a != b:
+        raise UsageError(f"{flag} given twice ({a} and {b})")
+    if a is None and b is None:
+        raise UsageError(f"{flag} is required")
+    return a if a is not None else b
+
+
+# ---------------------------------------------------------------------------- config options
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list | tuple):
+        return " ".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
+
+
+class ConfigOptions:
+    """Adds options for fields of a config class: destination = the field's name, default = the
+    field's default. Fields in ``from_recipe`` may come from ``--recipe``: their options have no
+    default of their own (absent from the parsed arguments unless given), and their help names
+    both."""
+
+    def __init__(self, cls, from_recipe=()):
+        self.defaults = field_defaults(cls)
+        self.from_recipe = set(from_recipe)
+
+    def add(self, parser, name: str, help: str, *flags: str, shown: str | None = None, **kw):
+        """``shown``: the default as --help states it, where the field's own is resolved later
+        (None: the checkpoint's)."""
+        flags = flags or (f"--{name.replace('_', '-')}",)
+        default = self.defaults[name]
+        if name in self.from_recipe:
+            if "default" not in help.lower():  # printed once
+                help = f"{help} (default: {shown or _shown(default)}, or the --recipe's)"
+            kw["default"] = argparse.SUPPRESS
+        elif kw.get("required"):
+            kw["default"] = None  # (a --config file may set it)
+        else:
+            if default == 0 and not isinstance(default, bool):
+                help = f"{help} (default: 0)"  # the shared formatter skips falsy defaults
+            kw["default"] = default
+        parser.add_argument(*flags, dest=name, help=help, **kw)
+
+
+class StoreGiven(argparse.Action):
+    """Stores the value and notes that the option was given (``_given_<dest>``): a default
+    cannot conflict with another option, a value given on purpose can."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"_given_{self.dest}", True)
+
+
+def given_model(args) -> str | None:
+    """``--model`` when given on the command line (None when it is the default)."""
+    return args.model if getattr(args, "_given_model", False) else None
+
+
+def add_starting_weights(g, options: ConfigOptions) -> None:
+    """``-c/--checkpoint`` to start from (``--init``, its old name) and the model options: what
+    fine-tuning and DASL share."""
+    add_checkpoint(
+        g,
+        required=False,
+        help="weights to start from: save_pretrained folder or official .pth (default: none: a "
+        "random --model)",
+    )
+    hidden_alias(g, "--init", dest="checkpoint")
+    add_model_options(g, options)
+
+
+def add_model_options(p, options: ConfigOptions, drop_path: bool = False) -> None:
+    """``--model PRESET``, ``-c/--checkpoint`` and the model config overrides."""
+    options.add(p, "model", f"the preset to build ({', '.join(list_models())})", metavar="PRESET",
+                choices=list_models(), action=StoreGiven)  # fmt: skip
+    p.add_argument(
+        "--depth",
+        type=positive_int,
+        metavar="N",
+        help="override the preset's depth (default: the preset's)",
+    )
+    if drop_path:
+        p.add_argument(
+            "--drop-path",
+            type=fraction,
+            help="override the stochastic depth rate (default: the preset's)",
+        )
+    shortcuts = "--depth and --drop-path win" if drop_path else "--depth wins"
+    options.add(
+        p,
+        "model_overrides",
+        f"model config fields to override, as a JSON object, e.g. '{{\"depth\": 4}}' "
+        f"(default: none; {shortcuts})",
+        metavar="JSON",
+    )
+
+
+def add_train_options(p, options: ConfigOptions) -> None:
+    """The options of every training command (:class:`~ssamba.configs.TrainConfig`'s fields)."""
+    g = p.add_argument_group("optimisation")
+    add = options.add
+    add(g, "batch_size", "global batch (all ranks together)", type=positive_int, metavar="N")
+    add(g, "accum_steps", "gradient accumulation steps", type=positive_int, metavar="N")
+    add(g, "lr", "learning rate", type=positive_float)
+    add(g, "weight_decay", "weight decay", type=non_negative_float)
+    add(g, "betas", "Adam betas", type=fraction, nargs=2, metavar=("B1", "B2"))
+    add(g, "warmup_steps", "steps of linear learning-rate warm-up", type=non_negative_int,
+        metavar="N")  # fmt: skip
+    add(g, "epochs", "epochs to train", type=positive_int, metavar="N")
+    add(g, "max_steps", "stop after N steps (default: --epochs decides)", type=positive_int,
+        metavar="N")  # fmt: skip
+    add(g, "max_minutes", "also stop (and save) after this much training time (default: no "
+        "limit)", type=positive_float, metavar="MIN")  # fmt: skip
+    add(g, "grad_clip", "clip the gradient norm to this value (default: no clipping)",
+        type=positive_float)  # fmt: skip
+    add(
+        g,
+        "precision",
+        "fp32; bf16 autocast; or fp16 autocast with dynamic loss scaling",
+        choices=PRECISIONS,
+    )
+    g = p.add_argument_group("run")
+    add_out(g, help="output folder (run.json, metrics, checkpoints, best/ and final/ models)")
+    add(g, "seed", "random seed (weights, data order, masks, augmentation)",
+        type=non_negative_int, metavar="N")  # fmt: skip
+    add(g, "eval_every", "evaluate every N steps; 0: every epoch", type=non_negative_int,
+        metavar="N")  # fmt: skip
+    add(g, "save_every", "checkpoint every N steps; 0: every epoch", type=non_negative_int,
+        metavar="N")  # fmt: skip
+    add(g, "keep", "checkpoints to keep besides best/ and final/", type=positive_int, metavar="N")
+    add(g, "log_every", "steps between metric lines", type=positive_int, metavar="N")
+    add(g, "logger", "where metrics go, comma-separated: jsonl (metrics.jsonl, always "
+        "written), tensorboard (tb/), wandb (wandb/; WANDB_MODE=offline keeps it local)",
+        metavar="LIST")  # fmt: skip
+    add_workers(g, what="load training data")
+    g.add_argument("--device", help=DEVICE_HELP)
+    add(g, "allow_overlap", OVERLAP_HELP, action="store_true")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_overwrite(g)
+    add_progress(g)
+    add_config(p)
+
+
+def _model_overrides(args) -> dict:
+    value = getattr(args, "model_overrides", None) or {}
+    if isinstance(value, str):  # from the command line; a --config file gives a table
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"--model-overrides: not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"--model-overrides must be a JSON object, got {value!r}")
+    value = dict(value)
+    for name in ("depth", "drop_path", "norm"):
+        if getattr(args, name, None) is not None:
+            value[name] = getattr(args, name)
+    if getattr(args, "unidirectional", False):
+        value["bidirectional"] = False
+    if getattr(args, "residual_fp32", None) is not None:
+        value["residual_in_fp32"] = args.residual_fp32
+    return value
+
+
+def config_values(args, cls) -> dict[str, Any]:
+    """The values of ``cls``'s fields in the parsed ``args`` (fields not in ``args`` left out)."""
+    values = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
+    }
+    values["model_overrides"] = _model_overrides(args)
+    values["progress"] = not args.no_progress
+    if str(values.get("checkpoint")).lower() == "none":  # the old `--init none`: a fresh model
+        values["checkpoint"] = None
+    return values
+
+
+@contextlib.contextmanager
+def warn_if_random(checkpoint: str | None, model: str, what: str):
+    """Without -c/--checkpoint, say on stderr that ``what`` starts from random weights (as
+    embed and probe do), in place of the library's RandomWeightsWarning."""
+    from ssamba.checkpoints import RandomWeightsWarning
+
+    if checkpoint is None and is_main_process():
+        print(f"warning: no -c/--checkpoint: {what} starts from RANDOM weights (a fresh "
+              f"{model})", file=sys.stderr)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        yield
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (or no torchrun): the process that prints."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# ---------------------------------------------------------------------------- embedding options
+def add_embedding_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``embed`` and ``probe``: what to embed and how."""
+    p.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=[-1],
+        metavar="I",
+        help="layer indices to concatenate (-1: the final normalised output)",
+    )
+    p.add_argument(
+        "--window",
+        type=positive_float,
+        metavar="S",
+        help="process long audio in windows of S seconds (default: whole clips)",
+    )
+    p.add_argument(
+        "--hop", type=positive_float, metavar="S", help="window hop in seconds (default: --window)"
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=8, metavar="N", help="clips per batch"
+    )
+    p.add_argument("--device", help=DEVICE_HELP)
+
+
+def add_bad_file_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--on-bad-file",
+        choices=BAD_FILE_POLICIES,
+        default="error",
+        help="stop at an unreadable file, or leave it out, list it and count it",
+    )
+
+
+def check_window(args: argparse.Namespace) -> None:
+    if args.hop is not None and args.window is None:
+        raise UsageError("--hop needs --window")
+
+
+def bad_file_error(err: Exception) -> UsageError:
+    return UsageError(f"cannot embed {err} (--on-bad-file skip leaves bad files out)")
+
+
+# ---------------------------------------------------------------------------- cache folders
+def check_cache_folder(path: str, overwrite: bool, marker: str, what: str) -> None:
+    """An output folder that a command reuses as a cache (the data builders, the demo).
+
+    An earlier build (it holds ``marker``) is reused; any other non-empty folder is refused
+    unless ``overwrite``, which also empties an earlier build (to start from scratch)."""
+    folder = Path(path)
+    if overwrite or not (folder / marker).exists():
+        prepare_output(folder, overwrite, what)

@@ -1,37 +1,38 @@
 """``ssamba dasl``, ``dasl-build``: dynamic audio scene labelling (docs: :mod:`ssamba.dasl`).
 
 Options are built from :class:`~ssamba.configs.DaslConfig` and
-:class:`~ssamba.configs.DaslBuildConfig` as in :mod:`ssamba.cli.train`.
+:class:`~ssamba.configs.DaslBuildConfig` with :class:`ssamba.cli.common.ConfigOptions`, as the
+training commands do.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ssamba.cli.checkpoints import check_device, check_model_conflict
 from ssamba.cli.common import (
     TEST_HELP,
     TRAIN_HELP,
     VALID_HELP,
+    ConfigOptions,
     add_command,
     add_out,
     add_overwrite,
+    add_starting_weights,
+    add_train_options,
+    check_device,
     check_input_forms,
+    check_model_conflict,
+    config_values,
+    given_model,
+    is_main_process,
     non_negative_int,
     positive_float,
     positive_int,
     prepare_output,
-)
-from ssamba.cli.train import (
-    ConfigOptions,
-    add_starting_weights,
-    add_train_options,
-    config_values,
-    given_model,
-    is_main_process,
     warn_if_random,
 )
-from ssamba.configs import BAD_FILE_POLICIES, MIXTURE_MODES, DaslBuildConfig, DaslConfig
+from ssamba.configs import MIXTURE_MODES, DaslBuildConfig, DaslConfig
+from ssamba.constants import BAD_FILE_POLICIES
 
 
 def register(subparsers) -> None:

@@ -22,6 +22,7 @@ from ssamba.cli.common import (
     add_overwrite,
     add_progress,
     add_workers,
+    check_cache_folder,
     deprecated_alias,
     hidden_alias,
     non_negative_float,
@@ -31,7 +32,7 @@ from ssamba.cli.common import (
     prepare_output,
     target_frames,
 )
-from ssamba.constants import SAMPLE_RATE
+from ssamba.constants import BAD_FILE_POLICIES, SAMPLE_RATE
 from ssamba.errors import AudioError, UsageError
 from ssamba.fileio import atomic_write_json
 from ssamba.recipes import list_recipes
@@ -92,7 +93,7 @@ def _add_stats(subparsers) -> None:
     )
     p.add_argument(
         "--on-bad-file",
-        choices=("error", "skip"),
+        choices=BAD_FILE_POLICIES,
         default="error",
         help="stop at an unreadable file, or leave it out and count it",
     )
@@ -413,16 +414,6 @@ def _add_builder_common(p: argparse.ArgumentParser, default_out: str, tts: bool 
         "earlier build is refused otherwise)",
     )
     add_progress(p)
-
-
-def check_cache_folder(path: str, overwrite: bool, marker: str, what: str) -> None:
-    """An output folder that a command reuses as a cache (the data builders, the demo).
-
-    An earlier build (it holds ``marker``) is reused; any other non-empty folder is refused
-    unless ``overwrite``, which also empties an earlier build (to start from scratch)."""
-    folder = Path(path)
-    if overwrite or not (folder / marker).exists():
-        prepare_output(folder, overwrite, what)
 
 
 def run_data(args: argparse.Namespace) -> int:

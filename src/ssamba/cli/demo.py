@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ssamba.cli.common import add_command, add_out, add_progress, positive_float
-from ssamba.cli.data import check_cache_folder
+from ssamba.cli.common import add_command, add_out, add_progress, check_cache_folder, positive_float
 
 
 def register(subparsers) -> None:
@@ -52,7 +51,8 @@ def register(subparsers) -> None:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from ssamba.demo.pipeline import report_text, run_demo
+    from ssamba.demo.pipeline import run_demo
+    from ssamba.demo.report import report_text
     from ssamba.training import configure_logging
 
     # an earlier demo's folder holds data/ (built first): it is resumed, not replaced

@@ -5,24 +5,25 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ssamba.cli.checkpoints import load_checkpoint
 from ssamba.cli.common import (
-    DEVICE_HELP,
+    add_bad_file_option,
     add_checkpoint,
     add_command,
+    add_embedding_options,
     add_out,
     add_progress,
+    bad_file_error,
+    check_window,
     deprecated_alias,
-    positive_float,
-    positive_int,
+    load_checkpoint,
 )
-from ssamba.errors import AudioError, UsageError
+
+# BAD_FILE_POLICIES: the --on-bad-file choices (cli/common.py adds the option), named here too
+from ssamba.constants import BAD_FILE_POLICIES, EMBEDDING_FORMATS  # noqa: F401
+from ssamba.errors import AudioError
 from ssamba.fileio import check_folder_target
 
-# The same as ssamba.embedding_store.FORMATS and ssamba.data.BAD_FILE_POLICIES (written out so
-# that --help loads no torch; tests/test_embed.py checks they agree).
-FORMATS = ("npy", "npz", "safetensors")
-BAD_FILE_POLICIES = ("error", "skip")
+FORMATS = EMBEDDING_FORMATS
 
 
 def register(subparsers) -> None:
@@ -70,49 +71,6 @@ def register(subparsers) -> None:
     )
     add_progress(p)
     p.set_defaults(func=run_embed)
-
-
-def add_embedding_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``embed`` and ``probe``: what to embed and how."""
-    p.add_argument(
-        "--layers",
-        type=int,
-        nargs="+",
-        default=[-1],
-        metavar="I",
-        help="layer indices to concatenate (-1: the final normalised output)",
-    )
-    p.add_argument(
-        "--window",
-        type=positive_float,
-        metavar="S",
-        help="process long audio in windows of S seconds (default: whole clips)",
-    )
-    p.add_argument(
-        "--hop", type=positive_float, metavar="S", help="window hop in seconds (default: --window)"
-    )
-    p.add_argument(
-        "--batch-size", type=positive_int, default=8, metavar="N", help="clips per batch"
-    )
-    p.add_argument("--device", help=DEVICE_HELP)
-
-
-def add_bad_file_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--on-bad-file",
-        choices=BAD_FILE_POLICIES,
-        default="error",
-        help="stop at an unreadable file, or leave it out, list it and count it",
-    )
-
-
-def check_window(args: argparse.Namespace) -> None:
-    if args.hop is not None and args.window is None:
-        raise UsageError("--hop needs --window")
-
-
-def bad_file_error(err: Exception) -> UsageError:
-    return UsageError(f"cannot embed {err} (--on-bad-file skip leaves bad files out)")
 
 
 def run_embed(args: argparse.Namespace) -> int:

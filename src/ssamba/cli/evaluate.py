@@ -9,7 +9,6 @@ import sys
 import warnings
 from pathlib import Path
 
-from ssamba.cli.checkpoints import default_device, either, load_checkpoint
 from ssamba.cli.common import (
     DEVICE_HELP,
     NORMALIZE_HELP,
@@ -17,25 +16,27 @@ from ssamba.cli.common import (
     TEST_HELP,
     TRAIN_HELP,
     VALID_HELP,
+    add_bad_file_option,
     add_checkpoint,
     add_command,
     add_config,
+    add_embedding_options,
     add_out,
     add_overwrite,
     add_progress,
     add_workers,
+    bad_file_error,
     check_input_forms,
+    check_window,
+    default_device,
+    either,
+    load_checkpoint,
     non_negative_float,
     positive_int,
     prepare_output,
     target_frames,
 )
-from ssamba.cli.embed import (
-    add_bad_file_option,
-    add_embedding_options,
-    bad_file_error,
-    check_window,
-)
+from ssamba.constants import POOLINGS, PROBE_L2_GRID, PROBE_RESULTS_FILE
 from ssamba.errors import AudioError, UsageError
 from ssamba.fileio import (
     atomic_write_json,
@@ -44,11 +45,8 @@ from ssamba.fileio import (
     replace_folder,
 )
 
-# The same as ssamba.probe.DEFAULT_L2 / RESULTS_FILE and ssamba.embeddings.POOLINGS (written out
-# so that --help loads no torch; tests/test_probe.py checks they agree).
-DEFAULT_L2 = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
-RESULTS_FILE = "probe_results.json"
-POOLINGS = ("mean", "mean+std", "bands", "bands+std")
+DEFAULT_L2 = PROBE_L2_GRID
+RESULTS_FILE = PROBE_RESULTS_FILE
 RUN_FILE = "run.json"  # the probe's settings, as --config reads them
 
 

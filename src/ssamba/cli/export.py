@@ -64,7 +64,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ssamba.cli.checkpoints import load_checkpoint
+    from ssamba.cli.common import load_checkpoint
     from ssamba.export import export_model
 
     out = Path(args.out)

@@ -9,42 +9,34 @@ home, ``--help`` shows them without loading torch, and ``--config RUN/run.json``
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import json
-import os
-import sys
-import warnings
-from typing import Any
 
-from ssamba.cli.checkpoints import check_device, check_model_conflict
 from ssamba.cli.common import (
-    DEVICE_HELP,
     NORMALIZE_HELP,
-    OVERLAP_HELP,
     TEST_HELP,
     TRAIN_HELP,
     VALID_HELP,
+    ConfigOptions,
     add_checkpoint,
     add_command,
-    add_config,
-    add_out,
-    add_overwrite,
-    add_progress,
-    add_workers,
+    add_model_options,
+    add_starting_weights,
+    add_train_options,
+    check_device,
     check_input_forms,
+    check_model_conflict,
+    config_values,
     fraction,
-    hidden_alias,
+    given_model,
+    is_main_process,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
     target_frames,
     unit_fraction,
+    warn_if_random,
 )
-from ssamba.cli.evaluate import POOLINGS
 from ssamba.configs import (
-    BAD_FILE_POLICIES,
     FRESH_LAYOUT,
     HEAD_INITS,
     HIDE_MASKED,
@@ -52,14 +44,12 @@ from ssamba.configs import (
     LR_SCHEDULES,
     MASK_MODES,
     OBJECTIVES,
-    PRECISIONS,
     SELECTION_METRICS,
     FinetuneConfig,
     PretrainConfig,
-    field_defaults,
 )
-from ssamba.errors import UsageError
-from ssamba.models.config import POOLS, list_models
+from ssamba.constants import BAD_FILE_POLICIES, POOLINGS
+from ssamba.models.config import POOLS
 from ssamba.recipes import FINETUNE_FIELDS, list_recipes, load_recipe
 from ssamba.recipes.pretraining import (
     PRETRAIN_FIELDS,
@@ -78,159 +68,6 @@ def register(subparsers) -> None:
 
 
 # ---------------------------------------------------------------------------- shared options
-def _shown(value) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, list | tuple):
-        return " ".join(map(str, value)) or "none"
-    return "none" if value is None else str(value)
-
-
-class ConfigOptions:
-    """Adds options for fields of a config class: destination = the field's name, default = the
-    field's default. Fields in ``from_recipe`` may come from ``--recipe``: their options have no
-    default of their own (absent from the parsed arguments unless given), and their help names
-    both."""
-
-    def __init__(self, cls, from_recipe=()):
-        self.defaults = field_defaults(cls)
-        self.from_recipe = set(from_recipe)
-
-    def add(self, parser, name: str, help: str, *flags: str, shown: str | None = None, **kw):
-        """``shown``: the default as --help states it, where the field's own is resolved later
-        (None: the checkpoint's)."""
-        flags = flags or (f"--{name.replace('_', '-')}",)
-        default = self.defaults[name]
-        if name in self.from_recipe:
-            if "default" not in help.lower():  # printed once
-                help = f"{help} (default: {shown or _shown(default)}, or the --recipe's)"
-            kw["default"] = argparse.SUPPRESS
-        elif kw.get("required"):
-            kw["default"] = None  # (a --config file may set it)
-        else:
-            if default == 0 and not isinstance(default, bool):
-                help = f"{help} (default: 0)"  # the shared formatter skips falsy defaults
-            kw["default"] = default
-        parser.add_argument(*flags, dest=name, help=help, **kw)
-
-
-class StoreGiven(argparse.Action):
-    """Stores the value and notes that the option was given (``_given_<dest>``): a default
-    cannot conflict with another option, a value given on purpose can."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        setattr(namespace, f"_given_{self.dest}", True)
-
-
-def given_model(args) -> str | None:
-    """``--model`` when given on the command line (None when it is the default)."""
-    return args.model if getattr(args, "_given_model", False) else None
-
-
-def add_starting_weights(g, options: ConfigOptions) -> None:
-    """``-c/--checkpoint`` to start from (``--init``, its old name) and the model options: what
-    fine-tuning and DASL share."""
-    add_checkpoint(
-        g,
-        required=False,
-        help="weights to start from: save_pretrained folder or official .pth (default: none: a "
-        "random --model)",
-    )
-    hidden_alias(g, "--init", dest="checkpoint")
-    add_model_options(g, options)
-
-
-def add_model_options(p, options: ConfigOptions, drop_path: bool = False) -> None:
-    """``--model PRESET``, ``-c/--checkpoint`` and the model config overrides."""
-    options.add(p, "model", f"the preset to build ({', '.join(list_models())})", metavar="PRESET",
-                choices=list_models(), action=StoreGiven)  # fmt: skip
-    p.add_argument(
-        "--depth",
-        type=positive_int,
-        metavar="N",
-        help="override the preset's depth (default: the preset's)",
-    )
-    if drop_path:
-        p.add_argument(
-            "--drop-path",
-            type=fraction,
-            help="override the stochastic depth rate (default: the preset's)",
-        )
-    shortcuts = "--depth and --drop-path win" if drop_path else "--depth wins"
-    options.add(
-        p,
-        "model_overrides",
-        f"model config fields to override, as a JSON object, e.g. '{{\"depth\": 4}}' "
-        f"(default: none; {shortcuts})",
-        metavar="JSON",
-    )
-
-
-def add_train_options(p, options: ConfigOptions) -> None:
-    """The options of every training command (:class:`~ssamba.configs.TrainConfig`'s fields)."""
-    g = p.add_argument_group("optimisation")
-    add = options.add
-    add(g, "batch_size", "global batch (all ranks together)", type=positive_int, metavar="N")
-    add(g, "accum_steps", "gradient accumulation steps", type=positive_int, metavar="N")
-    add(g, "lr", "learning rate", type=positive_float)
-    add(g, "weight_decay", "weight decay", type=non_negative_float)
-    add(g, "betas", "Adam betas", type=fraction, nargs=2, metavar=("B1", "B2"))
-    add(g, "warmup_steps", "steps of linear learning-rate warm-up", type=non_negative_int,
-        metavar="N")  # fmt: skip
-    add(g, "epochs", "epochs to train", type=positive_int, metavar="N")
-    add(g, "max_steps", "stop after N steps (default: --epochs decides)", type=positive_int,
-        metavar="N")  # fmt: skip
-    add(g, "max_minutes", "also stop (and save) after this much training time (default: no "
-        "limit)", type=positive_float, metavar="MIN")  # fmt: skip
-    add(g, "grad_clip", "clip the gradient norm to this value (default: no clipping)",
-        type=positive_float)  # fmt: skip
-    add(
-        g,
-        "precision",
-        "fp32; bf16 autocast; or fp16 autocast with dynamic loss scaling",
-        choices=PRECISIONS,
-    )
-    g = p.add_argument_group("run")
-    add_out(g, help="output folder (run.json, metrics, checkpoints, best/ and final/ models)")
-    add(g, "seed", "random seed (weights, data order, masks, augmentation)",
-        type=non_negative_int, metavar="N")  # fmt: skip
-    add(g, "eval_every", "evaluate every N steps; 0: every epoch", type=non_negative_int,
-        metavar="N")  # fmt: skip
-    add(g, "save_every", "checkpoint every N steps; 0: every epoch", type=non_negative_int,
-        metavar="N")  # fmt: skip
-    add(g, "keep", "checkpoints to keep besides best/ and final/", type=positive_int, metavar="N")
-    add(g, "log_every", "steps between metric lines", type=positive_int, metavar="N")
-    add(g, "logger", "where metrics go, comma-separated: jsonl (metrics.jsonl, always "
-        "written), tensorboard (tb/), wandb (wandb/; WANDB_MODE=offline keeps it local)",
-        metavar="LIST")  # fmt: skip
-    add_workers(g, what="load training data")
-    g.add_argument("--device", help=DEVICE_HELP)
-    add(g, "allow_overlap", OVERLAP_HELP, action="store_true")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out")
-    add_overwrite(g)
-    add_progress(g)
-    add_config(p)
-
-
-def _model_overrides(args) -> dict:
-    value = getattr(args, "model_overrides", None) or {}
-    if isinstance(value, str):  # from the command line; a --config file gives a table
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise UsageError(f"--model-overrides: not valid JSON ({err})") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"--model-overrides must be a JSON object, got {value!r}")
-    value = dict(value)
-    for name in ("depth", "drop_path", "norm"):
-        if getattr(args, name, None) is not None:
-            value[name] = getattr(args, name)
-    if getattr(args, "unidirectional", False):
-        value["bidirectional"] = False
-    if getattr(args, "residual_fp32", None) is not None:
-        value["residual_in_fp32"] = args.residual_fp32
-    return value
 
 
 def add_ablation_options(g) -> None:
@@ -253,37 +90,6 @@ def add_ablation_options(g) -> None:
         help="keep the residual stream in fp32 under bf16/fp16 (ablation; default: the "
         "preset's, off)",
     )
-
-
-def config_values(args, cls) -> dict[str, Any]:
-    """The values of ``cls``'s fields in the parsed ``args`` (fields not in ``args`` left out)."""
-    values = {
-        f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
-    }
-    values["model_overrides"] = _model_overrides(args)
-    values["progress"] = not args.no_progress
-    if str(values.get("checkpoint")).lower() == "none":  # the old `--init none`: a fresh model
-        values["checkpoint"] = None
-    return values
-
-
-@contextlib.contextmanager
-def warn_if_random(checkpoint: str | None, model: str, what: str):
-    """Without -c/--checkpoint, say on stderr that ``what`` starts from random weights (as
-    embed and probe do), in place of the library's RandomWeightsWarning."""
-    from ssamba.checkpoints import RandomWeightsWarning
-
-    if checkpoint is None and is_main_process():
-        print(f"warning: no -c/--checkpoint: {what} starts from RANDOM weights (a fresh "
-              f"{model})", file=sys.stderr)  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RandomWeightsWarning)
-        yield
-
-
-def is_main_process() -> bool:
-    """Rank 0 under torchrun (or no torchrun): the process that prints."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 # ---------------------------------------------------------------------------- pretrain

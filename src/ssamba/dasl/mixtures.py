@@ -23,7 +23,6 @@ statistics (-5.1384, 4.2300): ``--normalize=-5.1384,4.2300`` or ``ssamba stats``
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from ssamba.configs import DaslBuildConfig
 from ssamba.constants import CLASS_LABELS_FILE, SAMPLE_RATE
 from ssamba.data import Manifest, read_class_list, read_manifest
 from ssamba.errors import AudioError, ManifestError, UsageError
-from ssamba.fileio import atomic_write, atomic_write_json
+from ssamba.fileio import atomic_write_csv, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +127,7 @@ def build_dasl_mixtures(
         sources.append({"path": rel, "segments": segments})
         for label in labels:
             counts[label] = counts.get(label, 0) + 1
-    manifest_path = write_csv(out / f"{name}.csv", ["path", "labels"], rows)
+    manifest_path = atomic_write_csv(out / f"{name}.csv", ["path", "labels"], rows)
     sources_path = atomic_write_json(
         out / f"{name}.sources.json",
         {"source": str(src.source), "mode": mode, "seed": seed, "recordings": sources},
@@ -136,7 +135,7 @@ def build_dasl_mixtures(
     )
     if not class_file.exists():
         names = [(i, c, src.display_names.get(c, c)) for i, c in enumerate(src.classes)]
-        write_csv(class_file, ["index", "mid", "display_name"], names)
+        atomic_write_csv(class_file, ["index", "mid", "display_name"], names)
     return DaslBuildResult(
         manifest_path, sources_path, list(src.classes), n_recordings, seconds, counts
     )
@@ -208,15 +207,3 @@ def _recording(clips: _Clips, seconds: int, mode: str, rng: np.random.Generator)
         labels.extend([clips.label(k)] * n_sec)
     audio = np.clip(np.concatenate(pieces), -1.0, 1.0).astype(np.float32)
     return audio, labels, segments
-
-
-def write_csv(path: Path, header: list[str], rows) -> Path:
-    """A CSV file with a header line, written atomically."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(rows)
-
-    return atomic_write(path, write)

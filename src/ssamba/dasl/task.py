@@ -23,10 +23,9 @@ from ssamba.configs import DaslConfig
 from ssamba.dasl.dataset import DaslDataset, read_dasl_manifest
 from ssamba.dasl.head import IGNORE, chunk_logits
 from ssamba.dasl.metrics import dasl_metrics
-from ssamba.dasl.mixtures import write_csv
 from ssamba.data import read_splits
 from ssamba.evaluation import predict
-from ssamba.fileio import atomic_write_json
+from ssamba.fileio import atomic_write_csv, atomic_write_json
 from ssamba.finetune import ClassifierTask, build_model
 from ssamba.training import (
     SUMMARY_FILE,
@@ -176,5 +175,5 @@ def evaluate_on_test(task: DaslTask, test_set: DaslDataset, cfg: DaslConfig, dis
             ]
             for (path, _), y, p in zip(test_set.items, labels, preds, strict=True)
         ]
-        write_csv(out / "test_predictions.csv", ["path", "labels", "predicted"], rows)
+        atomic_write_csv(out / "test_predictions.csv", ["path", "labels", "predicted"], rows)
     return {"test": test, "test_model": chosen.name}

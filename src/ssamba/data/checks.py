@@ -20,14 +20,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ssamba import audio
-from ssamba.constants import NUM_MEL_BINS, PATCH, SAMPLE_RATE
+from ssamba.constants import BAD_FILE_POLICIES, NUM_MEL_BINS, PATCH, SAMPLE_RATE
 from ssamba.data.manifest import Manifest, read_manifest
 from ssamba.errors import AudioError, ManifestError, UsageError
 
 log = logging.getLogger(__name__)
-
-#: What to do with a file that cannot be used: stop with an error, or leave it out and count it.
-BAD_FILE_POLICIES = ("error", "skip")
 
 
 def check_bad_file_policy(on_bad_file: str) -> None:

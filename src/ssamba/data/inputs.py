@@ -29,13 +29,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ssamba.constants import AUDIO_EXTENSIONS
 from ssamba.data.shardfiles import INDEX_NAME, is_shard_spec
 from ssamba.errors import ManifestError
-
-AUDIO_EXTENSIONS = frozenset(
-    {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".au"}
-    | {".wma", ".webm", ".mka", ".caf", ".w64", ".rf64", ".sph", ".nist"}
-)
 
 MANIFEST = "manifest"
 SPLIT = "split"

@@ -36,12 +36,12 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from ssamba.constants import CLASS_LABELS_FILE
+from ssamba.constants import AUDIO_EXTENSIONS, CLASS_LABELS_FILE
 from ssamba.data.inputs import (
-    AUDIO_EXTENSIONS,
     AUDIO_FILE,
     DATASET_FOLDER,
     MISSING,
@@ -509,13 +509,18 @@ def _read_folder(root: Path, ignore_labels: bool) -> list[Example]:
     return [Example(p, (p.relative_to(root).parts[0],)) for p in files]
 
 
-def _read_json(path: Path) -> tuple[list[Example], list[str]]:
+def _read_json_value(path: Path) -> Any:
+    """The JSON value in ``path``; malformed JSON is a ManifestError naming line and column."""
     try:
-        obj = json.loads(_read_text(path))
+        return json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         raise ManifestError(
             f"{path}: line {e.lineno}, column {e.colno}: malformed JSON ({e.msg})"
         ) from None
+
+
+def _read_json(path: Path) -> tuple[list[Example], list[str]]:
+    obj = _read_json_value(path)
     data = obj.get("data") if isinstance(obj, dict) else obj
     if not isinstance(data, list):
         raise ManifestError(f'{path}: expected {{"data": [{{"wav": ..., "labels": ...}}, ...]}}')
@@ -647,12 +652,7 @@ def read_class_list(path: str | os.PathLike) -> tuple[list[str], dict[str, str]]
 
 def _json_class_names(path: Path) -> list[str] | None:
     """The names of a ``classes.json``, or None when the JSON is something else (a manifest)."""
-    try:
-        obj = json.loads(_read_text(path))
-    except json.JSONDecodeError as e:
-        raise ManifestError(
-            f"{path}: line {e.lineno}, column {e.colno}: malformed JSON ({e.msg})"
-        ) from None
+    obj = _read_json_value(path)
     if isinstance(obj, dict) and "classes" in obj:
         obj = obj["classes"]
     if isinstance(obj, list) and obj and all(isinstance(x, str) for x in obj):

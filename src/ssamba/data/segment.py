@@ -10,8 +10,6 @@ column, relative to OUT) lists them in order.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,7 +23,7 @@ from ssamba.data.inputs import (
     check_input,
 )
 from ssamba.errors import AudioError, UsageError
-from ssamba.fileio import atomic_write, atomic_write_text
+from ssamba.fileio import atomic_write, atomic_write_csv
 
 SEGMENT_FORMATS = {"flac": "FLAC", "wav": "WAV"}
 MANIFEST_NAME = "manifest.csv"
@@ -83,11 +81,8 @@ def segment_recordings(
             too_short.append(str(path))
         if progress is not None:
             progress(1)
-    rows = io.StringIO()
-    writer = csv.writer(rows, lineterminator="\n")
-    writer.writerow(["path"])
-    writer.writerows([[c.relative_to(out).as_posix()] for c in clips])
-    atomic_write_text(out / MANIFEST_NAME, rows.getvalue())
+    rows = [[c.relative_to(out).as_posix()] for c in clips]
+    atomic_write_csv(out / MANIFEST_NAME, ["path"], rows, line_end="\n")
     return {
         "recordings": len(recordings),
         "clips": len(clips),

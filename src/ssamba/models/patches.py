@@ -172,6 +172,19 @@ def draw_mask_index(
 PATCH_CENTRE_MS = ((PATCH - 1) * FRAME_SHIFT_MS + FRAME_LENGTH_MS) / 2
 
 
+def pool_columns(
+    patch_tokens: torch.Tensor, grid: tuple[int, int], bands: bool = False
+) -> torch.Tensor:
+    """Patch tokens ``(B, f_dim * t_dim, E)`` (band-major, no class tokens) -> one float32 vector
+    per patch column: the mean over the column's frequency rows ``(B, t_dim, E)``, or with
+    ``bands`` the rows side by side ``(B, t_dim, f_dim * E)``, which keeps the spectral layout."""
+    f_dim, t_dim = grid
+    cols = patch_tokens.reshape(patch_tokens.shape[0], f_dim, t_dim, -1).float()
+    if bands:
+        return cols.permute(0, 2, 1, 3).flatten(2)
+    return cols.mean(dim=1)
+
+
 def column_times(num_columns: int, tstride: int, offset_frames: int = 0) -> torch.Tensor:
     """Centres (seconds, float64) of patch columns ``0 .. num_columns-1``.
 

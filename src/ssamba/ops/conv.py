@@ -11,7 +11,7 @@ without flips. :func:`conv1d_silu_window` gives the output of one piece of a lon
 inference in pieces). Which implementation runs follows the scan backend that
 :func:`ssamba.ops.scan.resolve_backend` picks for the tensors' device (the mixer runs conv and scan
 on the same backend): ``cpu``: the numba kernel (ops/conv_cpu.py); ``triton`` and ``cuda``: the
-Triton kernel (ops/scan_triton.py) where Triton runs on the device, else the torch form; ``torch``:
+Triton kernel (ops/conv_triton.py) where Triton runs on the device, else the torch form; ``torch``:
 cuDNN / ATen ``F.conv1d`` on a (B, D, L) view, the anti-causal case by reversing the K taps (a
 copy of K weights, not of the activations); ``reference``: the shift-and-add formulation below.
 """
@@ -76,7 +76,7 @@ def conv1d_silu(x, weight, bias, reverse=False, backend=None):
 
         return conv1d_silu_cpu(x, weight, bias, reverse)
     if name in ("triton", "cuda") and _triton_ok(x):
-        from ssamba.ops.scan_triton import conv1d_silu_triton
+        from ssamba.ops.conv_triton import conv1d_silu_triton
 
         return conv1d_silu_triton(x, weight, bias, reverse)
     if name == "reference":

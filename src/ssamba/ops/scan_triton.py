@@ -1,4 +1,4 @@
-"""Selective scan and fused depthwise conv1d + silu as Triton kernels (GPU without compiling C++).
+"""The selective scan as Triton kernels (GPU without compiling C++).
 
 Layout and semantics are those of :func:`ssamba.ops.scan.selective_scan_ref`: u, delta, z
 (batch, L, D); B, C (batch, L, N); A (D, N); D, delta_bias (D,). Only the last dimension must
@@ -25,11 +25,7 @@ Devices: CUDA tensors run the compiled kernels. CPU tensors run only in Triton's
 (``TRITON_INTERPRET=1`` set before triton is imported; slow, for the tests on machines without a
 GPU): the launch uses whatever device the tensors are on.
 
-Conv: :func:`conv1d_silu_triton` is a Triton kernel too (one program per (batch, time block,
-channel block): K shifted loads, bias, silu), because it reads ``x`` straight out of the input
-projection in (B, L, D) layout; cuDNN's conv1d would need (B, D, L) copies in and out. The
-anti-causal form reads x[t + K - 1 - i] (no flips). Its backward is the same kernel in the other
-direction (no bias/activation) plus torch reductions for the weight gradient.
+The depthwise conv + silu beside the scan is a Triton kernel of its own: ops/conv_triton.py.
 
 Importing this module needs the ``triton`` package (ImportError otherwise, which is how
 :mod:`ssamba.ops.scan` decides whether the backend exists).
@@ -43,13 +39,65 @@ import torch
 import triton
 import triton.language as tl
 
-from ssamba.ops.shapes import check_scan_shapes
+from ssamba.ops.shapes import check_scan_shapes, last_dim_contiguous
 
 _add = tl.standard._sum_combine  # tl.sum's combine; tl.reduce(x, axis, _add) == tl.sum(x, axis)
 CHUNK = 64  # steps between saved states; the backward's scratch holds CHUNK + 1 state tiles
 BLOCK_D = 32  # channels per program (the default; see _block_d)
-CONV_BLOCK_T = 32
-CONV_BLOCK_D = 64
+
+
+@triton.jit
+def _step_size(x, SOFTPLUS: tl.constexpr):
+    """The step dt from delta + bias: softplus (max(x, 0) + log1p(exp(-|x|)), log1p by its series
+    for tiny e, x itself above 20 as torch's softplus) or, without SOFTPLUS, x as it is."""
+    dt = x
+    if SOFTPLUS:
+        e = tl.exp(-tl.abs(x))
+        lp = tl.where(e < 1e-4, e - 0.5 * e * e, tl.log(1.0 + e))
+        dt = tl.where(x > 20.0, x, tl.maximum(x, 0.0) + lp)
+    return dt
+
+
+@triton.jit
+def _step_inputs(u_p, dl_p, b_p, tm, s_ul, s_dl, s_bl, bias, mask_d, mask_n,
+                 SOFTPLUS: tl.constexpr):  # fmt: skip
+    """What every loop over time reads at step ``tm``, in fp32: u, x = delta + bias, the step size
+    dt (:func:`_step_size` of x) and the row of B."""
+    u = tl.load(u_p + tm * s_ul, mask=mask_d, other=0.0).to(tl.float32)
+    x = tl.load(dl_p + tm * s_dl, mask=mask_d, other=0.0).to(tl.float32) + bias
+    bt = tl.load(b_p + tm * s_bl, mask=mask_n, other=0.0).to(tl.float32)
+    return u, x, _step_size(x, SOFTPLUS), bt
+
+
+@triton.jit
+def _program_tile(a_ptr, dv_ptr, bias_ptr, DCH, N, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                  BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """This program's channels and states (offsets, masks, the (channel, state) offsets of its
+    tile) and its A tile, D and delta_bias in fp32 (zeros for an absent D or bias)."""
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d = offs_d < DCH
+    mask_n = offs_n < N
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    tile = offs_d[:, None] * N + offs_n[None, :]
+    a = tl.load(a_ptr + tile, mask=mask_dn, other=0.0).to(tl.float32)
+    dv = tl.zeros((BLOCK_D,), tl.float32)
+    if HAS_D:
+        dv = tl.load(dv_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_D,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    return offs_d, offs_n, mask_d, mask_n, mask_dn, tile, a, dv, bias
+
+
+@triton.jit
+def _row_pointers(u_ptr, dl_ptr, z_ptr, b_ptr, c_ptr, pid_b, s_ub, s_db, s_zb, s_bb, s_cb,
+                  offs_d, offs_n):  # fmt: skip
+    """Per-program base pointers of batch row ``pid_b`` into u, delta, z, B and C: in the loops
+    only ``+ tm * stride`` remains."""
+    return (u_ptr + pid_b * s_ub + offs_d, dl_ptr + pid_b * s_db + offs_d,
+            z_ptr + pid_b * s_zb + offs_d, b_ptr + pid_b * s_bb + offs_n,
+            c_ptr + pid_b * s_cb + offs_n)  # fmt: skip
 
 
 @triton.jit
@@ -62,48 +110,23 @@ def _scan_fwd(
     BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid_b = tl.program_id(0).to(tl.int64)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_d = offs_d < DCH
-    mask_n = offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    a = tl.load(a_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0)
-    a = a.to(tl.float32)
-    dv = tl.zeros((BLOCK_D,), tl.float32)
-    if HAS_D:
-        dv = tl.load(dv_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    bias = tl.zeros((BLOCK_D,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    # per-program base pointers: in the loops only ``+ tm * stride`` remains
-    u_p = u_ptr + pid_b * s_ub + offs_d
-    dl_p = dl_ptr + pid_b * s_db + offs_d
-    z_p = z_ptr + pid_b * s_zb + offs_d
-    b_p = b_ptr + pid_b * s_bb + offs_n
-    c_p = c_ptr + pid_b * s_cb + offs_n
+    offs_d, offs_n, mask_d, mask_n, mask_dn, tile, a, dv, bias = _program_tile(
+        a_ptr, dv_ptr, bias_ptr, DCH, N, HAS_D, HAS_BIAS, BLOCK_D, BLOCK_N)  # fmt: skip
+    u_p, dl_p, z_p, b_p, c_p = _row_pointers(u_ptr, dl_ptr, z_ptr, b_ptr, c_ptr, pid_b, s_ub, s_db,
+                                             s_zb, s_bb, s_cb, offs_d, offs_n)  # fmt: skip
     o_p = out_ptr + pid_b * s_ob + offs_d
     s = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
-    ck = ckpt_ptr + pid_b * n_chunks * DCH * N + offs_d[:, None] * N + offs_n[None, :]
+    ck = ckpt_ptr + pid_b * n_chunks * DCH * N + tile
     for k in range(0, n_chunks):
         if SAVE:  # the state before the chunk's first step
             tl.store(ck + k * DCH * N, s, mask=mask_dn)
         for t in range(k * CHUNK, tl.minimum(L, k * CHUNK + CHUNK)):
             tm = L - 1 - t if REVERSE else t
-            u = tl.load(u_p + tm * s_ul, mask=mask_d, other=0.0)
-            u = u.to(tl.float32)
-            x = tl.load(dl_p + tm * s_dl, mask=mask_d, other=0.0)
-            x = x.to(tl.float32) + bias
-            if SOFTPLUS:  # max(x, 0) + log1p(exp(-|x|)), log1p by its series for tiny e
-                e = tl.exp(-tl.abs(x))
-                lp = tl.where(e < 1e-4, e - 0.5 * e * e, tl.log(1.0 + e))
-                dt = tl.where(x > 20.0, x, tl.maximum(x, 0.0) + lp)
-            else:
-                dt = x
-            bt = tl.load(b_p + tm * s_bl, mask=mask_n, other=0.0)
+            u, x, dt, bt = _step_inputs(u_p, dl_p, b_p, tm, s_ul, s_dl, s_bl, bias, mask_d, mask_n,
+                                        SOFTPLUS)  # fmt: skip
             ct = tl.load(c_p + tm * s_cl, mask=mask_n, other=0.0)
             decay = tl.exp(dt[:, None] * a)
-            s = decay * s + (dt * u)[:, None] * bt.to(tl.float32)[None, :]
+            s = decay * s + (dt * u)[:, None] * bt[None, :]
             y = tl.reduce(s * ct.to(tl.float32)[None, :], 1, _add) + dv * u
             if HAS_Z:
                 zv = tl.load(z_p + tm * s_zl, mask=mask_d, other=0.0)
@@ -126,28 +149,13 @@ def _scan_bwd(
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     n_dblk = tl.num_programs(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_d = offs_d < DCH
-    mask_n = offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    tile = offs_d[:, None] * N + offs_n[None, :]
-    a = tl.load(a_ptr + tile, mask=mask_dn, other=0.0).to(tl.float32)
-    dv = tl.zeros((BLOCK_D,), tl.float32)
-    if HAS_D:
-        dv = tl.load(dv_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    bias = tl.zeros((BLOCK_D,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    offs_d, offs_n, mask_d, mask_n, mask_dn, tile, a, dv, bias = _program_tile(
+        a_ptr, dv_ptr, bias_ptr, DCH, N, HAS_D, HAS_BIAS, BLOCK_D, BLOCK_N)  # fmt: skip
     # this program's scratch: CHUNK + 1 tiles, slot i holds the state before chunk step i
     scr = scr_ptr + (pid_b * n_dblk + pid_d) * (CHUNK + 1) * BLOCK_D * BLOCK_N
     scr_tile = tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + offs_n[None, :]
-    # per-program base pointers: in the loops only ``+ tm * stride`` remains
-    u_p = u_ptr + pid_b * s_ub + offs_d
-    dl_p = dl_ptr + pid_b * s_db + offs_d
-    z_p = z_ptr + pid_b * s_zb + offs_d
-    b_p = b_ptr + pid_b * s_bb + offs_n
-    c_p = c_ptr + pid_b * s_cb + offs_n
+    u_p, dl_p, z_p, b_p, c_p = _row_pointers(u_ptr, dl_ptr, z_ptr, b_ptr, c_ptr, pid_b, s_ub, s_db,
+                                             s_zb, s_bb, s_cb, offs_d, offs_n)  # fmt: skip
     g_p = dout_ptr + pid_b * s_gb + offs_d
     h = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)  # exp(dt_{t+1} A) * dL/ds_{t+1}
     d_a = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
@@ -162,38 +170,17 @@ def _scan_bwd(
         for i in range(0, steps):  # recompute the chunk's states
             t = k * CHUNK + i
             tm = L - 1 - t if REVERSE else t
-            u = tl.load(u_p + tm * s_ul, mask=mask_d, other=0.0)
-            x = tl.load(dl_p + tm * s_dl, mask=mask_d, other=0.0)
-            x = x.to(tl.float32) + bias
-            if SOFTPLUS:
-                e = tl.exp(-tl.abs(x))
-                lp = tl.where(e < 1e-4, e - 0.5 * e * e, tl.log(1.0 + e))
-                dt = tl.where(x > 20.0, x, tl.maximum(x, 0.0) + lp)
-            else:
-                dt = x
-            bt = tl.load(b_p + tm * s_bl, mask=mask_n, other=0.0)
-            s = (
-                tl.exp(dt[:, None] * a) * s
-                + (dt * u.to(tl.float32))[:, None] * bt.to(tl.float32)[None, :]
-            )
+            u, x, dt, bt = _step_inputs(u_p, dl_p, b_p, tm, s_ul, s_dl, s_bl, bias, mask_d, mask_n,
+                                        SOFTPLUS)  # fmt: skip
+            s = tl.exp(dt[:, None] * a) * s + (dt * u)[:, None] * bt[None, :]
             tl.store(scr + (i + 1) * BLOCK_D * BLOCK_N + scr_tile, s)
         tl.debug_barrier()
         for ii in range(0, steps):  # the adjoint recurrence, backwards through the chunk
             i = steps - 1 - ii
             t = k * CHUNK + i
             tm = L - 1 - t if REVERSE else t
-            u = tl.load(u_p + tm * s_ul, mask=mask_d, other=0.0)
-            u = u.to(tl.float32)
-            x = tl.load(dl_p + tm * s_dl, mask=mask_d, other=0.0)
-            x = x.to(tl.float32) + bias
-            if SOFTPLUS:
-                e = tl.exp(-tl.abs(x))
-                lp = tl.where(e < 1e-4, e - 0.5 * e * e, tl.log(1.0 + e))
-                dt = tl.where(x > 20.0, x, tl.maximum(x, 0.0) + lp)
-            else:
-                dt = x
-            bt = tl.load(b_p + tm * s_bl, mask=mask_n, other=0.0)
-            bt = bt.to(tl.float32)
+            u, x, dt, bt = _step_inputs(u_p, dl_p, b_p, tm, s_ul, s_dl, s_bl, bias, mask_d, mask_n,
+                                        SOFTPLUS)  # fmt: skip
             ct = tl.load(c_p + tm * s_cl, mask=mask_n, other=0.0)
             ct = ct.to(tl.float32)
             dout = tl.load(g_p + tm * s_gl, mask=mask_d, other=0.0)
@@ -237,38 +224,6 @@ def _scan_bwd(
     tl.store(dbias_ptr + pid_b * DCH + offs_d, d_bias, mask=mask_d)
 
 
-@triton.jit
-def _conv_fwd(
-    x_ptr, w_ptr, bias_ptr, out_ptr, pre_ptr, L, DCH, K, s_xb, s_xl,
-    HAS_BIAS: tl.constexpr, REVERSE: tl.constexpr, ACT: tl.constexpr, SAVE_PRE: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
-    """out[t] = act(bias + sum_i w[i] x[t - (K-1) + i])  (REVERSE: x[t + (K-1) - i]).
-
-    w is (K, D) contiguous; out and pre are contiguous (B, L, D)."""
-    pid_b = tl.program_id(0).to(tl.int64)
-    offs_t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < DCH
-    acc = tl.zeros((BLOCK_T, BLOCK_D), tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-    for i in range(0, K):
-        src = offs_t + (K - 1 - i) if REVERSE else offs_t - (K - 1) + i
-        m = ((src >= 0) & (src < L))[:, None] & mask_d[None, :]
-        xv = tl.load(x_ptr + pid_b * s_xb + src[:, None] * s_xl + offs_d[None, :], mask=m,
-                     other=0.0)  # fmt: skip
-        wv = tl.load(w_ptr + i * DCH + offs_d, mask=mask_d, other=0.0)
-        acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
-    m_out = (offs_t < L)[:, None] & mask_d[None, :]
-    o = pid_b * L * DCH + offs_t[:, None] * DCH + offs_d[None, :]
-    if SAVE_PRE:
-        tl.store(pre_ptr + o, acc.to(pre_ptr.dtype.element_ty), mask=m_out)
-    if ACT:
-        acc = acc * tl.sigmoid(acc)
-    tl.store(out_ptr + o, acc.to(out_ptr.dtype.element_ty), mask=m_out)
-
-
 def interpreted() -> bool:
     """Whether the kernels run in Triton's interpreter and so take CPU tensors: they were built
     with ``TRITON_INTERPRET=1`` (set before triton was imported) and it is still set (triton
@@ -283,11 +238,6 @@ def _check_device(t: torch.Tensor) -> None:
             "the Triton scan runs CPU tensors only in Triton's interpreter: set TRITON_INTERPRET=1 "
             "before triton is imported (tests), or use CUDA tensors"
         )
-
-
-def _last_contiguous(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself when its last dimension is contiguous (the kernels take the other strides)."""
-    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def _block_d(n_chan: int, batch: int, device: torch.device) -> int:
@@ -305,8 +255,8 @@ class _Args:
     """The scan's tensors prepared for the kernels (dummies for absent optional ones)."""
 
     def __init__(self, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, block_d):
-        self.u, self.delta, self.B, self.C = (_last_contiguous(t) for t in (u, delta, B, C))
-        self.z = _last_contiguous(z) if z is not None else None
+        self.u, self.delta, self.B, self.C = (last_dim_contiguous(t) for t in (u, delta, B, C))
+        self.z = last_dim_contiguous(z) if z is not None else None
         self.A = A.contiguous()
         self.D = D.contiguous() if D is not None else None
         self.bias = delta_bias.contiguous() if delta_bias is not None else None
@@ -358,7 +308,7 @@ def _forward(args: _Args, save: bool):
 def _backward(args: _Args, ckpt: torch.Tensor, dout: torch.Tensor, dtypes):
     dev = args.u.device
     nb, length, n_chan, n_state = args.batch, args.length, args.n_chan, args.n_state
-    dout = _last_contiguous(dout)
+    dout = last_dim_contiguous(dout)
     du = torch.empty(nb, length, n_chan, dtype=dtypes[0], device=dev)
     ddelta = torch.empty(nb, length, n_chan, dtype=dtypes[1], device=dev)
     has_z = args.z is not None
@@ -422,79 +372,3 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         return _SelectiveScanTriton.apply(*tensors, delta_softplus, reverse, block_d)
     args = _Args(*tensors, delta_softplus, reverse, block_d)
     return _forward(args, save=False)[0]
-
-
-def _as_full(x: torch.Tensor):
-    """``x`` with a unit last stride (a channel slice of in_proj's output is read in place)."""
-    return _last_contiguous(x)
-
-
-def _conv_launch(x, weight, bias, reverse, act, save_pre):
-    nb, length, n_chan = x.shape
-    k = weight.shape[-1]
-    w_t = weight.detach().reshape(n_chan, k).t().contiguous()  # (K, D)
-    out = torch.empty(nb, length, n_chan, dtype=x.dtype, device=x.device)
-    pre = torch.empty_like(out) if save_pre else out
-    if length > 0 and n_chan > 0:
-        grid = (nb, triton.cdiv(length, CONV_BLOCK_T), triton.cdiv(n_chan, CONV_BLOCK_D))
-        b = bias.detach().contiguous() if bias is not None else w_t
-        _conv_fwd[grid](
-            x, w_t, b, out, pre, length, n_chan, k, x.stride(0), x.stride(1),
-            HAS_BIAS=bias is not None, REVERSE=bool(reverse), ACT=bool(act),
-            SAVE_PRE=bool(save_pre), BLOCK_T=CONV_BLOCK_T, BLOCK_D=CONV_BLOCK_D,
-        )  # fmt: skip
-    return out, pre
-
-
-def _dweight(g, x, k_size, reverse):
-    """d(weight) (D, 1, K): sum over batch and time of g[t] * x[t -+ shift] (fp32 sums)."""
-    nb, length, n_chan = g.shape
-    out = torch.zeros(n_chan, 1, k_size, dtype=torch.float32, device=g.device)
-    g, x = g.float(), x.float()
-    for i in range(k_size):
-        shift = k_size - 1 - i
-        if shift >= length:
-            continue
-        if reverse:
-            out[:, 0, i] = (g[:, : length - shift] * x[:, shift:]).sum((0, 1))
-        else:
-            out[:, 0, i] = (g[:, shift:] * x[:, : length - shift]).sum((0, 1))
-    return out
-
-
-class _ConvSiluTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, reverse):
-        xd = _as_full(x.detach())
-        out, pre = _conv_launch(xd, weight, bias, reverse, True, True)
-        ctx.save_for_backward(xd, weight, pre)
-        ctx.reverse, ctx.has_bias = reverse, bias is not None
-        ctx.bias_dtype = bias.dtype if bias is not None else None
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        x, weight, pre = ctx.saved_tensors
-        p = pre.float()
-        sg = torch.sigmoid(p)
-        g = dout.float() * sg * (1 + p * (1 - sg))
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            # the transpose of a causal conv is the anti-causal one with the same taps
-            dx, _ = _conv_launch(g.contiguous(), weight, None, not ctx.reverse, False, False)
-            dx = dx.to(x.dtype)
-        if ctx.needs_input_grad[1]:
-            dw = _dweight(g, x, weight.shape[-1], ctx.reverse).to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = g.sum((0, 1)).to(ctx.bias_dtype)
-        return dx, dw, db, None
-
-
-def conv1d_silu_triton(x, weight, bias, reverse=False):
-    """silu(depthwise conv1d) along time of (B, L, D) ``x`` (weight (D, 1, K), bias (D,)),
-    causal or (``reverse``) anti-causal, by a Triton kernel; output in x's dtype."""
-    if torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias)
-    ):
-        return _ConvSiluTriton.apply(x, weight, bias, reverse)
-    return _conv_launch(_as_full(x), weight, bias, reverse, True, False)[0]

@@ -1,4 +1,4 @@
-"""The selective scan's input contract, checked once for every fused backend."""
+"""The kernels' input contract, checked once for every fused backend."""
 
 from __future__ import annotations
 
@@ -16,3 +16,10 @@ def check_scan_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
     for name, v in (("D", D), ("delta_bias", delta_bias)):
         if v is not None and v.shape != (n_chan,):
             raise ValueError(f"{name} must be (channels,)")
+
+
+def last_dim_contiguous(t):
+    """``t`` itself when its last dimension is contiguous, else a contiguous copy: the Triton
+    kernels take the other strides, so views (a channel slice of in_proj's output) are read in
+    place."""
+    return t if t.stride(-1) == 1 else t.contiguous()

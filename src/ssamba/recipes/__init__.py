@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ssamba.configs import FinetuneConfig
+from ssamba.configs import LOSSES, LR_SCHEDULES, FinetuneConfig
 from ssamba.errors import RecipeError, UsageError, did_you_mean
 
 RECIPE_DIR = Path(__file__).resolve().parent
@@ -58,10 +58,10 @@ FINETUNE_FIELDS: dict[str, tuple[type, ...]] = {
 FINETUNE_OPTIONAL = frozenset({"lr_schedule", "lr_milestones"})
 _CHOICES = {
     "normalize": ("audioset", "esc50", "speechcommands", None),
-    "loss": ("ce", "bce"),
+    "loss": LOSSES,
     "metric": ("acc", "map"),
     "pool": ("mean", "cls"),
-    "lr_schedule": ("step_decay", "milestones"),
+    "lr_schedule": LR_SCHEDULES,
 }
 _ALIASES = {
     "esc": "esc50",

@@ -40,10 +40,10 @@ from pathlib import Path
 
 import soundfile
 
-from ssamba.constants import CLASS_LABELS_FILE
+from ssamba.constants import AUDIO_EXTENSIONS, CLASS_LABELS_FILE
 from ssamba.data import read_class_list
 from ssamba.errors import ManifestError, PrepareError, RecipeError
-from ssamba.fileio import atomic_write, atomic_write_json, atomic_write_text
+from ssamba.fileio import atomic_write_csv, atomic_write_json, atomic_write_text
 from ssamba.recipes import load_recipe, recipe_name
 
 SC_V1_WORDS = (
@@ -54,7 +54,6 @@ SC_V2_ONLY = ["backward", "follow", "forward", "learn", "visual"]
 SC_V2_WORDS = sorted(SC_V1_WORDS + SC_V2_ONLY)
 IEMOCAP_MAP = {"neu": "neu", "hap": "hap", "exc": "hap", "ang": "ang", "sad": "sad"}
 IEMOCAP_CLASSES = ["neu", "hap", "ang", "sad"]
-_AUDIO_EXT = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".aac", ".webm")
 _MAX_LISTED = 10
 
 
@@ -376,7 +375,7 @@ def _youtube_index(root: Path) -> dict[str, list[Path]]:
     for dirpath, _dirs, names in os.walk(root):
         for name in names:
             stem, ext = os.path.splitext(name)
-            if ext.lower() not in _AUDIO_EXT or name.startswith("."):
+            if ext.lower() not in AUDIO_EXTENSIONS or name.startswith("."):
                 continue
             path = Path(dirpath) / name
             keys = {stem[:11]}
@@ -613,20 +612,10 @@ def _path_text(path: Path, out: Path, relative: bool) -> str:
     return os.path.relpath(path, out) if relative else str(path)
 
 
-def _write_csv(path: Path, header: list[str], rows: Iterable[list], **fmt) -> Path:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, **fmt)
-            w.writerow(header)
-            w.writerows(rows)
-
-    return atomic_write(path, write)
-
-
 def _write_manifest(out: Path, name: str, rows: list[Item], fmt: str, relative: bool) -> Path:
     first = None
     if fmt in ("csv", "both"):
-        first = _write_csv(
+        first = atomic_write_csv(
             out / f"{name}.csv",
             ["path", "label"],
             ([_path_text(it.path, out, relative), ";".join(it.labels)] for it in rows),
@@ -643,7 +632,7 @@ def _write_manifest(out: Path, name: str, rows: list[Item], fmt: str, relative: 
 
 
 def _write_all(out: Path, items: list[Item], relative: bool) -> None:
-    _write_csv(
+    atomic_write_csv(
         out / "all.csv",
         ["path", "label", "split"],
         ([_path_text(it.path, out, relative), ";".join(it.labels), it.split] for it in items),
@@ -652,7 +641,7 @@ def _write_all(out: Path, items: list[Item], relative: bool) -> None:
 
 def _write_class_labels(path: Path, classes: list[str], display: dict[str, str]) -> None:
     rows = ([k, name, display.get(name, name)] for k, name in enumerate(classes))
-    _write_csv(path, ["index", "mid", "display_name"], rows, quoting=csv.QUOTE_MINIMAL)
+    atomic_write_csv(path, ["index", "mid", "display_name"], rows)
 
 
 def _sample_rates(paths: list[Path], n: int) -> tuple[dict[int, int], int]:

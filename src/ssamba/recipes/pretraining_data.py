@@ -33,12 +33,11 @@ import soundfile
 
 from ssamba.data import read_manifest
 from ssamba.errors import ManifestError, PrepareError
-from ssamba.fileio import atomic_write, atomic_write_json, atomic_write_text
+from ssamba.fileio import atomic_write, atomic_write_csv, atomic_write_json, atomic_write_text
 from ssamba.recipes.prepare import (
     Item,
     PrepareWarning,
     _path_text,
-    _write_csv,
     _youtube_index,
     read_segments,
 )
@@ -101,7 +100,7 @@ def _root_with(source: str | os.PathLike, marker: str, what: str) -> Path:
 def _finish(out: Path, rows: list[Item], result: PretrainDataResult, relative: bool) -> None:
     """``train.csv`` (``path,split``) and ``prepare.json``."""
     lines = ([_path_text(it.path, out, relative), it.split] for it in rows)
-    _write_csv(out / "train.csv", ["path", "split"], lines)
+    atomic_write_csv(out / "train.csv", ["path", "split"], lines)
     atomic_write_json(out / "prepare.json", result.to_dict())
 
 
@@ -266,7 +265,7 @@ def mix_pretraining(
     if valid:
         held_out = [it for k, it in enumerate(rows) if k in held]
         lines = ([_path_text(it.path, out, relative), it.split] for it in held_out)
-        _write_csv(out / "valid.csv", ["path", "split"], lines)
+        atomic_write_csv(out / "valid.csv", ["path", "split"], lines)
         notes.append(f"{valid} clips held out in valid.csv (seed {seed})")
     result = PretrainDataResult("pretrain_mix", lists, out, counts, {}, notes)
     _finish(out, train, result, relative)

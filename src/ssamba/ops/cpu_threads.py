@@ -185,9 +185,12 @@ def _runner() -> OpenMPTeam | ThreadPool:
 
 
 def dispatch() -> str:
-    """Where :func:`run_parallel` runs the pieces: ``openmp (PATH)`` or ``python threads``."""
+    """Where :func:`run_parallel` runs the pieces: ``openmp (LIBRARY FILE)`` (the runtime's file
+    name; its path is ``_runner().path``) or ``python threads``."""
     runner = _runner()
-    return f"openmp ({runner.path})" if isinstance(runner, OpenMPTeam) else "python threads"
+    if isinstance(runner, OpenMPTeam):
+        return f"openmp ({os.path.basename(runner.path)})"
+    return "python threads"
 
 
 def run_parallel(calls) -> None:

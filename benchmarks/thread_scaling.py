@@ -32,6 +32,7 @@ import torch
 
 from ssamba.allocator import keep_freed_memory
 from ssamba.bench.spec import NUM_CLASSES, frames_for_tokens
+from ssamba.bench.worker import make_step
 from ssamba.constants import NUM_MEL_BINS, PATCH
 from ssamba.models import create_model
 
@@ -43,19 +44,6 @@ def build(name: str, tokens: int, train: bool):
     model = create_model(name, num_classes=NUM_CLASSES, input_tdim=frames_for_tokens(tokens),
                          fstride=PATCH, tstride=PATCH, pretrain_heads=False)  # fmt: skip
     return model.train(train)
-
-
-def make_step(model, train: bool):
-    def step(x):
-        if train:
-            model(x).float().mean().backward()
-            for p in model.parameters():
-                p.grad = None
-        else:
-            with torch.inference_mode():
-                model(x)
-
-    return step
 
 
 def measure(mode: str, tokens: int, batch: int, rounds: int, seed: int = 0) -> dict:

@@ -78,7 +78,7 @@ def _build_model(spec: dict, device: torch.device):
     return model, model_spec
 
 
-def _make_step(model, train: bool, cuda: bool):
+def make_step(model, train: bool, cuda: bool = False):
     """One forward (inference mode) or forward + backward (train mode), finished on return."""
 
     def step(x):
@@ -149,7 +149,7 @@ def measure_point(spec: dict) -> dict:
         # Which scan ran: the dispatch's own answer for this device (SSAMBA_SCAN included).
         "scan_backend": resolve_backend(device) if model_spec["arch"] == "ssamba" else "",
     }
-    step = _make_step(model, spec.get("mode", "inference") == "train", cuda)
+    step = make_step(model, spec.get("mode", "inference") == "train", cuda)
     gen = torch.Generator().manual_seed(int(spec.get("seed", 0)))
     # Priming pass on the smallest input: JIT kernels, thread pools and allocator warm-up belong
     # to the baseline, not to the point.

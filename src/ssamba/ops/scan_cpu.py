@@ -257,6 +257,13 @@ def _stage_chunk(uf, df, bm, cm, bias, softplus, rev, b, t0, steps, n_chan, d0, 
             ub[i, c] = uv
             dtb[i, c] = v
             dub[i, c] = v * uv
+    _stage_bc(bm, cm, rev, b, t0, steps, bt, ct)
+
+
+@njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True)
+def _stage_bc(bm, cm, rev, b, t0, steps, bt, ct):
+    """B and C of one chunk transposed to (N, steps): the tile loops run n-outer."""
+    length = bm.shape[1]
     for i in range(steps):
         tm = _tm(t0 + i, length, rev)
         for n in range(bm.shape[2]):
@@ -334,17 +341,6 @@ def _forward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, rev,
                     outf[j] = yv
         if save_last:
             s_last[b, :, d0 : d0 + w] = s
-
-
-@njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True)
-def _stage_bc(bm, cm, rev, b, t0, steps, bt, ct):
-    """B and C of one chunk transposed to (N, steps): the tile loops run n-outer."""
-    length = bm.shape[1]
-    for i in range(steps):
-        tm = _tm(t0 + i, length, rev)
-        for n in range(bm.shape[2]):
-            bt[n, i] = bm[b, tm, n]
-            ct[n, i] = cm[b, tm, n]
 
 
 @njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True)

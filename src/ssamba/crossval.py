@@ -28,9 +28,7 @@ refused (use another ``--out`` or ``--overwrite``). ``folds=[1, 3]`` runs a subs
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -42,7 +40,7 @@ from ssamba.configs import FinetuneConfig
 from ssamba.data import Manifest, check_input, input_form, read_manifest
 from ssamba.data.inputs import DATASET_FOLDER, MANIFEST, SPLIT
 from ssamba.errors import ManifestError, RecipeError, TrainingError, UsageError
-from ssamba.fileio import atomic_write_json, atomic_write_text
+from ssamba.fileio import atomic_write_csv, atomic_write_json
 from ssamba.finetune import finetune
 from ssamba.recipes import load_recipe, recipe_name
 from ssamba.training import METRICS, RESUMABLE_CHANGES, RUN_FILE, SUMMARY_FILE, read_metrics
@@ -101,11 +99,8 @@ def write_fold_manifests(manifest: Manifest, folder: Path) -> dict[int, tuple[Pa
             "eval": [ex for ex in manifest if ex.split == name],
         }
         for part, examples in parts.items():
-            text = io.StringIO()
-            writer = csv.writer(text, lineterminator="\n")
-            writer.writerow(["path", "label"])
-            writer.writerows([ex.path.resolve(), ";".join(ex.labels)] for ex in examples)
-            atomic_write_text(folder / f"fold{k}_{part}.csv", text.getvalue())
+            rows = ([ex.path.resolve(), ";".join(ex.labels)] for ex in examples)
+            atomic_write_csv(folder / f"fold{k}_{part}.csv", ["path", "label"], rows, "\n")
         available[k] = (folder / f"fold{k}_train.csv", folder / f"fold{k}_eval.csv")
     return available
 

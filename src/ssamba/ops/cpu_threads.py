@@ -117,7 +117,8 @@ def _loaded_openmp_libraries() -> list[str]:
         return []
     paths = []
     for line in lines:
-        path = line.split()[-1] if len(line.split()) >= 6 else ""
+        fields = line.split()  # address, perms, offset, dev, inode[, path]
+        path = fields[-1] if len(fields) >= 6 else ""
         if os.path.basename(path).startswith(_OPENMP_LIBS) and path not in paths:
             paths.append(path)
     return paths

@@ -5,16 +5,23 @@ errors raised in the caller; a team smaller than asked for and a forked process 
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import threading
 
+import numpy as np
 import pytest
 import torch
+from numba import njit
 
 pytest.importorskip("ssamba.ops.scan_cpu")
 from scan_cases import make_inputs  # noqa: E402
-from ssamba.ops import cpu_threads, scan_cpu  # noqa: E402
+from ssamba.ops import cpu_threads, kernel_entry, scan_cpu  # noqa: E402
 from ssamba.ops.conv_cpu import conv1d_silu_cpu, conv1d_silu_pair_cpu  # noqa: E402
+from ssamba.ops.kernel_entry import HEADER, NativeKernel, take1, take_int  # noqa: E402
+
+_gettid = ctypes.CDLL(None).gettid  # the OS thread id, callable from numba code
+_gettid.argtypes, _gettid.restype = [], ctypes.c_int
 
 TEAM = cpu_threads.find_openmp_team()
 needs_team = pytest.mark.skipif(TEAM is None, reason="torch's OpenMP runtime not found here")
@@ -189,3 +196,110 @@ def test_forked_process_uses_its_own_threads(threads, monkeypatch):
             proc.kill()
     assert dispatch == "python threads"
     assert items == [0, 1, 2, 3, 4]
+
+
+# --- kernels with C entries (ssamba.ops.kernel_entry): no Python on the team's threads --------
+
+
+@njit(nogil=True)
+def _count_kernel(count, tids, fail_at, j0, j1):
+    """Adds 1 to count[j] and records the OS thread of item j; item ``fail_at`` raises."""
+    for j in range(j0, j1):
+        if j == fail_at:
+            raise ValueError("item failed")
+        count[j] += 1.0
+        tids[j] = _gettid()
+
+
+@njit
+def _count_items(p, dt):
+    count, k = take1(p, HEADER, dt)
+    tids, k = take1(p, k, dt)
+    fail_at, k = take_int(p, k)
+    j = kernel_entry.next_item(p)
+    while j >= 0:
+        try:
+            _count_kernel(count, tids, fail_at, j, j + 1)
+        except Exception:  # noqa: BLE001
+            kernel_entry.failed(p)
+        j = kernel_entry.next_item(p)
+
+
+def _count_entry64(p):
+    _count_items(p, np.float64)
+
+
+COUNT = NativeKernel(_count_kernel, "11i", {8: _count_entry64}, cache=False)
+
+
+def _count_call(n_items: int, fail_at: int = -1):
+    count = torch.zeros(n_items, dtype=torch.float64)
+    tids = torch.zeros(n_items, dtype=torch.float64)
+    return (COUNT, (count, tids, fail_at), n_items), count, tids
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_native_kernel_runs_every_item_once(dispatcher, threads, n):
+    """Items handed out by the call's counter: each runs once, however many threads enter."""
+    threads(n)
+    calls = [_count_call(m) for m in (40, 1, 0, 7)]
+    cpu_threads.run_parallel([c for c, _, _ in calls])
+    for (_, _, m), count, _ in calls:
+        assert count.tolist() == [1.0] * m
+
+
+@needs_team
+def test_native_kernel_runs_on_torchs_threads_without_python(threads, monkeypatch):
+    """On the team every item runs on the caller or on a thread Python did not create."""
+    monkeypatch.setattr(cpu_threads, "_team", TEAM)
+    monkeypatch.setattr(cpu_threads, "_team_searched", True)
+    threads(2)
+    call, count, tids = _count_call(200)
+    cpu_threads.run_parallel([call])
+    assert count.tolist() == [1.0] * 200
+    python_threads = {t.native_id for t in threading.enumerate()}
+    ran_on = {int(t) for t in tids.tolist()}
+    assert not (ran_on - {threading.get_native_id()}) & python_threads
+
+
+def test_native_kernel_errors_reach_the_caller(dispatcher, threads):
+    threads(2)
+    call, count, _ = _count_call(6, fail_at=3)
+    with pytest.raises(RuntimeError, match="_count_kernel: a work item raised"):
+        cpu_threads.run_parallel([call])
+    assert count.tolist() == [1, 1, 1, 0, 1, 1]  # the other items still ran
+    call, count, _ = _count_call(5)  # and the dispatcher still works afterwards
+    cpu_threads.run_parallel([call])
+    assert count.tolist() == [1.0] * 5
+
+
+def test_native_call_arguments_are_checked():
+    """A tensor the kernel would misread is refused before any thread enters."""
+    ok = torch.zeros(4, dtype=torch.float64)
+    with pytest.raises(TypeError, match="3 arguments expected, got 2"):
+        COUNT.bind((ok, ok), 4)
+    with pytest.raises(TypeError, match="argument 1: .* got torch.float64, not contiguous"):
+        COUNT.bind((ok, torch.zeros(4, 2, dtype=torch.float64).t(), -1), 4)
+    with pytest.raises(TypeError, match="argument 1: .* got torch.float32, contiguous"):
+        COUNT.bind((ok, torch.zeros(4), -1), 4)  # two float widths in one call
+    with pytest.raises(TypeError, match="argument 0: .* got ndarray"):
+        COUNT.bind((np.zeros(4), ok, -1), 4)
+    with pytest.raises(TypeError, match="argument 0: 2 dimensions expected, got 1"):
+        kernel_entry.pack("2", (ok,), 1)
+    buf = kernel_entry.pack("1i", (ok, 7), 4)
+    assert list(buf) == [0, 4, 0, 8, ok.data_ptr(), 4, 7]
+
+
+def test_scan_and_conv_use_their_c_entries(threads, monkeypatch):
+    """The CPU scan and conv go through the C entries (no Python call of the kernels)."""
+    threads(2)
+
+    def no_python_call(*args):
+        raise AssertionError("a kernel was called from Python")
+
+    for kernel in (scan_cpu.FORWARD, scan_cpu.BACKWARD):
+        monkeypatch.setattr(kernel, "fn", no_python_call)
+    args = make_inputs(2, 70, 48, 16, seed=3)
+    leaves = [a.clone().requires_grad_() for a in args]
+    scan_cpu.selective_scan_cpu(*leaves).sum().backward()
+    assert all(p.grad is not None for p in leaves)

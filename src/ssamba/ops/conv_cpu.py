@@ -26,6 +26,17 @@ import torch
 from numba import njit
 
 from ssamba.ops.cpu_threads import run_parallel
+from ssamba.ops.kernel_entry import (
+    HEADER,
+    NativeKernel,
+    failed,
+    next_item,
+    take1,
+    take2,
+    take3,
+    take_bool,
+    take_int,
+)
 from ssamba.ops.scan_cpu import _F1, _KERNEL_FLAGS, _sigmoid
 
 T_BLOCK = 64  # time steps per work item
@@ -84,6 +95,42 @@ def _conv_kernel(xf, in_len, width, c0, w_t, bias, rev, mode, gf, outf, out_len,
                     orow[d] = acc[d]
 
 
+@njit(cache=True)
+def _conv_items(p, dt):
+    """The conv's work items from a packed call (ssamba.ops.kernel_entry), one at a time."""
+    xf, k = take1(p, HEADER, dt)
+    in_len, k = take_int(p, k)
+    width, k = take_int(p, k)
+    c0, k = take_int(p, k)
+    w_t, k = take2(p, k, dt)
+    bias, k = take1(p, k, dt)
+    rev, k = take_bool(p, k)
+    mode, k = take_int(p, k)
+    gf, k = take1(p, k, dt)
+    outf, k = take1(p, k, dt)
+    out_len, k = take_int(p, k)
+    offset, k = take_int(p, k)
+    j = next_item(p)
+    while j >= 0:
+        try:
+            _conv_kernel(xf, in_len, width, c0, w_t, bias, rev, mode, gf, outf, out_len, offset,
+                         j, j + 1)  # fmt: skip
+        except Exception:  # noqa: BLE001 - no exception leaves a C entry: the caller raises
+            failed(p)
+        j = next_item(p)
+
+
+def _conv_entry32(p):
+    _conv_items(p, np.float32)
+
+
+def _conv_entry64(p):
+    _conv_items(p, np.float64)
+
+
+CONV_KERNEL = NativeKernel(_conv_kernel, "1iii21bi11ii", {4: _conv_entry32, 8: _conv_entry64})
+
+
 def _conv_call(x_full, c0, n_chan, weight, bias, reverse, mode, grad=None, window=None):
     """(kernel call, out) for channels [c0, c0 + n_chan) of the contiguous (B, L, W) x_full.
 
@@ -97,10 +144,9 @@ def _conv_call(x_full, c0, n_chan, weight, bias, reverse, mode, grad=None, windo
     out = torch.empty(nb, out_len, n_chan, dtype=wd)
     g = grad if grad is not None else torch.empty(1, dtype=wd)
     ntb = (out_len + T_BLOCK - 1) // T_BLOCK
-    args = (x_full.detach().reshape(-1).numpy(), in_len, width, c0, w_t.numpy(), b.numpy(),
-            bool(reverse), mode, g.detach().reshape(-1).numpy(), out.reshape(-1).numpy(),
+    args = (x_full.detach(), in_len, width, c0, w_t, b, bool(reverse), mode, g.detach(), out,
             out_len, offset)  # fmt: skip
-    return (_conv_kernel, args, nb * ntb), out
+    return (CONV_KERNEL, args, nb * ntb), out
 
 
 def _as_full(x: torch.Tensor):
@@ -149,6 +195,39 @@ def _dweight_kernel(gf, xf, length, width, c0, k_size, rev, part, j0, j1):
                         arow[d] += grow[d] * xr[d]
 
 
+@njit(cache=True)
+def _dweight_items(p, dt):
+    """The weight gradient's work items from a packed call, one at a time."""
+    gf, k = take1(p, HEADER, dt)
+    xf, k = take1(p, k, dt)
+    length, k = take_int(p, k)
+    width, k = take_int(p, k)
+    c0, k = take_int(p, k)
+    k_size, k = take_int(p, k)
+    rev, k = take_bool(p, k)
+    part, k = take3(p, k, dt)
+    j = next_item(p)
+    while j >= 0:
+        try:
+            _dweight_kernel(gf, xf, length, width, c0, k_size, rev, part, j, j + 1)
+        except Exception:  # noqa: BLE001 - no exception leaves a C entry: the caller raises
+            failed(p)
+        j = next_item(p)
+
+
+def _dweight_entry32(p):
+    _dweight_items(p, np.float32)
+
+
+def _dweight_entry64(p):
+    _dweight_items(p, np.float64)
+
+
+DWEIGHT_KERNEL = NativeKernel(
+    _dweight_kernel, "11iiiib3", {4: _dweight_entry32, 8: _dweight_entry64}
+)
+
+
 def _dweight_dbias(g, x, k_size, reverse):
     """(d weight (D, 1, K), d bias (D,)) from the contiguous (B, L, D) gradient through silu:
     one pass over g and x, partial sums per work item (no (B, L, D) product per tap)."""
@@ -156,9 +235,8 @@ def _dweight_dbias(g, x, k_size, reverse):
     full, c0 = _as_full(x)
     n_jobs = nb * ((length + T_BLOCK - 1) // T_BLOCK)
     part = torch.zeros(n_jobs, k_size + 1, n_chan, dtype=g.dtype)
-    args = (g.reshape(-1).numpy(), full.detach().reshape(-1).numpy(), length, full.shape[2], c0,
-            k_size, bool(reverse), part.numpy())  # fmt: skip
-    run_parallel([(_dweight_kernel, args, n_jobs)])
+    args = (g, full.detach(), length, full.shape[2], c0, k_size, bool(reverse), part)
+    run_parallel([(DWEIGHT_KERNEL, args, n_jobs)])
     total = part.sum(0)
     return total[:k_size].t().reshape(n_chan, 1, k_size), total[k_size]
 

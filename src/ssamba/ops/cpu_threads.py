@@ -22,6 +22,7 @@ and in a process forked from the one that first used the team (an OpenMP team do
 from __future__ import annotations
 
 import ctypes
+import functools
 import itertools
 import os
 import threading
@@ -72,6 +73,11 @@ class OpenMPTeam:
         self._parallel = lib.GOMP_parallel
         self._parallel.argtypes = [_CALLBACK, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
         self._parallel.restype = None
+        # the same entry point for C entries (ssamba.ops.kernel_entry): a plain function address
+        self._parallel_native = lib["GOMP_parallel"]
+        self._parallel_native.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint,
+                                          ctypes.c_uint]  # fmt: skip
+        self._parallel_native.restype = None
         self._thread_num = lib.omp_get_thread_num
         self._thread_num.restype = ctypes.c_int
         self._callback = _CALLBACK(self._body)  # kept alive as long as the team
@@ -91,6 +97,12 @@ class OpenMPTeam:
             if d.error is None:
                 d.error = e
         d.ran[k] = True
+
+    def run_native(self, call, threads: int) -> None:
+        """Every team thread enters the C function: no Python, no GIL. A team smaller than asked
+        for (inside another parallel region) still runs every item: each thread takes items
+        until none is left."""
+        self._parallel_native(call.address, call.pointer, threads, 0)
 
     def run(self, pieces) -> None:
         key = next(self._keys)
@@ -152,10 +164,19 @@ class ThreadPool:
         self._pid = os.getpid()
         self._lock = threading.Lock()
 
+    def run_native(self, call, threads: int) -> None:
+        """``threads - 1`` of our threads and the caller enter the C function (ctypes releases
+        the GIL for the call)."""
+        self._run([functools.partial(call.call, call.pointer) for _ in range(threads)])
+
     def run(self, pieces) -> None:
-        helpers = [p for p in pieces[1:] if p]
+        self._run([functools.partial(_work, p) for p in pieces if p])
+
+    def _run(self, tasks) -> None:
+        """The first task in the caller, the others on the pool's threads; waits for all."""
+        helpers = tasks[1:]
         if not helpers:
-            _work(pieces[0])
+            tasks[0]()
             return
         with self._lock:
             if self._pid != os.getpid():  # forked: the pool's threads stayed in the parent
@@ -165,8 +186,8 @@ class ThreadPool:
                     self._pool.shutdown(wait=False)
                 self._pool = ThreadPoolExecutor(len(helpers), thread_name_prefix="ssamba-kernel")
                 self._size = len(helpers)
-            futures = [self._pool.submit(_work, p) for p in helpers]
-        _work(pieces[0])
+            futures = [self._pool.submit(task) for task in helpers]
+        tasks[0]()
         for f in futures:
             f.result()
 
@@ -195,7 +216,16 @@ def dispatch() -> str:
 
 
 def run_parallel(calls) -> None:
-    """Run kernel calls ``(fn, args, n_jobs)``, their work items cut over ``num_threads()``."""
+    """Run kernel calls ``(fn, args, n_jobs)``, their work items cut over ``num_threads()``.
+
+    Kernels with C entries (:class:`ssamba.ops.kernel_entry.NativeKernel`, what the scan and
+    conv kernels are) run one call after the other, every thread taking items from the call's
+    counter, without the GIL. Any other ``fn`` is called from Python, once per piece."""
+    if all(hasattr(fn, "bind") for fn, _, _ in calls):
+        for fn, args, n_jobs in calls:
+            if n_jobs > 0:
+                _run_native(fn.bind(args, n_jobs))
+        return
     n = num_threads()
     pieces = split(calls, n)
     used = max((k + 1 for k in range(n) if pieces[k]), default=1)
@@ -203,3 +233,13 @@ def run_parallel(calls) -> None:
         _work(pieces[0])
         return
     _runner().run(pieces[:used])
+
+
+def _run_native(call) -> None:
+    """One bound call (ssamba.ops.kernel_entry.BoundCall) on up to ``num_threads()`` threads."""
+    threads = min(num_threads(), call.n_items)
+    if threads == 1:
+        call.call(call.pointer)
+    else:
+        _runner().run_native(call, threads)
+    call.check()

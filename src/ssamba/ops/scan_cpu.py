@@ -43,6 +43,18 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from ssamba.ops.cpu_threads import run_parallel
+from ssamba.ops.kernel_entry import (
+    HEADER,
+    NativeKernel,
+    failed,
+    next_item,
+    take1,
+    take2,
+    take3,
+    take4,
+    take_bool,
+    take_int,
+)
 from ssamba.ops.shapes import check_scan_shapes
 
 LANES = 16  # channels per work item: one (N x 16) fp32 tile = 1 KiB for N = 16
@@ -343,6 +355,52 @@ def _forward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, rev,
             s_last[b, :, d0 : d0 + w] = s
 
 
+@njit(cache=True)
+def _forward_items(p, dt):
+    """The forward's work items from a packed call (ssamba.ops.kernel_entry), one at a time."""
+    uf, k = take1(p, HEADER, dt)
+    df, k = take1(p, k, dt)
+    a_t, k = take2(p, k, dt)
+    bm, k = take3(p, k, dt)
+    cm, k = take3(p, k, dt)
+    dvec, k = take1(p, k, dt)
+    zf, k = take1(p, k, dt)
+    bias, k = take1(p, k, dt)
+    softplus, k = take_bool(p, k)
+    has_z, k = take_bool(p, k)
+    rev, k = take_bool(p, k)
+    outf, k = take1(p, k, dt)
+    ckpt, k = take4(p, k, dt)
+    save_ckpt, k = take_bool(p, k)
+    s_init, k = take3(p, k, dt)
+    has_init, k = take_bool(p, k)
+    s_last, k = take3(p, k, dt)
+    save_last, k = take_bool(p, k)
+    lanes, k = take_int(p, k)
+    j = next_item(p)
+    while j >= 0:
+        try:
+            _forward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, rev, outf,
+                            ckpt, save_ckpt, s_init, has_init, s_last, save_last, lanes, j,
+                            j + 1)  # fmt: skip
+        except Exception:  # noqa: BLE001 - no exception leaves a C entry: the caller raises
+            failed(p)
+        j = next_item(p)
+
+
+def _forward_entry32(p):
+    _forward_items(p, np.float32)
+
+
+def _forward_entry64(p):
+    _forward_items(p, np.float64)
+
+
+FORWARD = NativeKernel(
+    _forward_kernel, "1123311 1bbb 14b3b3bi", {4: _forward_entry32, 8: _forward_entry64}
+)
+
+
 @njit(fastmath=_KERNEL_FLAGS, error_model="numpy", cache=True)
 def _stage_grad_rows(uf, df, zf, doutf, bias, dv, softplus, has_z, rev, b, t0, steps, length,
                      n_chan, d0, work, w):  # fmt: skip
@@ -542,6 +600,56 @@ def _backward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, rev, 
             dbias_part[b, d0 : d0 + w] = dbias[bi, :w]
 
 
+@njit(cache=True)
+def _backward_items(p, dt):
+    """The backward's work items from a packed call (ssamba.ops.kernel_entry), one at a time."""
+    uf, k = take1(p, HEADER, dt)
+    df, k = take1(p, k, dt)
+    a_t, k = take2(p, k, dt)
+    bm, k = take3(p, k, dt)
+    cm, k = take3(p, k, dt)
+    dvec, k = take1(p, k, dt)
+    zf, k = take1(p, k, dt)
+    bias, k = take1(p, k, dt)
+    softplus, k = take_bool(p, k)
+    has_z, k = take_bool(p, k)
+    rev, k = take_bool(p, k)
+    ckpt, k = take4(p, k, dt)
+    doutf, k = take1(p, k, dt)
+    duf, k = take1(p, k, dt)
+    ddeltaf, k = take1(p, k, dt)
+    dzf, k = take1(p, k, dt)
+    da_part, k = take3(p, k, dt)
+    db_part, k = take4(p, k, dt)
+    dc_part, k = take4(p, k, dt)
+    dd_part, k = take2(p, k, dt)
+    dbias_part, k = take2(p, k, dt)
+    lanes, k = take_int(p, k)
+    group, k = take_int(p, k)
+    j = next_item(p)
+    while j >= 0:
+        try:
+            _backward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, rev, ckpt,
+                             doutf, duf, ddeltaf, dzf, da_part, db_part, dc_part, dd_part,
+                             dbias_part, lanes, group, j, j + 1)  # fmt: skip
+        except Exception:  # noqa: BLE001 - no exception leaves a C entry: the caller raises
+            failed(p)
+        j = next_item(p)
+
+
+def _backward_entry32(p):
+    _backward_items(p, np.float32)
+
+
+def _backward_entry64(p):
+    _backward_items(p, np.float64)
+
+
+BACKWARD = NativeKernel(
+    _backward_kernel, "1123311 1bbb 41111344 22ii", {4: _backward_entry32, 8: _backward_entry64}
+)
+
+
 # ---------------------------------------------------------------------------------------------
 # torch side
 
@@ -550,15 +658,6 @@ def _n_groups(n_chan: int) -> int:
     """Backward work items per batch row: groups of ``GROUP`` channel blocks."""
     nblk = (n_chan + BWD_LANES - 1) // BWD_LANES
     return (nblk + GROUP - 1) // GROUP
-
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().numpy()
-
-
-def _flat(t: torch.Tensor) -> np.ndarray:
-    """(batch, L, D) tensor as the flat array the kernels index with unsigned offsets."""
-    return t.detach().reshape(-1).numpy()
 
 
 class _Inputs:
@@ -587,9 +686,8 @@ class _Inputs:
         return nb * ((n_chan + LANES - 1) // LANES)
 
     def args(self):
-        return (_flat(self.u), _flat(self.delta), _np(self.a_t), _np(self.B), _np(self.C),
-                _np(self.D), _flat(self.z), _np(self.bias), self.softplus, self.has_z,
-                self.reverse)  # fmt: skip
+        return (self.u, self.delta, self.a_t, self.B, self.C, self.D, self.z, self.bias,
+                self.softplus, self.has_z, self.reverse)  # fmt: skip
 
 
 def _forward_call(inp: _Inputs, save: bool, out: torch.Tensor | None = None, state=None,
@@ -609,10 +707,9 @@ def _forward_call(inp: _Inputs, save: bool, out: torch.Tensor | None = None, sta
     # the kernel's state layout is (batch, N, D): one state row is contiguous over channels
     s_init = state.detach().to(wd).transpose(1, 2).contiguous() if state is not None else dummy
     s_last = torch.empty(nb, n_state, n_chan, dtype=wd) if keep_state else dummy
-    args = (*inp.args(), _flat(out), _np(ckpt), save, _np(s_init),
-            state is not None, _np(s_last), keep_state, LANES)  # fmt: skip
+    args = (*inp.args(), out, ckpt, save, s_init, state is not None, s_last, keep_state, LANES)
     last = s_last.transpose(1, 2) if keep_state else None
-    return (_forward_kernel, args, inp.n_jobs), out, ckpt, last
+    return (FORWARD, args, inp.n_jobs), out, ckpt, last
 
 
 def _forward(inp: _Inputs, save: bool):
@@ -649,9 +746,9 @@ class _SelectiveScanCPU(torch.autograd.Function):
         dc = torch.empty_like(db)
         dd = torch.empty(nb, n_chan, dtype=wd)
         dbias = torch.empty_like(dd)
-        args = (*inp.args(), _np(ckpt), _flat(dout), _flat(du), _flat(ddelta), _flat(dz),
-                _np(da), _np(db), _np(dc), _np(dd), _np(dbias), BWD_LANES, GROUP)  # fmt: skip
-        run_parallel([(_backward_kernel, args, nb * ngrp)])
+        args = (*inp.args(), ckpt, dout, du, ddelta, dz, da, db, dc, dd, dbias, BWD_LANES,
+                GROUP)  # fmt: skip
+        run_parallel([(BACKWARD, args, nb * ngrp)])
         db, dc = (db[0], dc[0]) if ngrp == 1 else (db.sum(0), dc.sum(0))
         grads = [du, ddelta, da.sum(0).t(), db, dc, dd.sum(0),
                  dz if inp.has_z else None, dbias.sum(0)]  # fmt: skip

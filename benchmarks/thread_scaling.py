@@ -12,7 +12,9 @@ SSAMBA / SSAST ratio, each computed within a round first. Both models are built 
 warm-up step in every configuration (the numba kernels compile or load from their cache there).
 Run it on an otherwise idle machine.
 
-``--profile`` then profiles SSAMBA-tiny's training step on 1 and 2 threads: the operations with
+``--profile`` then times one kernel dispatch (a tiny conv call through its C entry, and
+through a Python call of the same kernel per thread as before the C entries) and profiles
+SSAMBA-tiny's training step on 1 and 2 threads: the operations with
 the most time of their own (torch.profiler; the numba kernels show as their autograd functions,
 ``_SelectiveScanCPU``, ``_ConvSilu`` and their backwards) and the CPU time of every OS thread of
 the process over a few steps against the wall time (a second thread that only spins, or only
@@ -111,6 +113,38 @@ def profile(tokens: int, batch: int, steps: int = 4, top: int = 12) -> dict:
     return result
 
 
+def dispatch_cost(calls: int = 2000, repeats: int = 5) -> dict:
+    """Microseconds per kernel dispatch on 1 and 2 threads: a conv + silu call on a tiny input
+    (2 x 9 steps x 384 channels, two work items: the kernel's own work is a few microseconds),
+    through its C entry (what the model runs) and through a Python call of the same numba
+    kernel on each thread (the dispatch before the C entries). Medians of ``repeats``."""
+    from ssamba.ops import conv_cpu
+    from ssamba.ops.cpu_threads import run_parallel
+
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*s, generator=gen) for s in ((2, 9, 384), (384, 1, 4), (384,)))
+    (kernel, args, n_items), _ = conv_cpu._conv_call(x, 0, 384, w, b, False, conv_cpu.SILU)
+
+    def python_call(*a):  # no C entry: run_parallel calls it from Python on each thread
+        return kernel(*a)
+
+    out = {}
+    for t in THREADS:
+        torch.set_num_threads(t)
+        for name, fn in (("c_entry", kernel), ("python", python_call)):
+            work = [(fn, args, n_items)]
+            for _ in range(50):
+                run_parallel(work)
+            runs = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    run_parallel(work)
+                runs.append((time.perf_counter() - t0) / calls * 1e6)
+            out[f"{name}@{t}"] = round(statistics.median(runs), 1)
+    return out
+
+
 def profile_table(prof: dict) -> str:
     keys = list(prof[THREADS[0]]["top_ops_self_cpu_s_per_step"])
     lines = ["| operation (own CPU time, s per step) | 1 thread | 2 threads |", "|---|---:|---:|"]
@@ -176,6 +210,8 @@ def main() -> int:
             "kernel_dispatch": dispatch(), "torch": torch.__version__,
             "load_1m": os.getloadavg()[0]}  # fmt: skip
     prof = profile(args.tokens, args.batch) if args.profile else None
+    if args.profile:
+        meta["dispatch_us"] = dispatch_cost()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         raw = {"meta": meta, "results": results, "profile": prof}

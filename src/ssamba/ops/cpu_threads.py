@@ -1,22 +1,28 @@
 """Where the CPU kernels run: on torch's own intra-op threads.
 
-A kernel call is ``(fn, args, n_jobs)``: ``fn(*args, j0, j1)`` runs work items ``[j0, j1)``
-without the GIL (numba ``nogil``). :func:`run_parallel` cuts each call's items into one piece per
-thread of ``torch.get_num_threads()`` and runs piece k of every call on thread k. Which thread
-runs which piece never changes a result: the kernels write disjoint outputs and per-item partials.
+A kernel call is ``(fn, args, n_jobs)``. The scan and conv kernels have C entries
+(:class:`ssamba.ops.kernel_entry.NativeKernel`): :func:`run_parallel` packs the call's tensors
+into one buffer and the threads of torch's OpenMP team enter the kernel's C entry point directly,
+each taking work items from the call's atomic counter until none is left: no Python and no GIL on
+any of them (a dispatch costs ~20 us on two threads; through Python callbacks it cost 70-120,
+the threads taking turns at the GIL), and a thread that the host slows down simply takes fewer
+items. Which thread runs which item never changes a result: the kernels write disjoint outputs
+and per-item partials. Any other ``fn`` (``fn(*args, j0, j1)``, e.g. a test's stand-in) is called
+from Python: its items are cut into one piece per thread of ``torch.get_num_threads()``, piece k
+of every call on thread k.
 
-The pieces run on the threads of torch's OpenMP team. Through ``GOMP_parallel`` of the runtime
-torch loaded (GNU libgomp; LLVM's and Intel's runtimes export the same entry point), every team
-thread calls back into Python, takes its piece and releases the GIL inside the kernel. A pool of
-our own threads was the first design: after each of torch's parallel operations, its OpenMP
-workers spin for a while waiting for more work, on the very cores our threads wanted, so a
+Why torch's team: after each of torch's parallel operations its OpenMP workers spin for a while
+waiting for more work, on the very cores threads of our own wanted, so with a pool of our own a
 second thread made SSAMBA's training step no faster (2.05 s on one thread, 2.2 s on two,
-SSAMBA-tiny, 512 tokens, batch 2); on the team's own threads, 1.28 s (docs/performance.md).
+SSAMBA-tiny, 512 tokens, batch 2); on the team's own threads, 1.28 s (docs/performance.md). The
+team is entered through ``GOMP_parallel`` of the runtime torch loaded (GNU libgomp; LLVM's and
+Intel's runtimes export the same entry point).
 
-That pool remains the fallback where no OpenMP runtime can be found (torch built with another
-parallel backend, a system without ``/proc``, several runtimes loaded and none of them torch's)
-and in a process forked from the one that first used the team (an OpenMP team does not survive
-``fork``). :func:`dispatch` says which one runs.
+A pool of our own threads remains the fallback where no OpenMP runtime can be found (torch built
+with another parallel backend, a system without ``/proc``, several runtimes loaded and none of
+them torch's) and in a process forked from the one that first used the team (an OpenMP team does
+not survive ``fork``); the C entries run there too (ctypes releases the GIL for them).
+:func:`dispatch` says which one runs.
 """
 
 from __future__ import annotations

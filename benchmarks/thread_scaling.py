@@ -12,8 +12,7 @@ SSAMBA / SSAST ratio, each computed within a round first. Both models are built 
 warm-up step in every configuration (the numba kernels compile or load from their cache there).
 Run it on an otherwise idle machine.
 
-``--profile`` then times one kernel dispatch (a tiny conv call through its C entry, and
-through a Python call of the same kernel per thread as before the C entries) and profiles
+``--profile`` then times one kernel dispatch (a tiny conv call through its C entry) and profiles
 SSAMBA-tiny's training step on 1 and 2 threads: the operations with
 the most time of their own (torch.profiler; the numba kernels show as their autograd functions,
 ``_SelectiveScanCPU``, ``_ConvSilu`` and their backwards) and the CPU time of every OS thread of
@@ -116,32 +115,25 @@ def profile(tokens: int, batch: int, steps: int = 4, top: int = 12) -> dict:
 def dispatch_cost(calls: int = 2000, repeats: int = 5) -> dict:
     """Microseconds per kernel dispatch on 1 and 2 threads: a conv + silu call on a tiny input
     (2 x 9 steps x 384 channels, two work items: the kernel's own work is a few microseconds),
-    through its C entry (what the model runs) and through a Python call of the same numba
-    kernel on each thread (the dispatch before the C entries). Medians of ``repeats``."""
+    through its C entry as the model runs it. Medians of ``repeats``."""
     from ssamba.ops import conv_cpu
     from ssamba.ops.cpu_threads import run_parallel
 
     gen = torch.Generator().manual_seed(0)
     x, w, b = (torch.randn(*s, generator=gen) for s in ((2, 9, 384), (384, 1, 4), (384,)))
-    (kernel, args, n_items), _ = conv_cpu._conv_call(x, 0, 384, w, b, False, conv_cpu.SILU)
-
-    def python_call(*a):  # no C entry: run_parallel calls it from Python on each thread
-        return kernel(*a)
-
+    call, _ = conv_cpu._conv_call(x, 0, 384, w, b, False, conv_cpu.SILU)
     out = {}
     for t in THREADS:
         torch.set_num_threads(t)
-        for name, fn in (("c_entry", kernel), ("python", python_call)):
-            work = [(fn, args, n_items)]
-            for _ in range(50):
-                run_parallel(work)
-            runs = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                for _ in range(calls):
-                    run_parallel(work)
-                runs.append((time.perf_counter() - t0) / calls * 1e6)
-            out[f"{name}@{t}"] = round(statistics.median(runs), 1)
+        for _ in range(50):
+            run_parallel([call])
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                run_parallel([call])
+            runs.append((time.perf_counter() - t0) / calls * 1e6)
+        out[f"c_entry@{t}"] = round(statistics.median(runs), 1)
     return out
 
 

@@ -1,7 +1,8 @@
-"""Where the CPU kernels run (ssamba.ops.cpu_threads): every work item exactly once, on torch's
-own OpenMP threads where the runtime is found, on a pool of our own otherwise; results that do
-not depend on the thread count or on the dispatcher (scan and conv, values and gradients);
-errors raised in the caller; a team smaller than asked for and a forked process handled."""
+"""Where the CPU kernels run (ssamba.ops.cpu_threads, ssamba.ops.kernel_entry): every work item
+exactly once through the kernels' C entries, on torch's own OpenMP threads where the runtime is
+found, on a pool of our own otherwise; results that do not depend on the thread count or on the
+dispatcher (scan and conv, values and gradients); a failing item reported in the caller; calls
+the kernel would misread refused; a forked process handled."""
 
 from __future__ import annotations
 
@@ -48,86 +49,41 @@ def dispatcher(request, monkeypatch):
     return request.param
 
 
-def _recording_kernel():
-    """A stand-in kernel (Python) that records which native thread ran each work item."""
-    seen: list[tuple[int, int]] = []
-    lock = threading.Lock()
-
-    def kernel(tag, j0, j1):
-        with lock:
-            seen.extend((j, threading.get_native_id()) for j in range(j0, j1))
-
-    return kernel, seen
+@njit(nogil=True)
+def _count_kernel(count, tids, fail_at, j0, j1):
+    """Adds 1 to count[j] and records the OS thread of item j; item ``fail_at`` raises."""
+    for j in range(j0, j1):
+        if j == fail_at:
+            raise ValueError("item failed")
+        count[j] += 1.0
+        tids[j] = _gettid()
 
 
-def test_split_gives_every_item_once_in_thread_order():
-    calls = [("f", (), 10), ("g", (), 1), ("h", (), 0), ("k", (), 3)]
-    pieces = cpu_threads.split(calls, 4)
-    for name, _, n_jobs in calls:
-        got = sorted(j for piece in pieces for fn, _, j0, j1 in piece if fn == name
-                     for j in range(j0, j1))  # fmt: skip
-        assert got == list(range(n_jobs)), name
-    assert [(j0, j1) for fn, _, j0, j1 in pieces[0] if fn == "f"] == [(0, 2)]
-    assert all(fn != "g" for piece in pieces[1:] for fn, *_ in piece)  # one item: thread 0
+@njit
+def _count_items(p, dt):
+    count, k = take1(p, HEADER, dt)
+    tids, k = take1(p, k, dt)
+    fail_at, k = take_int(p, k)
+    j = kernel_entry.next_item(p)
+    while j >= 0:
+        try:
+            _count_kernel(count, tids, fail_at, j, j + 1)
+        except Exception:  # noqa: BLE001
+            kernel_entry.failed(p)
+        j = kernel_entry.next_item(p)
 
 
-@pytest.mark.parametrize("n", [1, 2, 3])
-def test_every_item_runs_once(dispatcher, threads, n):
-    threads(n)
-    kernel, seen = _recording_kernel()
-    cpu_threads.run_parallel([(kernel, ("a",), 7), (kernel, ("b",), 2)])
-    assert sorted(j for j, _ in seen) == sorted(list(range(7)) + list(range(2)))
-    tids = {tid for _, tid in seen}
-    # a team thread per piece; the pool may hand two pieces to one of its threads
-    assert len(tids) == n if dispatcher == "openmp" else 1 <= len(tids) <= n
+def _count_entry64(p):
+    _count_items(p, np.float64)
 
 
-@needs_team
-def test_pieces_run_on_torchs_own_threads(threads, monkeypatch):
-    """On the team, the second piece runs on a thread Python did not create: torch's worker."""
-    monkeypatch.setattr(cpu_threads, "_team", TEAM)
-    monkeypatch.setattr(cpu_threads, "_team_searched", True)
-    threads(2)
-    kernel, seen = _recording_kernel()
-    python_threads = {t.native_id for t in threading.enumerate()}
-    cpu_threads.run_parallel([(kernel, (None,), 2)])
-    tids = {tid for _, tid in seen}
-    assert len(tids) == 2 and threading.get_native_id() in tids
-    assert not (tids - {threading.get_native_id()}) & python_threads
-    assert cpu_threads.dispatch().startswith("openmp")
+COUNT = NativeKernel(_count_kernel, "11i", {8: _count_entry64}, cache=False)
 
 
-def test_errors_reach_the_caller(dispatcher, threads):
-    threads(2)
-
-    def kernel(j0, j1):
-        if j0 > 0:
-            raise ValueError(f"item {j0} failed")
-
-    with pytest.raises(ValueError, match="item 1 failed"):
-        cpu_threads.run_parallel([(kernel, (), 2)])
-    kernel2, seen = _recording_kernel()  # and the dispatcher still works afterwards
-    cpu_threads.run_parallel([(kernel2, (None,), 4)])
-    assert sorted(j for j, _ in seen) == [0, 1, 2, 3]
-
-
-@needs_team
-def test_nested_call_runs_every_item(threads, monkeypatch):
-    """run_parallel called from inside a team thread gets a team of one (nested regions are
-    off): the pieces no thread ran run in the caller, each item once."""
-    monkeypatch.setattr(cpu_threads, "_team", TEAM)
-    monkeypatch.setattr(cpu_threads, "_team_searched", True)
-    threads(2)
-    inner, seen = _recording_kernel()
-    done = []
-
-    def outer(j0, j1):
-        cpu_threads.run_parallel([(inner, (None,), 4)])
-        done.append((j0, j1))
-
-    cpu_threads.run_parallel([(outer, (), 2)])
-    assert sorted(done) == [(0, 1), (1, 2)]
-    assert sorted(j for j, _ in seen) == [0, 0, 1, 1, 2, 2, 3, 3]
+def _count_call(n_items: int, fail_at: int = -1):
+    count = torch.zeros(n_items, dtype=torch.float64)
+    tids = torch.zeros(n_items, dtype=torch.float64)
+    return (COUNT, (count, tids, fail_at), n_items), count, tids
 
 
 def test_no_runtime_found_falls_back_to_the_pool(monkeypatch):
@@ -168,9 +124,9 @@ def test_results_do_not_depend_on_threads_or_dispatcher(dispatcher, threads):
 
 def _child(queue) -> None:
     torch.set_num_threads(2)
-    kernel, seen = _recording_kernel()
-    cpu_threads.run_parallel([(kernel, (None,), 5)])
-    queue.put((cpu_threads.dispatch(), sorted(j for j, _ in seen)))
+    call, count, _ = _count_call(5)
+    cpu_threads.run_parallel([call])
+    queue.put((cpu_threads.dispatch(), count.tolist()))
 
 
 @needs_team
@@ -178,12 +134,12 @@ def _child(queue) -> None:
 def test_forked_process_uses_its_own_threads(threads, monkeypatch):
     """A child forked after the team ran gets the pool, and every item runs (an OpenMP team
     does not survive fork: torch's own parallel operations hang in such a child, so the child
-    runs stand-in kernels only)."""
+    runs a stand-in kernel only)."""
     monkeypatch.setattr(cpu_threads, "_team", TEAM)
     monkeypatch.setattr(cpu_threads, "_team_searched", True)
     threads(2)
-    kernel, _ = _recording_kernel()
-    cpu_threads.run_parallel([(kernel, (None,), 2)])  # the parent's team has run
+    call, _, _ = _count_call(2)
+    cpu_threads.run_parallel([call])  # the parent's team has run
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(queue,))
@@ -195,51 +151,11 @@ def test_forked_process_uses_its_own_threads(threads, monkeypatch):
         if proc.is_alive():
             proc.kill()
     assert dispatch == "python threads"
-    assert items == [0, 1, 2, 3, 4]
-
-
-# --- kernels with C entries (ssamba.ops.kernel_entry): no Python on the team's threads --------
-
-
-@njit(nogil=True)
-def _count_kernel(count, tids, fail_at, j0, j1):
-    """Adds 1 to count[j] and records the OS thread of item j; item ``fail_at`` raises."""
-    for j in range(j0, j1):
-        if j == fail_at:
-            raise ValueError("item failed")
-        count[j] += 1.0
-        tids[j] = _gettid()
-
-
-@njit
-def _count_items(p, dt):
-    count, k = take1(p, HEADER, dt)
-    tids, k = take1(p, k, dt)
-    fail_at, k = take_int(p, k)
-    j = kernel_entry.next_item(p)
-    while j >= 0:
-        try:
-            _count_kernel(count, tids, fail_at, j, j + 1)
-        except Exception:  # noqa: BLE001
-            kernel_entry.failed(p)
-        j = kernel_entry.next_item(p)
-
-
-def _count_entry64(p):
-    _count_items(p, np.float64)
-
-
-COUNT = NativeKernel(_count_kernel, "11i", {8: _count_entry64}, cache=False)
-
-
-def _count_call(n_items: int, fail_at: int = -1):
-    count = torch.zeros(n_items, dtype=torch.float64)
-    tids = torch.zeros(n_items, dtype=torch.float64)
-    return (COUNT, (count, tids, fail_at), n_items), count, tids
+    assert items == [1.0] * 5
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
-def test_native_kernel_runs_every_item_once(dispatcher, threads, n):
+def test_every_item_runs_once(dispatcher, threads, n):
     """Items handed out by the call's counter: each runs once, however many threads enter."""
     threads(n)
     calls = [_count_call(m) for m in (40, 1, 0, 7)]
@@ -249,7 +165,7 @@ def test_native_kernel_runs_every_item_once(dispatcher, threads, n):
 
 
 @needs_team
-def test_native_kernel_runs_on_torchs_threads_without_python(threads, monkeypatch):
+def test_items_run_on_torchs_threads_without_python(threads, monkeypatch):
     """On the team every item runs on the caller or on a thread Python did not create."""
     monkeypatch.setattr(cpu_threads, "_team", TEAM)
     monkeypatch.setattr(cpu_threads, "_team_searched", True)
@@ -262,7 +178,7 @@ def test_native_kernel_runs_on_torchs_threads_without_python(threads, monkeypatc
     assert not (ran_on - {threading.get_native_id()}) & python_threads
 
 
-def test_native_kernel_errors_reach_the_caller(dispatcher, threads):
+def test_errors_reach_the_caller(dispatcher, threads):
     threads(2)
     call, count, _ = _count_call(6, fail_at=3)
     with pytest.raises(RuntimeError, match="_count_kernel: a work item raised"):
@@ -273,7 +189,7 @@ def test_native_kernel_errors_reach_the_caller(dispatcher, threads):
     assert count.tolist() == [1.0] * 5
 
 
-def test_native_call_arguments_are_checked():
+def test_call_arguments_are_checked():
     """A tensor the kernel would misread is refused before any thread enters."""
     ok = torch.zeros(4, dtype=torch.float64)
     with pytest.raises(TypeError, match="3 arguments expected, got 2"):
@@ -290,16 +206,18 @@ def test_native_call_arguments_are_checked():
     assert list(buf) == [0, 4, 0, 8, ok.data_ptr(), 4, 7]
 
 
-def test_scan_and_conv_use_their_c_entries(threads, monkeypatch):
-    """The CPU scan and conv go through the C entries (no Python call of the kernels)."""
-    threads(2)
+def test_items_left_unrun_are_reported():
+    """check() after the threads returned: a call whose counter did not pass every item raises
+    (it never does when the threads take items until none is left)."""
+    call, _, _ = _count_call(3)
+    kernel, args, n_items = call
+    bound = kernel.bind(args, n_items)
+    with pytest.raises(RuntimeError, match="3 work items did not run"):
+        bound.check()
+    bound.call(bound.pointer)
+    bound.check()
 
-    def no_python_call(*args):
-        raise AssertionError("a kernel was called from Python")
 
-    for kernel in (scan_cpu.FORWARD, scan_cpu.BACKWARD):
-        monkeypatch.setattr(kernel, "fn", no_python_call)
-    args = make_inputs(2, 70, 48, 16, seed=3)
-    leaves = [a.clone().requires_grad_() for a in args]
-    scan_cpu.selective_scan_cpu(*leaves).sum().backward()
-    assert all(p.grad is not None for p in leaves)
+def test_only_kernels_with_c_entries_are_run():
+    with pytest.raises(TypeError, match="a kernel with a C entry is needed"):
+        cpu_threads.run_parallel([(lambda j0, j1: None, (), 2)])

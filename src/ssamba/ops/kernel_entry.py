@@ -158,13 +158,6 @@ def pack(spec: str, args, n_items: int) -> array.array:
     return array.array("q", slots)
 
 
-def as_numpy(spec: str, args) -> tuple:
-    """The arguments as the numba kernel takes them from Python (numpy views, flat for ``1``)."""
-    return tuple(a.detach().reshape(-1).numpy() if kind == "1" else
-                 a.detach().numpy() if kind in "234" else a
-                 for kind, a in zip(spec, args, strict=True))  # fmt: skip
-
-
 _CALL = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 
@@ -172,7 +165,7 @@ class NativeKernel:
     """A kernel ``fn(*args, j0, j1)``, the kinds of its arguments (``spec``, see :func:`pack`)
     and its C entries: ``entries[width]`` is a module-level Python function ``entry(p)`` that
     calls the kernel's items function with the float type of that width, compiled with
-    ``cfunc`` on first use (and cached on disk: ``cache``). Called like ``fn``, with tensors."""
+    ``cfunc`` on first use (and cached on disk: ``cache``)."""
 
     def __init__(self, fn, spec: str, entries: dict, cache: bool = True):
         self.fn = fn
@@ -181,11 +174,6 @@ class NativeKernel:
         self._entries = entries
         self._cache = cache
         self._compiled: dict[int, tuple] = {}
-
-    def __call__(self, *args):
-        """``fn(*args, j0, j1)`` from Python (tensors as numpy views)."""
-        *call_args, j0, j1 = args
-        return self.fn(*as_numpy(self.spec, call_args), j0, j1)
 
     def bind(self, args, n_items: int) -> BoundCall:
         """The call packed, with the C entry for its float width (compiled on first use)."""

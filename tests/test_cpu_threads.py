@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -221,3 +222,19 @@ def test_items_left_unrun_are_reported():
 def test_only_kernels_with_c_entries_are_run():
     with pytest.raises(TypeError, match="a kernel with a C entry is needed"):
         cpu_threads.run_parallel([(lambda j0, j1: None, (), 2)])
+
+
+def test_c_entries_are_cached_on_disk():
+    """numba caches every C entry (only a first run compiles them): an entry numba cannot cache
+    (a dynamic global, a kernel handed over as an argument) would compile again in every
+    process. (The entries were compiled above, so this loads them from the cache.)"""
+    from numba import cfunc
+    from numba.core.errors import NumbaWarning
+
+    from ssamba.ops import conv_cpu
+
+    kernels = (scan_cpu.FORWARD, scan_cpu.BACKWARD, conv_cpu.CONV_KERNEL, conv_cpu.DWEIGHT_KERNEL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NumbaWarning)
+        for kernel in kernels:
+            cfunc(kernel_entry.ENTRY_SIGNATURE, cache=True)(kernel._entries[4])

@@ -2,18 +2,20 @@
 handed out one at a time by an atomic counter to whichever threads enter.
 
 A kernel ``fn(*args, j0, j1)`` (numba, ``nogil``) gets a :class:`NativeKernel` beside it: an
-``items`` function that unpacks the buffer with the ``take*`` helpers below and runs
-:func:`run_items`' loop, and one C entry per float width (``cfunc``, compiled on first use and
-cached on disk). :mod:`ssamba.ops.cpu_threads` packs a call with :meth:`NativeKernel.pack` and
-has the threads of torch's OpenMP team enter the C function directly: no thread takes the GIL,
-so a dispatch costs a few microseconds instead of ~70 (two threads taking turns at the GIL, and
-numba checking every argument, in each piece), and a thread that the host slows down takes fewer
-items instead of holding the others up at the end (the pieces used to be fixed in advance).
+``items`` function that unpacks the buffer with the ``take*`` helpers below and runs the kernel
+on each item it takes (:func:`next_item`), and one C entry per float width (``cfunc``, compiled
+on first use and cached on disk). :mod:`ssamba.ops.cpu_threads` packs a call with
+:meth:`NativeKernel.bind` and has the threads of torch's OpenMP team enter the C function
+directly: no thread takes the GIL, so a dispatch costs ~20 microseconds instead of 70-240 (the
+threads taking turns at the GIL, and numba checking every argument, in each piece), and a thread
+that the host slows down takes fewer items instead of holding the others up at the end (the
+pieces used to be fixed in advance). (The items loop is written out in each ``items`` function:
+handed a kernel as an argument, numba no longer caches the entry.)
 
 Buffer layout (int64): ``[next item, number of items, failed, float width in bytes, args...]``;
-an array argument is its address followed by its shape (C-contiguous, of the float width), a
-bool or int argument its value. Which thread runs an item never changes a result: every item
-writes its own outputs and partials.
+a tensor argument is its address followed by its shape (or its element count where the kernel
+sees it flat), a bool or int argument its value. Which thread runs an item never changes a
+result: every item writes its own outputs and partials.
 """
 
 from __future__ import annotations

@@ -160,7 +160,9 @@ def test_from_results_rerenders(sweep, tmp_path, capsys):
     # Existing results are replaced only with --overwrite, also in place (read before written).
     assert main(["--from", str(tmp_path), "--out", str(tmp_path)]) == 2
     assert "pass --overwrite" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("mine")  # --overwrite replaces bench's files only
     assert main(["--from", str(tmp_path), "-o", str(tmp_path), "--overwrite", "--no-plot"]) == 0
+    assert (tmp_path / "notes.txt").read_text() == "mine"
     again = json.loads((tmp_path / "bench.json").read_text())
     assert again["points"] == json.loads((out / "bench.json").read_text())["points"]
     from_csv = load_points(out / "bench.csv")

@@ -501,7 +501,7 @@ REFUSALS = {
     "dasl-build": (["dasl-build", "audio", "-o", "out", "-n", "2", "--name", "mix"], "out/mix.csv"),
     "prepare": (["prepare", "esc50", "audio", "-o", "out"], "out/old.txt"),
     "demo": (["demo", "-o", "out"], "out/old.txt"),
-    "bench": (["bench", "-o", "out"], "out/old.txt"),
+    "bench": (["bench", "-o", "out"], "out/bench.json"),  # its own file: others may share out
     "plot": (["plot", "metrics.jsonl"], "curves.png"),
 }
 
@@ -520,3 +520,27 @@ def test_every_writer_refuses_an_existing_output(command, tmp_path, monkeypatch,
     target = existing if "/" not in existing or command == "probe" else existing.split("/")[0]
     one_error_line(capsys.readouterr().err, target, "exists", "--overwrite")
     assert snapshot(tmp_path) == before
+
+
+def test_overwrite_removes_only_the_files_a_command_writes(tmp_path):
+    """A command that knows every file it writes (ssamba bench) replaces those with --overwrite
+    and leaves the rest of the folder alone: ``--out docs/bench`` once emptied docs/bench."""
+    from ssamba.cli.common import prepare_output
+    from ssamba.errors import UsageError
+
+    out = tmp_path / "results"
+    (out / "other").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    (out / "other" / "a.csv").write_text("x")
+    files = ("bench.csv", "bench.json", "bench.png")
+    assert prepare_output(out, False, "bench results", files) == out  # none of its files there
+    (out / "bench.csv").write_text("old")
+    (out / "bench.png").write_text("old")
+    with pytest.raises(UsageError, match=r"exists \(bench.csv, bench.png\); pass --overwrite"):
+        prepare_output(out, False, "bench results", files)
+    assert (out / "bench.csv").read_text() == "old"  # refused: left as it was
+    prepare_output(out, True, "bench results", files)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "other"]
+    assert (out / "other" / "a.csv").read_text() == "x"
+    with pytest.raises(UsageError, match="not a folder"):
+        prepare_output(out / "notes.txt", True, "bench results", files)

@@ -10,7 +10,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ssamba.bench.spec import CSV_FIELDS, DEFAULT_FIT_MIN_TOKENS, FREQ_PATCHES
+from ssamba.bench.spec import CSV_FIELDS, CSV_FILE, DEFAULT_FIT_MIN_TOKENS, FREQ_PATCHES, JSON_FILE
 from ssamba.constants import PATCH
 from ssamba.fileio import atomic_write_csv, atomic_write_json
 
@@ -41,11 +41,11 @@ def write_results(
     out_dir = Path(out_dir)
 
     rows = [[_csv_value(p.get(k)) for k in CSV_FIELDS] for p in points]
-    atomic_write_csv(out_dir / "bench.csv", CSV_FIELDS, rows)
+    atomic_write_csv(out_dir / CSV_FILE, CSV_FIELDS, rows)
     doc = dict(meta or {})
     doc["points"] = points
     doc["summary"] = summarize(points, fit_min_tokens=fit_min_tokens)
-    atomic_write_json(out_dir / "bench.json", doc, default=str)
+    atomic_write_json(out_dir / JSON_FILE, doc, default=str)
 
 
 def _csv_value(v):
@@ -60,7 +60,7 @@ def load_points(path: str | os.PathLike) -> list[dict]:
     """Points from a ``bench.json`` (or the folder holding it) or a ``bench.csv``."""
     path = Path(path)
     if path.is_dir():
-        path = path / "bench.json"
+        path = path / JSON_FILE
     if path.suffix == ".json":
         return json.loads(path.read_text())["points"]
     with open(path, newline="") as f:
@@ -70,7 +70,7 @@ def load_points(path: str | os.PathLike) -> list[dict]:
 def load_meta(path: str | os.PathLike) -> dict:
     """The run's description in a ``bench.json`` (command, machine, settings); {} for a CSV."""
     path = Path(path)
-    path = path / "bench.json" if path.is_dir() else path
+    path = path / JSON_FILE if path.is_dir() else path
     if path.suffix != ".json":
         return {}
     meta = json.loads(path.read_text())

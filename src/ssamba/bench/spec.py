@@ -17,6 +17,10 @@ DEVICES = ("cpu", "cuda")
 # Scan backends a run may force (SSAMBA_SCAN); which ones run where is ssamba.ops.scan's call.
 SCAN_BACKENDS = ("reference", "cpu", "cuda", "triton", "torch")
 
+# What a sweep writes into its --out folder (and all it writes: --overwrite removes these only)
+CSV_FILE, JSON_FILE, PLOT_FILE = "bench.csv", "bench.json", "bench.png"
+RESULT_FILES = (CSV_FILE, JSON_FILE, PLOT_FILE)
+
 CSV_FIELDS = (
     "model",
     "arch",

@@ -26,6 +26,7 @@ from ssamba.bench.spec import (
     DEFAULT_TOKENS,
     DEVICES,
     MODES,
+    PLOT_FILE,
     default_models,
     frames_for_tokens,
     int_list,
@@ -315,6 +316,6 @@ def _run(plan: Plan, specs, out_dir: Path | None, command, make_plot: bool, log)
 
 def _plot(points: list[dict], out_dir: Path, log) -> None:
     try:
-        plot(points, out_dir / "bench.png")
+        plot(points, out_dir / PLOT_FILE)
     except ImportError:
         log("matplotlib is not installed: no bench.png (pip install 'ssamba[plot]')")

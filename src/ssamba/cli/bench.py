@@ -12,12 +12,13 @@ from ssamba.bench.spec import (
     DEFAULT_TOKENS,
     DEVICES,
     MODES,
+    PLOT_FILE,
+    RESULT_FILES,
     SCAN_BACKENDS,
 )
 from ssamba.cli.common import (
     add_command,
     add_out,
-    add_overwrite,
     add_progress,
     non_negative_float,
     non_negative_int,
@@ -57,9 +58,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p,
         required=False,
         help="folder for bench.csv, bench.json and bench.png (needed to measure; with --from, "
-        "default: print only)",
+        "default: print only); other files in it are left alone",
     )
-    add_overwrite(p)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run's bench.csv, bench.json and bench.png (refused otherwise)",
+    )
     add_progress(p)
     _add_sweep_arguments(p)
     _add_limit_arguments(p)
@@ -177,7 +182,7 @@ def _measure(args: argparse.Namespace) -> int:
         raise UsageError("--out DIR is required (where bench.csv, bench.json and bench.png go)")
     from ssamba.bench import markdown_report, run_bench, summarize
 
-    out = prepare_output(args.out, args.overwrite, "bench results")
+    out = prepare_output(args.out, args.overwrite, "bench results", RESULT_FILES)
     max_memory = "auto" if args.max_memory_gb is None else (args.max_memory_gb or None)
     try:
         points = run_bench(
@@ -219,10 +224,10 @@ def _rerender(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read {args.from_results}: {e}") from None
     summary = summarize(points, fit_min_tokens=args.fit_min_tokens)
     if args.out:  # everything is in memory now, so --out may name the folder it came from
-        out = prepare_output(args.out, args.overwrite, "bench results")
+        out = prepare_output(args.out, args.overwrite, "bench results", RESULT_FILES)
         write_results(points, out, meta, args.fit_min_tokens)
         if not args.no_plot:
-            plot(points, out / "bench.png")
+            plot(points, out / PLOT_FILE)
     print(markdown_report(points, summary))
     return 0
 

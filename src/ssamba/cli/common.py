@@ -306,12 +306,27 @@ def check_input_forms(command: str, accepted: Iterable[str], **options: str | No
 
 
 # ---------------------------------------------------------------------------- output folders
-def prepare_output(path: str | os.PathLike, overwrite: bool, what: str = "output") -> Path:
+def prepare_output(
+    path: str | os.PathLike, overwrite: bool, what: str = "output", files: Iterable[str] = ()
+) -> Path:
     """Refuse to replace existing output unless ``overwrite``; then clear it. Returns the path.
 
     An empty folder counts as no output. With ``overwrite`` a file is removed and a folder
-    emptied (removed and made again)."""
+    emptied (removed and made again). ``files``: the names a command writes into the folder
+    ``path`` when it knows them all; then only those count as its output and only those are
+    removed, whatever else the folder holds stays (``ssamba bench --out docs/bench`` must not
+    take the folder's other results with it)."""
     path = Path(path)
+    if files:
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{path}: not a folder (the {what} go into one)")
+        mine = [path / name for name in files if (path / name).exists()]
+        if mine and not overwrite:
+            raise UsageError(f"{path}: {what} exists ({', '.join(p.name for p in mine)}); "
+                             "pass --overwrite to replace it (those files only)")  # fmt: skip
+        for old in mine:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        return path
     exists = path.is_file() or (path.is_dir() and any(path.iterdir()))
     if exists and not overwrite:
         raise UsageError(f"{path}: {what} exists; pass --overwrite to replace it")

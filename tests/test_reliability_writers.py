@@ -544,3 +544,28 @@ def test_overwrite_removes_only_the_files_a_command_writes(tmp_path):
     assert (out / "other" / "a.csv").read_text() == "x"
     with pytest.raises(UsageError, match="not a folder"):
         prepare_output(out / "notes.txt", True, "bench results", files)
+
+
+def test_overwrite_empties_only_folders_ssamba_made(tmp_path):
+    """--overwrite on a folder of the user's (no .ssamba-output in it) is refused with one line and
+    leaves it as it was; a folder that ssamba made (marker inside) is emptied and refilled."""
+    from ssamba.cli.common import OUTPUT_MARKER, prepare_output
+    from ssamba.errors import UsageError
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    before = snapshot(tmp_path)
+    with pytest.raises(UsageError, match=r"holds files ssamba did not write .*--overwrite empties"):
+        prepare_output(mine, True, "output folder", folder=True)
+    assert snapshot(tmp_path) == before
+    made = prepare_output(tmp_path / "made", False, "output folder", folder=True)
+    assert sorted(p.name for p in made.iterdir()) == [OUTPUT_MARKER]
+    assert prepare_output(made, False, "output folder", folder=True) == made  # still empty
+    (made / "manifest.csv").write_text("path,label\n")
+    with pytest.raises(UsageError, match="output folder exists; pass --overwrite"):
+        prepare_output(made, False, "output folder", folder=True)
+    prepare_output(made, True, "output folder", folder=True)
+    assert sorted(p.name for p in made.iterdir()) == [OUTPUT_MARKER]
+    with pytest.raises(UsageError, match="not a folder"):
+        prepare_output(mine / "thesis.tex", True, "output folder", folder=True)

@@ -215,7 +215,9 @@ def add_workers(p: argparse.ArgumentParser, default: int | None = None, what: st
 
 def add_overwrite(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--overwrite", action="store_true", help="replace existing output (refused otherwise)"
+        "--overwrite",
+        action="store_true",
+        help="replace existing output (refused otherwise; a folder only if ssamba made it)",
     )
 
 
@@ -306,8 +308,18 @@ def check_input_forms(command: str, accepted: Iterable[str], **options: str | No
 
 
 # ---------------------------------------------------------------------------- output folders
+# Written into every output folder ssamba makes: --overwrite empties only folders that hold it, so
+# a folder of the user's, named by mistake, is never emptied (the file says so to a reader).
+OUTPUT_MARKER = ".ssamba-output"
+_MARKER_TEXT = "This folder was made by ssamba; `--overwrite` may empty it.\n"
+
+
 def prepare_output(
-    path: str | os.PathLike, overwrite: bool, what: str = "output", files: Iterable[str] = ()
+    path: str | os.PathLike,
+    overwrite: bool,
+    what: str = "output",
+    files: Iterable[str] = (),
+    folder: bool = False,
 ) -> Path:
     """Refuse to replace existing output unless ``overwrite``; then clear it. Returns the path.
 
@@ -315,8 +327,12 @@ def prepare_output(
     emptied (removed and made again). ``files``: the names a command writes into the folder
     ``path`` when it knows them all; then only those count as its output and only those are
     removed, whatever else the folder holds stays (``ssamba bench --out docs/bench`` must not
-    take the folder's other results with it)."""
+    take the folder's other results with it). ``folder``: ``path`` is a folder the command fills;
+    it is made (with :data:`OUTPUT_MARKER` in it) and ``overwrite`` empties it only when it holds
+    that marker, i.e. when ssamba made it."""
     path = Path(path)
+    if folder:
+        return _prepare_folder(path, overwrite, what)
     if files:
         if path.exists() and not path.is_dir():
             raise UsageError(f"{path}: not a folder (the {what} go into one)")
@@ -327,11 +343,30 @@ def prepare_output(
         for old in mine:
             shutil.rmtree(old) if old.is_dir() else old.unlink()
         return path
-    exists = path.is_file() or (path.is_dir() and any(path.iterdir()))
+    exists = path.is_file() or (  # a folder holding only ssamba's marker counts as empty
+        path.is_dir() and any(p.name != OUTPUT_MARKER for p in path.iterdir())
+    )
     if exists and not overwrite:
         raise UsageError(f"{path}: {what} exists; pass --overwrite to replace it")
     if exists:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return path
+
+
+def _prepare_folder(path: Path, overwrite: bool, what: str) -> Path:
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path}: not a folder (the {what} is one)")
+    held = path.is_dir() and any(p.name != OUTPUT_MARKER for p in path.iterdir())
+    if held and not overwrite:
+        raise UsageError(f"{path}: {what} exists; pass --overwrite to replace it")
+    if held and not (path / OUTPUT_MARKER).exists():
+        raise UsageError(f"{path}: holds files ssamba did not write (no {OUTPUT_MARKER} in it), "
+                         "and --overwrite empties only folders ssamba made: empty or remove it "
+                         "yourself, or choose another folder")  # fmt: skip
+    if held:
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / OUTPUT_MARKER).write_text(_MARKER_TEXT)
     return path
 
 
@@ -781,4 +816,4 @@ def check_cache_folder(path: str, overwrite: bool, marker: str, what: str) -> No
     unless ``overwrite``, which also empties an earlier build (to start from scratch)."""
     folder = Path(path)
     if overwrite or not (folder / marker).exists():
-        prepare_output(folder, overwrite, what)
+        prepare_output(folder, overwrite, what, folder=True)

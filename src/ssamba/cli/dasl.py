@@ -149,8 +149,14 @@ def run_dasl_build(args) -> int:
     check_input(args.manifest, ONE_SET_INPUTS, "`ssamba dasl-build`")
     DaslBuildConfig(args.seconds, args.mode, args.name, args.seed, args.on_bad_file)  # checks
     out = Path(args.out)
-    for path in (out / f"{args.name}.csv", out / f"{args.name}.sources.json", out / args.name):
-        prepare_output(path, args.overwrite, what=f"DASL data {args.name!r}")
+    what = f"DASL data {args.name!r}"
+    files = (out / f"{args.name}.csv", out / f"{args.name}.sources.json")
+    if not args.overwrite:  # every refusal before anything is made or removed
+        for path in files:
+            prepare_output(path, False, what)
+    prepare_output(out / args.name, args.overwrite, what, folder=True)
+    for path in files:
+        prepare_output(path, args.overwrite, what)
     result = build_dasl_mixtures(
         args.manifest,
         out,

@@ -264,7 +264,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         raise UsageError(f"prepare {args.task}: one SOURCE_DIR, got {len(args.source)}")
     _refuse_existing(args.out, args.overwrite, "output folder")
     data = read_dataset(args.task, args.source[0])  # checks the layout before anything is removed
-    prepare_output(args.out, args.overwrite, "output folder")
+    prepare_output(args.out, args.overwrite, "output folder", folder=True)
     result = write_manifests(
         data, args.out, format=args.format, relative=args.relative, rate_sample=args.rate_sample
     )
@@ -284,7 +284,7 @@ def run_prepare_pretraining(args: argparse.Namespace, task: str) -> int:
         raise UsageError("--resume continues an interrupted `prepare librispeech` only")
     if not args.resume:
         _refuse_existing(args.out, args.overwrite, "output folder")
-        prepare_output(args.out, args.overwrite, "output folder")
+        prepare_output(args.out, args.overwrite, "output folder", folder=True)
     if task == "audioset_unbalanced":
         result = pd.prepare_audioset_unbalanced(args.source[0], args.out, relative=args.relative)
     elif task == "librispeech":
@@ -486,7 +486,7 @@ def run_segment(args: argparse.Namespace) -> int:
     from ssamba.data.segment import MANIFEST_NAME, find_recordings, segment_recordings
 
     total = len(find_recordings(args.inputs))  # checks the inputs before touching the output
-    out = prepare_output(args.out, args.overwrite, "output folder")
+    out = prepare_output(args.out, args.overwrite, "output folder", folder=True)
     with tqdm(total=total, unit="file", disable=args.no_progress) as bar:
         result = segment_recordings(
             args.inputs, out, args.seconds, args.min_seconds, args.format, progress=bar.update
@@ -535,7 +535,7 @@ def run_shard(args: argparse.Namespace) -> int:
     check_input(args.manifest, ONE_SET_INPUTS, "`ssamba shard`")
     size = parse_size(args.shard_size)
     manifest = read_manifest(args.manifest)
-    out = prepare_output(args.out, args.overwrite, "output folder")
+    out = prepare_output(args.out, args.overwrite, "output folder", folder=True)
     with tqdm(total=len(manifest), unit="clip", disable=args.no_progress) as bar:
         index = write_shards(manifest, out, size, progress=bar.update)
     gb = sum(s["bytes"] for s in index["shards"]) / 1e9

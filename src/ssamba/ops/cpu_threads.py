@@ -26,7 +26,6 @@ not survive ``fork``); its threads enter the same C entries (ctypes releases the
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -105,24 +104,17 @@ class ThreadPool:
     def run(self, call, threads: int) -> None:
         """``threads - 1`` of our threads and the caller enter the call's C entry (ctypes
         releases the GIL for it)."""
-        self._run([functools.partial(call.call, call.pointer) for _ in range(threads)])
-
-    def _run(self, tasks) -> None:
-        """The first task in the caller, the others on the pool's threads; waits for all."""
-        helpers = tasks[1:]
-        if not helpers:
-            tasks[0]()
-            return
+        helpers = threads - 1
         with self._lock:
             if self._pid != os.getpid():  # forked: the pool's threads stayed in the parent
                 self._pool, self._size, self._pid = None, 0, os.getpid()
-            if self._pool is None or self._size < len(helpers):
+            if self._pool is None or self._size < helpers:
                 if self._pool is not None:
                     self._pool.shutdown(wait=False)
-                self._pool = ThreadPoolExecutor(len(helpers), thread_name_prefix="ssamba-kernel")
-                self._size = len(helpers)
-            futures = [self._pool.submit(task) for task in helpers]
-        tasks[0]()
+                self._pool = ThreadPoolExecutor(helpers, thread_name_prefix="ssamba-kernel")
+                self._size = helpers
+            futures = [self._pool.submit(call.call, call.pointer) for _ in range(helpers)]
+        call.call(call.pointer)
         for f in futures:
             f.result()
 

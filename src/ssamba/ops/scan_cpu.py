@@ -356,8 +356,9 @@ def _forward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, rev,
 
 
 @njit(cache=True)
-def _forward_items(p, dt):
-    """The forward's work items from a packed call (ssamba.ops.kernel_entry), one at a time."""
+def _take_inputs(p, dt):
+    """The scan's inputs, first in both kernels' packed calls (``_Inputs.args``), and the next
+    slot."""
     uf, k = take1(p, HEADER, dt)
     df, k = take1(p, k, dt)
     a_t, k = take2(p, k, dt)
@@ -369,6 +370,13 @@ def _forward_items(p, dt):
     softplus, k = take_bool(p, k)
     has_z, k = take_bool(p, k)
     rev, k = take_bool(p, k)
+    return uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, rev, k
+
+
+@njit(cache=True)
+def _forward_items(p, dt):
+    """The forward's work items from a packed call (ssamba.ops.kernel_entry), one at a time."""
+    uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, rev, k = _take_inputs(p, dt)
     outf, k = take1(p, k, dt)
     ckpt, k = take4(p, k, dt)
     save_ckpt, k = take_bool(p, k)
@@ -603,17 +611,7 @@ def _backward_kernel(uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, rev, 
 @njit(cache=True)
 def _backward_items(p, dt):
     """The backward's work items from a packed call (ssamba.ops.kernel_entry), one at a time."""
-    uf, k = take1(p, HEADER, dt)
-    df, k = take1(p, k, dt)
-    a_t, k = take2(p, k, dt)
-    bm, k = take3(p, k, dt)
-    cm, k = take3(p, k, dt)
-    dvec, k = take1(p, k, dt)
-    zf, k = take1(p, k, dt)
-    bias, k = take1(p, k, dt)
-    softplus, k = take_bool(p, k)
-    has_z, k = take_bool(p, k)
-    rev, k = take_bool(p, k)
+    uf, df, a_t, bm, cm, dvec, zf, bias, softplus, has_z, rev, k = _take_inputs(p, dt)
     ckpt, k = take4(p, k, dt)
     doutf, k = take1(p, k, dt)
     duf, k = take1(p, k, dt)
